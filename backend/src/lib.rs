@@ -1,0 +1,3 @@
+//! gmemd daemon library.
+pub mod caps;
+pub mod qmp;

@@ -1,0 +1,1 @@
+//! gmemd wire protocol.

@@ -1,0 +1,1 @@
+//! Test harness shared by gmemd's integration and end-to-end tests.
