@@ -1,1 +1,23 @@
-//! gmemd wire protocol.
+//! The gmemd protocol: wire format, fd passing and a blocking client.
+//!
+//! gmemd owns guest RAM for KVM virtual machines and hands it to VMMs as file
+//! descriptors over a Unix stream socket, in messages shaped like
+//! vhost-user's. `PROTOCOL.md` beside this crate is the normative spec.
+//!
+//! - [`wire`]: header, request codes, payload layouts, encode/decode.
+//! - [`conn`]: framed messages and SCM_RIGHTS fds over a socket.
+//! - [`server`]: request checking and dispatch for a daemon, without I/O.
+//! - [`client`]: the blocking client a VMM or tool uses.
+
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod conn;
+pub mod server;
+pub mod wire;
+
+pub use client::{Client, ClientError, ClientResult};
+pub use wire::{
+    BindRequest, FileInfo, FileStatus, LeaseStatus, MemoryKind, Name, RevokeReport, Uuid, VmId,
+    VmSelector,
+};

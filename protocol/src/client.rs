@@ -1,0 +1,378 @@
+//! Blocking client: one connection = one lease (or one control session).
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::conn::{send_message, ConnError, FrameReader};
+use crate::wire::{
+    BindRequest, CreateFlags, CreateRequest, DepositRequest, Features, FileInfo, FileStatus,
+    Header, Hello, HelloReply, LeaseStatus, MemoryKind, Name, Reply, Request, RequestBody,
+    RevokeReport, StatusPage, StatusQuery, StatusSection, VmId, VmSelector, WireError,
+};
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting to the daemon's socket failed.
+    #[error("cannot connect to gmemd at {path}")]
+    Connect {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection failed.
+    #[error("connection to gmemd failed")]
+    Conn(#[from] ConnError),
+    /// The daemon sent something that does not decode.
+    #[error("malformed reply from gmemd")]
+    Wire(#[from] WireError),
+    /// The daemon answered the request with an error.
+    #[error("{request} refused: {message} (errno {errno})")]
+    Refused {
+        /// The request.
+        request: Request,
+        /// Positive errno.
+        errno: i32,
+        /// The daemon's explanation.
+        message: String,
+    },
+    /// A reply that does not answer the request (wrong code, fds).
+    #[error("unexpected reply to {request}: {what}")]
+    UnexpectedReply {
+        /// The request.
+        request: Request,
+        /// What was wrong.
+        what: String,
+    },
+    /// Setting a socket option failed.
+    #[error("socket setup failed")]
+    Socket(#[source] std::io::Error),
+}
+
+impl ClientError {
+    /// The errno of a refusal.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            ClientError::Refused { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+
+    /// The daemon's message of a refusal.
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            ClientError::Refused { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+}
+
+/// Result alias of the client.
+pub type ClientResult<T> = Result<T, ClientError>;
+
+/// A connection to gmemd.
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+    reader: FrameReader,
+    hello: HelloReply,
+    vm: Option<VmId>,
+}
+
+impl Client {
+    /// Connects and opens a lease for `vm`.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`], or the daemon's refusal of the lease.
+    pub fn connect(path: impl AsRef<Path>, vm: VmId) -> ClientResult<Self> {
+        Self::handshake(connect_stream(path.as_ref())?, Some(vm))
+    }
+
+    /// Connects as a control session (no VM, no lease): what `gmemctl` uses.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub fn connect_control(path: impl AsRef<Path>) -> ClientResult<Self> {
+        Self::handshake(connect_stream(path.as_ref())?, None)
+    }
+
+    /// Runs the handshake on an already connected stream (for example one
+    /// inherited from a launcher).
+    ///
+    /// # Errors
+    /// The daemon's refusal or a connection error.
+    pub fn handshake(stream: UnixStream, vm: Option<VmId>) -> ClientResult<Self> {
+        let mut client = Client {
+            stream,
+            reader: FrameReader::new(),
+            hello: HelloReply {
+                features: Features::empty(),
+                lease: 0,
+                version: 0,
+            },
+            vm: vm.clone(),
+        };
+        let body = client.call(
+            &RequestBody::Hello(Hello {
+                features: Features::all(),
+                vm,
+            }),
+            &[],
+            0,
+        )?;
+        client.hello = HelloReply::decode(&body.0)?;
+        Ok(client)
+    }
+
+    /// Bounds every wait for a reply (`None`: wait forever).
+    ///
+    /// # Errors
+    /// [`ClientError::Socket`].
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> ClientResult<()> {
+        self.stream
+            .set_read_timeout(timeout)
+            .map_err(ClientError::Socket)
+    }
+
+    /// The lease id (0 for a control session).
+    pub fn lease(&self) -> u64 {
+        self.hello.lease
+    }
+
+    /// Features both sides support.
+    pub fn features(&self) -> Features {
+        self.hello.features
+    }
+
+    /// The VM this lease is for.
+    pub fn vm(&self) -> Option<&VmId> {
+        self.vm.as_ref()
+    }
+
+    /// The socket, e.g. to pass it to a VMM so the lease lives as long as it does.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Creates a memory file and returns its fd.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `EEXIST`, `EINVAL`, `ENOMEM`, `ENOSPC`, …
+    pub fn create(
+        &mut self,
+        name: &Name,
+        size: u64,
+        kind: MemoryKind,
+    ) -> ClientResult<(OwnedFd, FileInfo)> {
+        self.create_with(name, size, kind, CreateFlags::empty())
+    }
+
+    /// Creates a memory file, or opens it if it exists with that size and kind.
+    ///
+    /// # Errors
+    /// As [`Client::create`].
+    pub fn create_or_open(
+        &mut self,
+        name: &Name,
+        size: u64,
+        kind: MemoryKind,
+    ) -> ClientResult<(OwnedFd, FileInfo)> {
+        self.create_with(name, size, kind, CreateFlags::OPEN_EXISTING)
+    }
+
+    fn create_with(
+        &mut self,
+        name: &Name,
+        size: u64,
+        kind: MemoryKind,
+        flags: CreateFlags,
+    ) -> ClientResult<(OwnedFd, FileInfo)> {
+        let request = RequestBody::Create(CreateRequest {
+            name: name.clone(),
+            size,
+            kind,
+            flags,
+        });
+        self.file_call(&request, &[])
+    }
+
+    /// Opens an existing memory file.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `ENOENT`, `EPERM`, …
+    pub fn open(&mut self, name: &Name) -> ClientResult<(OwnedFd, FileInfo)> {
+        self.file_call(&RequestBody::Open(name.clone()), &[])
+    }
+
+    fn file_call(
+        &mut self,
+        request: &RequestBody,
+        fds: &[BorrowedFd<'_>],
+    ) -> ClientResult<(OwnedFd, FileInfo)> {
+        let (body, mut received) = self.call(request, fds, 1)?;
+        let info = FileInfo::decode(&body)?;
+        Ok((received.remove(0), info))
+    }
+
+    /// Records a binding (after, or just before, the VMM's memslot ioctl).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`]: `EBUSY` (owned by another VM), `EINVAL`
+    /// (alignment, range), `EEXIST` (slot or guest range taken), …
+    pub fn bind(&mut self, bind: &BindRequest) -> ClientResult<()> {
+        self.call(&RequestBody::Bind(bind.clone()), &[], 0)
+            .map(drop)
+    }
+
+    /// Removes the binding in `slot`.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `ENOENT` if the slot is not bound.
+    pub fn unbind(&mut self, slot: u32) -> ClientResult<()> {
+        self.call(&RequestBody::Unbind { slot }, &[], 0).map(drop)
+    }
+
+    /// Hands a client-created memfd or guest_memfd to gmemd under `name`.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] when the fd is not what `kind` says, …
+    pub fn deposit(
+        &mut self,
+        name: &Name,
+        kind: MemoryKind,
+        fd: BorrowedFd<'_>,
+    ) -> ClientResult<FileInfo> {
+        let request = RequestBody::Deposit(DepositRequest {
+            name: name.clone(),
+            kind,
+        });
+        let (body, _) = self.call(&request, &[fd], 0)?;
+        Ok(FileInfo::decode(&body)?)
+    }
+
+    /// Forgets a memory file.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `ENOENT`, `EBUSY`, `EPERM`.
+    pub fn destroy(&mut self, name: &Name) -> ClientResult<()> {
+        self.call(&RequestBody::Destroy(name.clone()), &[], 0)
+            .map(drop)
+    }
+
+    /// Destroys a file's content and forgets which processes received it.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `ENOENT`, `EBUSY`, `EPERM`.
+    pub fn scrub(&mut self, name: &Name) -> ClientResult<()> {
+        self.call(&RequestBody::Scrub(name.clone()), &[], 0)
+            .map(drop)
+    }
+
+    /// Operator: ends a VM's lease and destroys the content only it owned.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `EPERM` for non-admins, `ENOENT`.
+    pub fn revoke(&mut self, vm: &VmSelector) -> ClientResult<RevokeReport> {
+        let (body, _) = self.call(&RequestBody::Revoke(vm.clone()), &[], 0)?;
+        Ok(RevokeReport::decode(&body)?)
+    }
+
+    /// Every memory file, walking all STATUS pages.
+    ///
+    /// # Errors
+    /// Connection or decode errors.
+    pub fn files(&mut self) -> ClientResult<Vec<FileStatus>> {
+        self.all_pages(StatusSection::Files, FileStatus::decode_page)
+    }
+
+    /// Every open lease, walking all STATUS pages.
+    ///
+    /// # Errors
+    /// Connection or decode errors.
+    pub fn leases(&mut self) -> ClientResult<Vec<LeaseStatus>> {
+        self.all_pages(StatusSection::Leases, LeaseStatus::decode_page)
+    }
+
+    fn all_pages<T>(
+        &mut self,
+        section: StatusSection,
+        decode: fn(&[u8]) -> Result<StatusPage<T>, WireError>,
+    ) -> ClientResult<Vec<T>> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        loop {
+            let request = RequestBody::Status(StatusQuery { section, start });
+            let (body, _) = self.call(&request, &[], 0)?;
+            let page = decode(&body)?;
+            out.extend(page.entries);
+            // A page that makes no progress would loop forever; the table
+            // shrinking under us just ends the walk.
+            if page.next <= start || page.next >= page.total {
+                return Ok(out);
+            }
+            start = page.next;
+        }
+    }
+
+    /// Sends any request and waits for its reply. Returns the reply body and
+    /// the fds that came with it, after checking the reply answers this
+    /// request and carries exactly `reply_fds` fds on success.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] for an error status, or transport errors.
+    pub fn call(
+        &mut self,
+        request: &RequestBody,
+        fds: &[BorrowedFd<'_>],
+        reply_fds: usize,
+    ) -> ClientResult<(Vec<u8>, Vec<OwnedFd>)> {
+        let code = request.request();
+        let payload = request.encode();
+        send_message(
+            self.stream.as_fd(),
+            Header::request(code, payload.len()),
+            &payload,
+            fds,
+        )?;
+        let frame = self
+            .reader
+            .read_frame(self.stream.as_fd())?
+            .ok_or(ConnError::Closed)?;
+        let unexpected = |what: String| ClientError::UnexpectedReply {
+            request: code,
+            what,
+        };
+        if !frame.header.is_reply || frame.header.code != code as u32 {
+            return Err(unexpected(format!(
+                "header code {} reply={}",
+                frame.header.code, frame.header.is_reply
+            )));
+        }
+        let reply = Reply::decode(&frame.payload)?;
+        if reply.status != 0 {
+            return Err(ClientError::Refused {
+                request: code,
+                errno: -reply.status,
+                message: reply.text,
+            });
+        }
+        if frame.fds.len() != reply_fds {
+            return Err(unexpected(format!(
+                "{} fds, expected {reply_fds}",
+                frame.fds.len()
+            )));
+        }
+        Ok((reply.body, frame.fds))
+    }
+}
+
+fn connect_stream(path: &Path) -> ClientResult<UnixStream> {
+    UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        path: path.to_owned(),
+        source,
+    })
+}
