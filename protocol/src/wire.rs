@@ -1882,7 +1882,7 @@ mod tests {
             bindings: 1,
             files: 2,
         };
-        let (body, count) = encode_status_page(1, 0, &[lease.clone()], LeaseStatus::encode);
+        let (body, count) = encode_status_page(1, 0, std::slice::from_ref(&lease), LeaseStatus::encode);
         assert_eq!(count, 1);
         assert_eq!(LeaseStatus::decode_page(&body).unwrap().entries, vec![lease]);
         assert!(LeaseStatus::decode_page(&body[..body.len() - 1]).is_err());
