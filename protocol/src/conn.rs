@@ -108,9 +108,7 @@ impl FrameReader {
             };
             let n = match recv_chunk(socket, buf, &mut self.fds) {
                 Ok(n) => n,
-                Err(ConnError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(None)
-                }
+                Err(ConnError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) => return Err(e),
             };
             if n == 0 {
@@ -193,7 +191,12 @@ fn send_chunk(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> i
         ));
     }
     loop {
-        match sendmsg(socket, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL) {
+        match sendmsg(
+            socket,
+            &[IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
             Ok(n) => return Ok(n),
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
@@ -326,7 +329,13 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let fd = memfd();
         send_message(a.as_fd(), Header::request(Request::Status, 2), &[0, 0], &[]).unwrap();
-        send_message(a.as_fd(), Header::request(Request::Deposit, 0), &[], &[fd.as_fd()]).unwrap();
+        send_message(
+            a.as_fd(),
+            Header::request(Request::Deposit, 0),
+            &[],
+            &[fd.as_fd()],
+        )
+        .unwrap();
         let mut reader = FrameReader::new();
         let first = reader.read_frame(b.as_fd()).unwrap().unwrap();
         assert!(first.fds.is_empty());
@@ -376,7 +385,10 @@ mod tests {
         bytes[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         a.write_all(&bytes).unwrap();
         let err = FrameReader::new().read_frame(b.as_fd()).unwrap_err();
-        assert!(matches!(err, ConnError::BadHeader(WireError::Oversized { .. })));
+        assert!(matches!(
+            err,
+            ConnError::BadHeader(WireError::Oversized { .. })
+        ));
     }
 
     #[test]
@@ -390,7 +402,13 @@ mod tests {
         let mut control = SendAncillaryBuffer::new(&mut space);
         assert!(control.push(SendAncillaryMessage::ScmRights(&borrowed)));
         let bytes = Header::request(Request::Status, 0).to_bytes();
-        sendmsg(a.as_fd(), &[IoSlice::new(&bytes)], &mut control, SendFlags::NOSIGNAL).unwrap();
+        sendmsg(
+            a.as_fd(),
+            &[IoSlice::new(&bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .unwrap();
         let err = FrameReader::new().read_frame(b.as_fd()).unwrap_err();
         assert!(matches!(err, ConnError::TooManyFds));
     }

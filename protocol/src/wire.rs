@@ -1719,7 +1719,10 @@ mod tests {
         assert_eq!(Header::from_bytes(&bad), Err(WireError::BadVersion(2)));
         let mut bad = h.to_bytes();
         bad[4] |= 0x10;
-        assert_eq!(Header::from_bytes(&bad), Err(WireError::ReservedFlags(0x10)));
+        assert_eq!(
+            Header::from_bytes(&bad),
+            Err(WireError::ReservedFlags(0x10))
+        );
         let mut bad = h.to_bytes();
         bad[8..12].copy_from_slice(&4097u32.to_le_bytes());
         assert!(matches!(
@@ -1882,9 +1885,13 @@ mod tests {
             bindings: 1,
             files: 2,
         };
-        let (body, count) = encode_status_page(1, 0, std::slice::from_ref(&lease), LeaseStatus::encode);
+        let (body, count) =
+            encode_status_page(1, 0, std::slice::from_ref(&lease), LeaseStatus::encode);
         assert_eq!(count, 1);
-        assert_eq!(LeaseStatus::decode_page(&body).unwrap().entries, vec![lease]);
+        assert_eq!(
+            LeaseStatus::decode_page(&body).unwrap().entries,
+            vec![lease]
+        );
         assert!(LeaseStatus::decode_page(&body[..body.len() - 1]).is_err());
     }
 

@@ -1,1 +1,95 @@
-fn main() {}
+//! `gmemd`: the guest-memory daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use gmemd::config::{default_state_dir, parse_size, Config, Limits};
+use gmemd::event_loop::EventLoop;
+use gmemd::service::Service;
+
+/// Owns guest RAM for KVM VMs and hands it to VMMs over a Unix socket.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Socket to listen on [default: STATE_DIR/gmemd.sock].
+    #[arg(long, env = "GMEMD_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Runtime directory [default: $XDG_RUNTIME_DIR/gmemd, /run/gmemd for root].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Uids allowed to connect (repeatable) [default: gmemd's uid and root].
+    #[arg(long = "allow-uid")]
+    allow_uids: Vec<u32>,
+    /// Uids allowed operator requests (repeatable) [default: gmemd's uid and root].
+    #[arg(long = "admin-uid")]
+    admin_uids: Vec<u32>,
+    /// Limit on all memory files together, e.g. 64G [default: host RAM].
+    #[arg(long, value_parser = parse_size)]
+    max_memory: Option<u64>,
+    /// Files one lease may create or deposit.
+    #[arg(long, default_value_t = Limits::default().max_files_per_lease)]
+    max_files_per_lease: usize,
+    /// Connections served at once.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{}", gmemd::error_chain(e.as_ref()));
+            eprintln!("gmemd: {}", gmemd::error_chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| format!("cannot create state dir {}: {e}", state_dir.display()))?;
+    let socket = args.socket.unwrap_or_else(|| state_dir.join("gmemd.sock"));
+
+    let mut config = Config::default();
+    if !args.allow_uids.is_empty() {
+        config.allowed_uids = args.allow_uids;
+    }
+    if !args.admin_uids.is_empty() {
+        config.admin_uids = args.admin_uids;
+    }
+    if let Some(max) = args.max_memory {
+        config.limits.max_total_memory = max;
+    }
+    config.limits.max_files_per_lease = args.max_files_per_lease;
+    config.limits.max_connections = args.max_connections;
+    raise_fd_limit();
+    log::info!(
+        "gmemd {}: state dir {}, allowed uids {:?}, operators {:?}, memory limit {}",
+        env!("CARGO_PKG_VERSION"),
+        state_dir.display(),
+        config.allowed_uids,
+        config.admin_uids,
+        gmemd::config::format_size(config.limits.max_total_memory)
+    );
+
+    let mut event_loop = EventLoop::bind(&socket, Service::new(config))?;
+    event_loop.stop_on_signals()?;
+    event_loop.run()?;
+    Ok(())
+}
+
+/// Every client and every memory file is an fd: use the hard limit.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            log::warn!("cannot raise RLIMIT_NOFILE: {e}");
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! The epoll loop: accepts connections, moves frames, and hands requests to
+//! the [`Service`]. No policy lives here.
+//!
+//! Every socket is non-blocking and level-triggered. A client gets at most
+//! [`FRAMES_PER_WAKEUP`] requests served per wakeup, and no new request is
+//! read from it while its replies are still queued, so a client that floods
+//! or never reads cannot stall the others or grow the daemon's memory.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use epoll::{ControlOptions, Event, Events};
+use gmem_protocol::conn::{FrameReader, FrameWriter};
+use gmem_protocol::server::handle_frame;
+use log::{debug, error, info, warn};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::ledger::{LeaseId, Peer};
+use crate::service::{Service, Session, SessionHandler, SessionId};
+
+/// Requests served for one client before the loop turns to the others.
+pub const FRAMES_PER_WAKEUP: usize = 64;
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another gmemd answers on the socket.
+    #[error("another gmemd is already serving {0}")]
+    AlreadyRunning(PathBuf),
+    /// The socket's directory could not be made.
+    #[error("cannot create the socket directory {path}")]
+    SocketDir {
+        /// Directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Binding the socket failed.
+    #[error("cannot listen on {path}")]
+    Bind {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// epoll, eventfd or signalfd failed.
+    #[error("event loop setup failed: {what}")]
+    Setup {
+        /// What.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Waiting for events failed.
+    #[error("epoll_wait failed")]
+    Wait(#[source] io::Error),
+}
+
+/// epoll tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Listener,
+    Exit,
+    Signal,
+    Conn(SessionId),
+    Unknown(u64),
+}
+
+const FIRST_CONN: u64 = 16;
+
+impl From<u64> for Token {
+    fn from(value: u64) -> Self {
+        match value {
+            0 => Token::Listener,
+            1 => Token::Exit,
+            2 => Token::Signal,
+            v if v >= FIRST_CONN => Token::Conn(v),
+            v => Token::Unknown(v),
+        }
+    }
+}
+
+impl Token {
+    fn data(self) -> u64 {
+        match self {
+            Token::Listener => 0,
+            Token::Exit => 1,
+            Token::Signal => 2,
+            Token::Conn(v) | Token::Unknown(v) => v,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Connection {
+    stream: UnixStream,
+    reader: FrameReader,
+    writer: FrameWriter,
+    session: Session,
+    /// Reply sent that ends the connection once flushed.
+    closing: bool,
+    /// Whether EPOLLOUT is armed (replies are waiting).
+    wants_out: bool,
+}
+
+/// Stops a running [`EventLoop`] from another thread.
+#[derive(Debug)]
+pub struct ShutdownHandle(EventFd);
+
+impl ShutdownHandle {
+    /// Asks the loop to stop.
+    ///
+    /// # Errors
+    /// The eventfd write failure.
+    pub fn shutdown(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// The daemon's event loop.
+#[derive(Debug)]
+pub struct EventLoop {
+    epoll: OwnedFd,
+    listener: UnixListener,
+    socket_path: PathBuf,
+    exit: EventFd,
+    signals: Option<OwnedFd>,
+    conns: HashMap<SessionId, Connection>,
+    next_id: SessionId,
+    service: Service,
+}
+
+impl EventLoop {
+    /// Listens on `socket_path` (replacing a stale socket, refusing a live one).
+    ///
+    /// # Errors
+    /// [`DaemonError`].
+    pub fn bind(socket_path: &Path, service: Service) -> Result<Self, DaemonError> {
+        let listener = listen(socket_path)?;
+        let setup = |what| move |source| DaemonError::Setup { what, source };
+        let raw = epoll::create(true).map_err(setup("epoll_create"))?;
+        // SAFETY: `raw` is a new epoll fd returned just above and owned by
+        // nothing else; wrapping it makes sure it is closed.
+        let epoll = unsafe { OwnedFd::from_raw_fd(raw) };
+        let exit = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| {
+            DaemonError::Setup {
+                what: "eventfd",
+                source: e,
+            }
+        })?;
+        let lp = EventLoop {
+            epoll,
+            listener,
+            socket_path: socket_path.to_owned(),
+            exit,
+            signals: None,
+            conns: HashMap::new(),
+            next_id: FIRST_CONN,
+            service,
+        };
+        lp.add(lp.listener.as_raw_fd(), Token::Listener, Events::EPOLLIN)
+            .map_err(setup("epoll_ctl listener"))?;
+        lp.add(lp.exit.as_raw_fd(), Token::Exit, Events::EPOLLIN)
+            .map_err(setup("epoll_ctl eventfd"))?;
+        info!("listening on {}", socket_path.display());
+        Ok(lp)
+    }
+
+    /// Also stops on SIGTERM or SIGINT (blocked and read through a signalfd).
+    ///
+    /// # Errors
+    /// [`DaemonError::Setup`].
+    pub fn stop_on_signals(&mut self) -> Result<(), DaemonError> {
+        let fd = crate::signals::termination_fd().map_err(|source| DaemonError::Setup {
+            what: "signalfd",
+            source,
+        })?;
+        self.add(fd.as_raw_fd(), Token::Signal, Events::EPOLLIN)
+            .map_err(|source| DaemonError::Setup {
+                what: "epoll_ctl signalfd",
+                source,
+            })?;
+        self.signals = Some(fd);
+        Ok(())
+    }
+
+    /// A handle that stops the loop.
+    ///
+    /// # Errors
+    /// Duplicating the eventfd failed.
+    pub fn shutdown_handle(&self) -> io::Result<ShutdownHandle> {
+        Ok(ShutdownHandle(self.exit.try_clone()?))
+    }
+
+    /// The service (for inspection).
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    fn add(&self, fd: RawFd, token: Token, events: Events) -> io::Result<()> {
+        epoll::ctl(
+            self.epoll.as_raw_fd(),
+            ControlOptions::EPOLL_CTL_ADD,
+            fd,
+            Event::new(events, token.data()),
+        )
+    }
+
+    /// Serves until shut down by the handle or a signal.
+    ///
+    /// # Errors
+    /// [`DaemonError::Wait`].
+    pub fn run(&mut self) -> Result<(), DaemonError> {
+        let mut events = vec![Event::new(Events::empty(), 0); 64];
+        loop {
+            let n = match epoll::wait(self.epoll.as_raw_fd(), -1, &mut events) {
+                Ok(n) => n,
+                // A signal not routed to the signalfd (e.g. a debugger's)
+                // interrupts the wait; nothing happened, wait again.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(DaemonError::Wait(e)),
+            };
+            for event in &events[..n] {
+                let flags = Events::from_bits_retain(event.events);
+                match Token::from(event.data) {
+                    Token::Listener => self.accept_all(),
+                    Token::Exit => {
+                        info!("shutdown requested");
+                        return Ok(());
+                    }
+                    Token::Signal => {
+                        let signal = self
+                            .signals
+                            .as_ref()
+                            .map_or(0, |fd| crate::signals::read_signal(fd.as_fd()));
+                        info!("signal {signal} received, shutting down");
+                        return Ok(());
+                    }
+                    Token::Conn(id) => self.serve(id, flags),
+                    Token::Unknown(data) => warn!("event for unknown token {data}: {flags:?}"),
+                }
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and let the client retry.
+                    error!("accept failed: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = self.admit(stream) {
+                warn!("dropping a new connection: {e}");
+            }
+        }
+    }
+
+    fn admit(&mut self, stream: UnixStream) -> io::Result<()> {
+        if self.conns.len() >= self.service.config().limits.max_connections {
+            return Err(io::Error::other(format!(
+                "connection limit of {} reached",
+                self.service.config().limits.max_connections
+            )));
+        }
+        stream.set_nonblocking(true)?;
+        let cred = rustix::net::sockopt::socket_peercred(&stream)?;
+        let peer = Peer {
+            pid: u32::try_from(cred.pid.as_raw_nonzero().get()).unwrap_or(0),
+            uid: cred.uid.as_raw(),
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        self.add(stream.as_raw_fd(), Token::Conn(id), read_events())?;
+        let session = self.service.open_session(id, peer);
+        self.conns.insert(
+            id,
+            Connection {
+                stream,
+                reader: FrameReader::new(),
+                writer: FrameWriter::new(),
+                session,
+                closing: false,
+                wants_out: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn serve(&mut self, id: SessionId, flags: Events) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let result = serve_connection(conn, &mut self.service, flags);
+        for lease in self.service.take_revoked() {
+            self.close_lease_connection(lease);
+        }
+        match result {
+            Ok(true) => self.update_interest(id),
+            Ok(false) => self.drop_conn(id, "closed by gmemd after its reply".to_owned()),
+            Err(reason) => self.drop_conn(id, reason),
+        }
+    }
+
+    fn close_lease_connection(&mut self, lease: LeaseId) {
+        let found = self
+            .conns
+            .iter()
+            .find(|(_, c)| c.session.lease() == Some(lease))
+            .map(|(id, _)| *id);
+        if let Some(id) = found {
+            self.drop_conn(id, "lease revoked".to_owned());
+        }
+    }
+
+    fn drop_conn(&mut self, id: SessionId, reason: String) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        // The fd is closed right after; a failed delete changes nothing.
+        let _ = epoll::ctl(
+            self.epoll.as_raw_fd(),
+            ControlOptions::EPOLL_CTL_DEL,
+            conn.stream.as_raw_fd(),
+            Event::new(Events::empty(), 0),
+        );
+        self.service.close_session(&conn.session, &reason);
+    }
+
+    /// Waits for writability (and stops reading) while replies are queued;
+    /// back to reading once they are out.
+    fn update_interest(&mut self, id: SessionId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let wants_out = !conn.writer.is_empty();
+        if wants_out == conn.wants_out {
+            return;
+        }
+        conn.wants_out = wants_out;
+        let events = if wants_out {
+            Events::EPOLLOUT | Events::EPOLLRDHUP
+        } else {
+            read_events()
+        };
+        self.rearm(id, events);
+    }
+
+    fn rearm(&self, id: SessionId, events: Events) {
+        if let Some(conn) = self.conns.get(&id) {
+            if let Err(e) = epoll::ctl(
+                self.epoll.as_raw_fd(),
+                ControlOptions::EPOLL_CTL_MOD,
+                conn.stream.as_raw_fd(),
+                Event::new(events, Token::Conn(id).data()),
+            ) {
+                error!("epoll_ctl MOD for connection {id}: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        let ids: Vec<SessionId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.drop_conn(id, "gmemd shutting down".to_owned());
+        }
+        if let Err(e) = std::fs::remove_file(&self.socket_path) {
+            debug!("removing {}: {e}", self.socket_path.display());
+        }
+    }
+}
+
+fn read_events() -> Events {
+    Events::EPOLLIN | Events::EPOLLRDHUP
+}
+
+/// Serves one readiness event of a connection. `Ok(false)`: close it
+/// quietly; `Err(reason)`: close it and say why.
+fn serve_connection(
+    conn: &mut Connection,
+    service: &mut Service,
+    flags: Events,
+) -> Result<bool, String> {
+    let fd = conn.stream.as_fd();
+    if !conn.closing && conn.writer.is_empty() {
+        for _ in 0..FRAMES_PER_WAKEUP {
+            match conn.reader.read_frame(fd) {
+                Ok(Some(frame)) => {
+                    let mut handler = SessionHandler {
+                        service,
+                        session: &mut conn.session,
+                    };
+                    let reply = handle_frame(&mut handler, frame);
+                    conn.writer.push(reply.header, &reply.payload, reply.fds);
+                    if reply.close {
+                        conn.closing = true;
+                        break;
+                    }
+                    // Stop reading while replies are queued: backpressure.
+                    if !conn
+                        .writer
+                        .flush(fd)
+                        .map_err(|e| format!("send failed: {e}"))?
+                    {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) if e.is_hangup() => return Err("client closed the connection".to_owned()),
+                Err(e) => return Err(format!("protocol error: {}", crate::error_chain(&e))),
+            }
+        }
+    } else if flags.intersects(Events::EPOLLERR | Events::EPOLLHUP | Events::EPOLLRDHUP) {
+        return Err("client hung up with replies unread".to_owned());
+    }
+    let flushed = conn
+        .writer
+        .flush(fd)
+        .map_err(|e| format!("send failed: {e}"))?;
+    if conn.closing && flushed {
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Makes the socket directory and binds the listener.
+fn listen(path: &Path) -> Result<UnixListener, DaemonError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| DaemonError::SocketDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::AlreadyRunning(path.to_owned()));
+        }
+        info!("removing stale socket {}", path.display());
+        let _ = std::fs::remove_file(path);
+    }
+    let bind_err = |source| DaemonError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    // Everyone may connect; SO_PEERCRED decides who is served, so a refused
+    // uid gets a clear error instead of a bare EACCES.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(bind_err)?;
+    Ok(listener)
+}

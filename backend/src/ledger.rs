@@ -1,0 +1,1012 @@
+//! The ownership ledger: memory files, leases, bindings and owners.
+//!
+//! Pure data and invariants; no fds, sockets, clock or unsafe. Every change
+//! is checked completely before anything is modified, so a refused request
+//! leaves the ledger exactly as it was (DESIGN invariant 3). The daemon is
+//! single-threaded, so the ledger needs no lock of its own: one request is
+//! applied at a time, which is the per-file serialization the design asks for.
+//!
+//! Invariants kept here (numbers from DESIGN.md):
+//! 1. a file has at most one owner VM, set by its first binding, cleared with
+//!    its last;
+//! 2. bindings are page-aligned, inside the file, do not overlap another
+//!    binding of the file, use a slot free in their VM and a guest-physical
+//!    range free in their VM;
+//! 4. ending a lease drops all its bindings at once;
+//! 6. a file is not bound for a VM while a live process that received it for
+//!    another VM could still reach it.
+
+use std::collections::BTreeMap;
+
+use gmem_protocol::wire::{BindRequest, MemoryKind, Name, Uuid, VmId, VmSelector};
+use rustix::io::Errno;
+
+/// Lease identifier: one per VM connection, never reused while the daemon runs.
+pub type LeaseId = u64;
+
+/// Refusals of the ledger. Each names what it refused and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    /// No memory file of that name.
+    #[error("no memory file named {name}")]
+    UnknownFile {
+        /// File name.
+        name: Name,
+    },
+    /// A memory file of that name exists.
+    #[error("memory file {name} already exists")]
+    FileExists {
+        /// File name.
+        name: Name,
+    },
+    /// The file is bound by another VM.
+    #[error("memory file {name} is owned by VM {owner} (lease {lease}); unbind it there first")]
+    NotOwner {
+        /// File name.
+        name: Name,
+        /// Current owner.
+        owner: VmId,
+        /// The owner's lease.
+        lease: LeaseId,
+    },
+    /// A process that received the file for another VM is still alive.
+    #[error(
+        "memory file {name} is still reachable by pid {pid}, which received it for {holder}; \
+         wait for it to exit or scrub the file"
+    )]
+    HeldElsewhere {
+        /// File name.
+        name: Name,
+        /// The holding process.
+        pid: u32,
+        /// Who it received the file for.
+        holder: String,
+    },
+    /// The VM already has an open lease.
+    #[error("VM {vm} already has lease {lease} (pid {pid})")]
+    VmBusy {
+        /// The VM.
+        vm: VmId,
+        /// Its open lease.
+        lease: LeaseId,
+        /// The process holding it.
+        pid: u32,
+    },
+    /// A number is not a multiple of the file's page size.
+    #[error("{field} {value:#x} is not aligned to the {page_size}-byte page size of {name}")]
+    Misaligned {
+        /// File name.
+        name: Name,
+        /// `offset`, `size` or `gpa`.
+        field: &'static str,
+        /// The value.
+        value: u64,
+        /// Required alignment.
+        page_size: u64,
+    },
+    /// A binding of zero bytes.
+    #[error("a binding must cover at least one page")]
+    EmptyBinding,
+    /// `offset + size` lies past the end of the file.
+    #[error("range {offset:#x}+{size:#x} ends past the {file_size:#x}-byte file {name}")]
+    PastEnd {
+        /// File name.
+        name: Name,
+        /// Offset.
+        offset: u64,
+        /// Size.
+        size: u64,
+        /// File size.
+        file_size: u64,
+    },
+    /// `gpa + size` overflows the guest address space.
+    #[error("guest range {gpa:#x}+{size:#x} overflows")]
+    GuestOverflow {
+        /// Guest-physical address.
+        gpa: u64,
+        /// Size.
+        size: u64,
+    },
+    /// The file range overlaps another binding of the same file.
+    #[error("range {offset:#x}+{size:#x} of {name} overlaps the binding in slot {slot}")]
+    FileRangeOverlap {
+        /// File name.
+        name: Name,
+        /// Offset.
+        offset: u64,
+        /// Size.
+        size: u64,
+        /// The slot already bound there.
+        slot: u32,
+    },
+    /// The VM already uses the slot.
+    #[error("slot {slot} is already bound in this VM")]
+    SlotTaken {
+        /// Slot.
+        slot: u32,
+    },
+    /// The guest-physical range overlaps another binding of the VM.
+    #[error("guest range {gpa:#x}+{size:#x} overlaps slot {slot} of this VM")]
+    GuestOverlap {
+        /// Guest-physical address.
+        gpa: u64,
+        /// Size.
+        size: u64,
+        /// The slot already there.
+        slot: u32,
+    },
+    /// The slot is not bound in this VM.
+    #[error("slot {slot} is not bound in this VM")]
+    UnknownSlot {
+        /// Slot.
+        slot: u32,
+    },
+    /// The file still has bindings.
+    #[error("memory file {name} is bound in {bindings} slot(s); unbind or revoke first")]
+    FileBound {
+        /// File name.
+        name: Name,
+        /// Number of bindings.
+        bindings: usize,
+    },
+    /// No lease matches.
+    #[error("no open lease for VM {0}")]
+    UnknownVm(String),
+    /// The lease is not open.
+    #[error("lease {0} is not open")]
+    UnknownLease(LeaseId),
+}
+
+impl LedgerError {
+    /// The errno a reply carries for this refusal (see PROTOCOL.md).
+    pub fn errno(&self) -> Errno {
+        match self {
+            Self::UnknownFile { .. } | Self::UnknownSlot { .. } | Self::UnknownVm(_) => {
+                Errno::NOENT
+            }
+            Self::UnknownLease(_) => Errno::NOENT,
+            Self::FileExists { .. } | Self::SlotTaken { .. } => Errno::EXIST,
+            Self::NotOwner { .. }
+            | Self::HeldElsewhere { .. }
+            | Self::VmBusy { .. }
+            | Self::FileBound { .. }
+            | Self::FileRangeOverlap { .. } => Errno::BUSY,
+            Self::Misaligned { .. } | Self::EmptyBinding => Errno::INVAL,
+            Self::PastEnd { .. } => Errno::RANGE,
+            Self::GuestOverflow { .. } => Errno::OVERFLOW,
+            Self::GuestOverlap { .. } => Errno::ADDRINUSE,
+        }
+    }
+}
+
+/// Result alias of the ledger.
+pub type LedgerResult<T> = Result<T, LedgerError>;
+
+/// The static description of a memory file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSpec {
+    /// Size in bytes.
+    pub size: u64,
+    /// Backing kind.
+    pub kind: MemoryKind,
+    /// Binding alignment.
+    pub page_size: u64,
+}
+
+/// The VM that owns a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The VM.
+    pub vm: VmId,
+    /// The lease it binds through.
+    pub lease: LeaseId,
+}
+
+/// One binding as the ledger stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// Memslot.
+    pub slot: u32,
+    /// Guest-physical address.
+    pub gpa: u64,
+    /// File.
+    pub file: Name,
+    /// Offset in the file.
+    pub offset: u64,
+    /// Bytes.
+    pub size: u64,
+}
+
+impl Binding {
+    fn gpa_end(&self) -> u64 {
+        // Checked when the binding was admitted.
+        self.gpa + self.size
+    }
+}
+
+/// A memory file's ledger record.
+#[derive(Debug, Clone)]
+pub struct FileRecord {
+    /// Size, kind and page size.
+    pub spec: FileSpec,
+    /// Current owner.
+    pub owner: Option<Owner>,
+    /// Bindings keyed by file offset: (lease, slot, size).
+    ranges: BTreeMap<u64, (LeaseId, u32, u64)>,
+    /// Processes that received the fd, and the VM they received it for.
+    holders: BTreeMap<u32, Uuid>,
+    /// The lease that created it, counted against that lease's file limit.
+    creator: Option<LeaseId>,
+}
+
+impl FileRecord {
+    /// Number of bindings.
+    pub fn binding_count(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Pids recorded as having received the fd.
+    pub fn holders(&self) -> impl Iterator<Item = (u32, Uuid)> + '_ {
+        self.holders.iter().map(|(pid, vm)| (*pid, *vm))
+    }
+}
+
+/// Who is on the other end of a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Peer {
+    /// Process id (SO_PEERCRED).
+    pub pid: u32,
+    /// User id.
+    pub uid: u32,
+}
+
+/// A lease's ledger record.
+#[derive(Debug, Clone)]
+pub struct LeaseRecord {
+    /// The VM.
+    pub vm: VmId,
+    /// The client process.
+    pub peer: Peer,
+    bindings: BTreeMap<u32, Binding>,
+}
+
+impl LeaseRecord {
+    /// Bindings by slot.
+    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values()
+    }
+}
+
+/// What ending a lease removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseEnd {
+    /// The VM whose lease ended.
+    pub vm: VmId,
+    /// Bindings dropped.
+    pub bindings: Vec<Binding>,
+    /// Files whose owner was cleared.
+    pub released: Vec<Name>,
+}
+
+/// The ledger.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    files: BTreeMap<Name, FileRecord>,
+    leases: BTreeMap<LeaseId, LeaseRecord>,
+}
+
+impl Ledger {
+    /// An empty ledger.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Opens a lease for `vm`. A VM has at most one lease at a time.
+    ///
+    /// # Errors
+    /// [`LedgerError::VmBusy`].
+    pub fn open_lease(&mut self, id: LeaseId, vm: VmId, peer: Peer) -> LedgerResult<()> {
+        if let Some((lease, rec)) = self.leases.iter().find(|(_, l)| l.vm.uuid == vm.uuid) {
+            return Err(LedgerError::VmBusy {
+                vm: rec.vm.clone(),
+                lease: *lease,
+                pid: rec.peer.pid,
+            });
+        }
+        self.leases.insert(
+            id,
+            LeaseRecord {
+                vm,
+                peer,
+                bindings: BTreeMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Ends a lease: drops every binding at once and clears the owners that
+    /// had no other binding.
+    ///
+    /// # Errors
+    /// [`LedgerError::UnknownLease`].
+    pub fn close_lease(&mut self, id: LeaseId) -> LedgerResult<LeaseEnd> {
+        let lease = self
+            .leases
+            .remove(&id)
+            .ok_or(LedgerError::UnknownLease(id))?;
+        let mut released = Vec::new();
+        for binding in lease.bindings.values() {
+            if let Some(file) = self.files.get_mut(&binding.file) {
+                file.ranges.remove(&binding.offset);
+                if file.ranges.is_empty() && file.owner.take().is_some() {
+                    released.push(binding.file.clone());
+                }
+            }
+        }
+        for file in self.files.values_mut() {
+            if file.creator == Some(id) {
+                file.creator = None;
+            }
+        }
+        released.sort();
+        released.dedup();
+        Ok(LeaseEnd {
+            vm: lease.vm,
+            bindings: lease.bindings.into_values().collect(),
+            released,
+        })
+    }
+
+    /// The open lease of a VM.
+    pub fn lease_of(&self, selector: &VmSelector) -> Option<LeaseId> {
+        self.leases
+            .iter()
+            .find(|(_, l)| match selector {
+                VmSelector::Uuid(u) => l.vm.uuid == *u,
+                VmSelector::Name(n) => l.vm.name == *n,
+            })
+            .map(|(id, _)| *id)
+    }
+
+    /// A lease's record.
+    pub fn lease(&self, id: LeaseId) -> Option<&LeaseRecord> {
+        self.leases.get(&id)
+    }
+
+    /// All leases.
+    pub fn leases(&self) -> impl Iterator<Item = (LeaseId, &LeaseRecord)> {
+        self.leases.iter().map(|(id, l)| (*id, l))
+    }
+
+    /// Adds a memory file.
+    ///
+    /// # Errors
+    /// [`LedgerError::FileExists`].
+    pub fn add_file(
+        &mut self,
+        name: Name,
+        spec: FileSpec,
+        creator: Option<LeaseId>,
+    ) -> LedgerResult<()> {
+        if self.files.contains_key(&name) {
+            return Err(LedgerError::FileExists { name });
+        }
+        self.files.insert(
+            name,
+            FileRecord {
+                spec,
+                owner: None,
+                ranges: BTreeMap::new(),
+                holders: BTreeMap::new(),
+                creator,
+            },
+        );
+        Ok(())
+    }
+
+    /// Checks that a file may be removed by a requester who is (or is not) an
+    /// operator: unbound files by anyone, bound files by an operator only.
+    ///
+    /// # Errors
+    /// [`LedgerError::UnknownFile`], [`LedgerError::FileBound`].
+    pub fn check_remove(&self, name: &Name, operator: bool) -> LedgerResult<&FileRecord> {
+        let file = self.file(name)?;
+        if !file.ranges.is_empty() && !operator {
+            return Err(LedgerError::FileBound {
+                name: name.clone(),
+                bindings: file.ranges.len(),
+            });
+        }
+        Ok(file)
+    }
+
+    /// Removes a file, dropping its bindings (operator destroy).
+    ///
+    /// # Errors
+    /// As [`Ledger::check_remove`].
+    pub fn remove_file(&mut self, name: &Name, operator: bool) -> LedgerResult<Vec<Binding>> {
+        self.check_remove(name, operator)?;
+        let file = self
+            .files
+            .remove(name)
+            .ok_or(LedgerError::UnknownFile { name: name.clone() })?;
+        let mut dropped = Vec::new();
+        for (offset, (lease, slot, _)) in file.ranges {
+            if let Some(rec) = self.leases.get_mut(&lease) {
+                if let Some(b) = rec.bindings.remove(&slot) {
+                    debug_assert_eq!(b.offset, offset);
+                    dropped.push(b);
+                }
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// A file's record.
+    ///
+    /// # Errors
+    /// [`LedgerError::UnknownFile`].
+    pub fn file(&self, name: &Name) -> LedgerResult<&FileRecord> {
+        self.files
+            .get(name)
+            .ok_or_else(|| LedgerError::UnknownFile { name: name.clone() })
+    }
+
+    /// All files.
+    pub fn files(&self) -> impl Iterator<Item = (&Name, &FileRecord)> {
+        self.files.iter()
+    }
+
+    /// Bytes of all memory files.
+    pub fn total_size(&self) -> u64 {
+        self.files.values().map(|f| f.spec.size).sum()
+    }
+
+    /// Files created through a lease and still present.
+    pub fn files_created_by(&self, lease: LeaseId) -> usize {
+        self.files
+            .values()
+            .filter(|f| f.creator == Some(lease))
+            .count()
+    }
+
+    /// Records that process `pid` received the file's fd for VM `vm`.
+    ///
+    /// # Errors
+    /// [`LedgerError::UnknownFile`].
+    pub fn add_holder(&mut self, name: &Name, pid: u32, vm: Uuid) -> LedgerResult<()> {
+        let file = self
+            .files
+            .get_mut(name)
+            .ok_or(LedgerError::UnknownFile { name: name.clone() })?;
+        file.holders.insert(pid, vm);
+        Ok(())
+    }
+
+    /// Forgets every process recorded for the file (after a scrub).
+    ///
+    /// # Errors
+    /// [`LedgerError::UnknownFile`].
+    pub fn clear_holders(&mut self, name: &Name) -> LedgerResult<()> {
+        let file = self
+            .files
+            .get_mut(name)
+            .ok_or(LedgerError::UnknownFile { name: name.clone() })?;
+        file.holders.clear();
+        Ok(())
+    }
+
+    /// Forgets the holders `is_alive` reports gone, in every file.
+    pub fn prune_holders(&mut self, is_alive: &mut dyn FnMut(u32) -> bool) {
+        for file in self.files.values_mut() {
+            file.holders.retain(|pid, _| is_alive(*pid));
+        }
+    }
+
+    /// Refuses VM `uuid` access to a file while another VM owns it, or while
+    /// a live process holds it for another VM (invariants 1 and 6).
+    ///
+    /// # Errors
+    /// [`LedgerError::NotOwner`], [`LedgerError::HeldElsewhere`],
+    /// [`LedgerError::UnknownFile`].
+    pub fn check_access(
+        &self,
+        name: &Name,
+        uuid: Uuid,
+        is_alive: &mut dyn FnMut(u32) -> bool,
+    ) -> LedgerResult<()> {
+        let file = self.file(name)?;
+        if let Some(owner) = &file.owner {
+            if owner.vm.uuid != uuid {
+                return Err(LedgerError::NotOwner {
+                    name: name.clone(),
+                    owner: owner.vm.clone(),
+                    lease: owner.lease,
+                });
+            }
+        }
+        for (pid, holder_vm) in &file.holders {
+            if *holder_vm != uuid && is_alive(*pid) {
+                let holder = self
+                    .leases
+                    .values()
+                    .find(|l| l.vm.uuid == *holder_vm)
+                    .map_or_else(|| format!("VM {holder_vm}"), |l| format!("VM {}", l.vm));
+                return Err(LedgerError::HeldElsewhere {
+                    name: name.clone(),
+                    pid: *pid,
+                    holder,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Binds a file range into lease `id`'s VM. Validation follows
+    /// `kvm_gmem_bind`; `is_alive` tells whether a recorded holder process
+    /// still exists (invariant 6). Returns whether this bind set the owner.
+    ///
+    /// # Errors
+    /// Any binding refusal; the ledger is unchanged then.
+    pub fn bind(
+        &mut self,
+        id: LeaseId,
+        req: &BindRequest,
+        is_alive: &mut dyn FnMut(u32) -> bool,
+    ) -> LedgerResult<bool> {
+        let lease = self.leases.get(&id).ok_or(LedgerError::UnknownLease(id))?;
+        let vm = &lease.vm;
+        self.check_access(&req.name, vm.uuid, is_alive)?;
+        let file = self.file(&req.name)?;
+
+        let page_size = file.spec.page_size;
+        for (field, value) in [("offset", req.offset), ("size", req.size), ("gpa", req.gpa)] {
+            if value % page_size != 0 {
+                return Err(LedgerError::Misaligned {
+                    name: req.name.clone(),
+                    field,
+                    value,
+                    page_size,
+                });
+            }
+        }
+        if req.size == 0 {
+            return Err(LedgerError::EmptyBinding);
+        }
+        let end = req.offset.checked_add(req.size);
+        if end.is_none_or(|end| end > file.spec.size) {
+            return Err(LedgerError::PastEnd {
+                name: req.name.clone(),
+                offset: req.offset,
+                size: req.size,
+                file_size: file.spec.size,
+            });
+        }
+        let file_end = req.offset + req.size;
+        let gpa_end = req
+            .gpa
+            .checked_add(req.size)
+            .ok_or(LedgerError::GuestOverflow {
+                gpa: req.gpa,
+                size: req.size,
+            })?;
+        // The binding starting closest below our end is the only one that
+        // can overlap, because bindings of one file never overlap each other.
+        if let Some((&start, &(_, slot, size))) = file.ranges.range(..file_end).next_back() {
+            if start + size > req.offset {
+                return Err(LedgerError::FileRangeOverlap {
+                    name: req.name.clone(),
+                    offset: req.offset,
+                    size: req.size,
+                    slot,
+                });
+            }
+        }
+        if lease.bindings.contains_key(&req.slot) {
+            return Err(LedgerError::SlotTaken { slot: req.slot });
+        }
+        if let Some(other) = lease
+            .bindings
+            .values()
+            .find(|b| b.gpa < gpa_end && req.gpa < b.gpa_end())
+        {
+            return Err(LedgerError::GuestOverlap {
+                gpa: req.gpa,
+                size: req.size,
+                slot: other.slot,
+            });
+        }
+
+        // Every check passed: apply.
+        let vm = vm.clone();
+        let file = self.files.get_mut(&req.name).expect("file checked above");
+        let sets_owner = file.owner.is_none();
+        if sets_owner {
+            file.owner = Some(Owner { vm, lease: id });
+        }
+        file.ranges.insert(req.offset, (id, req.slot, req.size));
+        self.leases
+            .get_mut(&id)
+            .expect("lease checked above")
+            .bindings
+            .insert(
+                req.slot,
+                Binding {
+                    slot: req.slot,
+                    gpa: req.gpa,
+                    file: req.name.clone(),
+                    offset: req.offset,
+                    size: req.size,
+                },
+            );
+        Ok(sets_owner)
+    }
+
+    /// Removes the binding in `slot`. Returns it and whether the file's owner
+    /// was cleared (it was the last binding).
+    ///
+    /// # Errors
+    /// [`LedgerError::UnknownSlot`], [`LedgerError::UnknownLease`].
+    pub fn unbind(&mut self, id: LeaseId, slot: u32) -> LedgerResult<(Binding, bool)> {
+        let lease = self
+            .leases
+            .get_mut(&id)
+            .ok_or(LedgerError::UnknownLease(id))?;
+        let binding = lease
+            .bindings
+            .remove(&slot)
+            .ok_or(LedgerError::UnknownSlot { slot })?;
+        let mut cleared = false;
+        if let Some(file) = self.files.get_mut(&binding.file) {
+            file.ranges.remove(&binding.offset);
+            if file.ranges.is_empty() {
+                cleared = file.owner.take().is_some();
+            }
+        }
+        Ok((binding, cleared))
+    }
+
+    /// Checks every invariant over the whole ledger; for tests and fuzzing.
+    ///
+    /// # Panics
+    /// If an invariant does not hold.
+    pub fn assert_consistent(&self) {
+        let mut seen = 0;
+        for (id, lease) in &self.leases {
+            for (slot, b) in &lease.bindings {
+                assert_eq!(*slot, b.slot);
+                let file = &self.files[&b.file];
+                assert_eq!(file.ranges.get(&b.offset), Some(&(*id, b.slot, b.size)));
+                let owner = file.owner.as_ref().expect("bound file has an owner");
+                assert_eq!(owner.vm.uuid, lease.vm.uuid);
+                assert_eq!(b.offset % file.spec.page_size, 0);
+                assert!(b.offset + b.size <= file.spec.size);
+                for other in lease.bindings.values() {
+                    if other.slot != b.slot {
+                        assert!(other.gpa >= b.gpa_end() || b.gpa >= other.gpa_end());
+                    }
+                }
+                seen += 1;
+            }
+        }
+        let mut ranges = 0;
+        for file in self.files.values() {
+            assert_eq!(file.owner.is_some(), !file.ranges.is_empty());
+            let mut last_end = 0;
+            for (start, (_, _, size)) in &file.ranges {
+                assert!(*start >= last_end, "overlapping file ranges");
+                last_end = start + size;
+            }
+            ranges += file.ranges.len();
+        }
+        assert_eq!(seen, ranges);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    fn vm(s: &str) -> VmId {
+        VmId::from_name(name(s))
+    }
+
+    fn memfd_spec(size: u64) -> FileSpec {
+        FileSpec {
+            size,
+            kind: MemoryKind::Memfd,
+            page_size: 4096,
+        }
+    }
+
+    fn bind_req(file: &str, slot: u32, gpa: u64, offset: u64, size: u64) -> BindRequest {
+        BindRequest {
+            slot,
+            gpa,
+            name: name(file),
+            offset,
+            size,
+        }
+    }
+
+    fn never_alive(_: u32) -> bool {
+        false
+    }
+
+    /// Ledger with file "f" (4 MiB), lease 1 = vm a, lease 2 = vm b.
+    fn setup() -> Ledger {
+        let mut l = Ledger::new();
+        l.add_file(name("f"), memfd_spec(4 * MIB), None).unwrap();
+        l.open_lease(1, vm("a"), Peer::default()).unwrap();
+        l.open_lease(2, vm("b"), Peer::default()).unwrap();
+        l
+    }
+
+    fn snapshot(l: &Ledger) -> String {
+        format!("{:?} {:?}", l.files, l.leases)
+    }
+
+    #[test]
+    fn first_bind_sets_owner_other_vm_refused_last_unbind_clears() {
+        let mut l = setup();
+        assert!(l
+            .bind(1, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+            .unwrap());
+        assert!(!l
+            .bind(1, &bind_req("f", 1, MIB, MIB, MIB), &mut never_alive)
+            .unwrap());
+        let err = l
+            .bind(2, &bind_req("f", 0, 0, 2 * MIB, MIB), &mut never_alive)
+            .unwrap_err();
+        assert!(
+            matches!(&err, LedgerError::NotOwner { owner, lease: 1, .. } if owner.name.as_str() == "a")
+        );
+        assert!(err.to_string().contains("owned by VM a"));
+        assert_eq!(err.errno(), Errno::BUSY);
+
+        assert!(!l.unbind(1, 0).unwrap().1);
+        assert!(l.file(&name("f")).unwrap().owner.is_some());
+        assert!(l.unbind(1, 1).unwrap().1);
+        assert!(l.file(&name("f")).unwrap().owner.is_none());
+        assert!(l
+            .bind(2, &bind_req("f", 0, 0, 2 * MIB, MIB), &mut never_alive)
+            .unwrap());
+        l.assert_consistent();
+    }
+
+    #[test]
+    fn each_validation_refuses_with_its_own_error_and_changes_nothing() {
+        let mut l = setup();
+        l.bind(1, &bind_req("f", 5, 0x10_0000, 0, MIB), &mut never_alive)
+            .unwrap();
+        let before = snapshot(&l);
+        type Check = fn(&LedgerError) -> bool;
+        let cases: Vec<(BindRequest, Check)> = vec![
+            (bind_req("f", 0, 0, 100, 4096), |e| {
+                matches!(
+                    e,
+                    LedgerError::Misaligned {
+                        field: "offset",
+                        ..
+                    }
+                )
+            }),
+            (bind_req("f", 0, 0, MIB, 100), |e| {
+                matches!(e, LedgerError::Misaligned { field: "size", .. })
+            }),
+            (bind_req("f", 0, 0x123, MIB, 4096), |e| {
+                matches!(e, LedgerError::Misaligned { field: "gpa", .. })
+            }),
+            (bind_req("f", 0, 0, MIB, 0), |e| {
+                matches!(e, LedgerError::EmptyBinding)
+            }),
+            (bind_req("f", 0, 0, 3 * MIB, 2 * MIB), |e| {
+                matches!(e, LedgerError::PastEnd { .. })
+            }),
+            (bind_req("f", 0, 0, u64::MAX - 4095, 8192), |e| {
+                matches!(e, LedgerError::PastEnd { .. })
+            }),
+            (bind_req("f", 0, u64::MAX - 4095, MIB, 8192), |e| {
+                matches!(e, LedgerError::GuestOverflow { .. })
+            }),
+            (bind_req("f", 0, 0x100_0000, MIB - 4096, 8192), |e| {
+                matches!(e, LedgerError::FileRangeOverlap { slot: 5, .. })
+            }),
+            (bind_req("f", 5, 0x100_0000, 2 * MIB, 4096), |e| {
+                matches!(e, LedgerError::SlotTaken { slot: 5 })
+            }),
+            (
+                bind_req("f", 6, 0x10_0000 + MIB - 4096, 2 * MIB, 8192),
+                |e| matches!(e, LedgerError::GuestOverlap { slot: 5, .. }),
+            ),
+            (bind_req("nope", 6, 0, 0, 4096), |e| {
+                matches!(e, LedgerError::UnknownFile { .. })
+            }),
+        ];
+        let mut errnos = Vec::new();
+        for (req, check) in cases {
+            let err = l.bind(1, &req, &mut never_alive).unwrap_err();
+            assert!(check(&err), "{req:?} gave {err:?}");
+            assert_eq!(snapshot(&l), before, "{req:?} changed the ledger");
+            errnos.push(err.errno());
+        }
+        // The main classes are told apart by errno too.
+        assert!(errnos.contains(&Errno::INVAL) && errnos.contains(&Errno::RANGE));
+        assert!(errnos.contains(&Errno::EXIST) && errnos.contains(&Errno::ADDRINUSE));
+        l.assert_consistent();
+    }
+
+    #[test]
+    fn adjacent_ranges_are_not_overlaps() {
+        let mut l = setup();
+        l.bind(1, &bind_req("f", 0, 0, MIB, MIB), &mut never_alive)
+            .unwrap();
+        l.bind(1, &bind_req("f", 1, MIB, 0, MIB), &mut never_alive)
+            .unwrap();
+        l.bind(
+            1,
+            &bind_req("f", 2, 2 * MIB, 2 * MIB, 2 * MIB),
+            &mut never_alive,
+        )
+        .unwrap();
+        l.assert_consistent();
+    }
+
+    #[test]
+    fn same_slot_and_gpa_are_per_vm() {
+        let mut l = setup();
+        l.add_file(name("g"), memfd_spec(MIB), None).unwrap();
+        l.bind(1, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+            .unwrap();
+        l.bind(2, &bind_req("g", 0, 0, 0, MIB), &mut never_alive)
+            .unwrap();
+        l.assert_consistent();
+    }
+
+    #[test]
+    fn closing_a_lease_drops_all_bindings_and_clears_owners() {
+        let mut l = setup();
+        l.add_file(name("g"), memfd_spec(MIB), Some(1)).unwrap();
+        l.bind(1, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+            .unwrap();
+        l.bind(1, &bind_req("f", 1, MIB, MIB, MIB), &mut never_alive)
+            .unwrap();
+        l.bind(1, &bind_req("g", 2, 4 * MIB, 0, MIB), &mut never_alive)
+            .unwrap();
+        assert_eq!(l.files_created_by(1), 1);
+        let end = l.close_lease(1).unwrap();
+        assert_eq!(end.bindings.len(), 3);
+        assert_eq!(end.released, vec![name("f"), name("g")]);
+        assert!(l
+            .files()
+            .all(|(_, f)| f.owner.is_none() && f.binding_count() == 0));
+        assert_eq!(l.files_created_by(1), 0);
+        // The files stay.
+        assert_eq!(l.files().count(), 2);
+        assert!(l
+            .bind(2, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+            .unwrap());
+        assert_eq!(l.close_lease(1), Err(LedgerError::UnknownLease(1)));
+        l.assert_consistent();
+    }
+
+    #[test]
+    fn one_lease_per_vm() {
+        let mut l = setup();
+        let err = l
+            .open_lease(3, vm("a"), Peer { pid: 7, uid: 0 })
+            .unwrap_err();
+        assert!(matches!(err, LedgerError::VmBusy { lease: 1, .. }));
+        l.close_lease(1).unwrap();
+        l.open_lease(3, vm("a"), Peer::default()).unwrap();
+        assert_eq!(l.lease_of(&VmSelector::Name(name("a"))), Some(3));
+        assert_eq!(l.lease_of(&VmSelector::Uuid(vm("b").uuid)), Some(2));
+    }
+
+    #[test]
+    fn live_holder_of_another_vm_blocks_bind_until_gone_or_cleared() {
+        let mut l = setup();
+        l.add_holder(&name("f"), 4242, vm("a").uuid).unwrap();
+        // The holder's own VM is not blocked.
+        l.bind(1, &bind_req("f", 0, 0, 0, MIB), &mut |_| true)
+            .unwrap();
+        l.unbind(1, 0).unwrap();
+        let before = snapshot(&l);
+        let err = l
+            .bind(2, &bind_req("f", 0, 0, 0, MIB), &mut |pid| pid == 4242)
+            .unwrap_err();
+        assert!(matches!(err, LedgerError::HeldElsewhere { pid: 4242, .. }));
+        assert!(err.to_string().contains("pid 4242"));
+        assert_eq!(snapshot(&l), before);
+        // Gone: allowed.
+        l.bind(2, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+            .unwrap();
+        l.unbind(2, 0).unwrap();
+        // Cleared by a scrub: allowed even while alive.
+        l.clear_holders(&name("f")).unwrap();
+        l.bind(2, &bind_req("f", 0, 0, 0, MIB), &mut |_| true)
+            .unwrap();
+        l.assert_consistent();
+    }
+
+    #[test]
+    fn removal_rules() {
+        let mut l = setup();
+        l.bind(1, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+            .unwrap();
+        assert!(matches!(
+            l.remove_file(&name("f"), false),
+            Err(LedgerError::FileBound { bindings: 1, .. })
+        ));
+        let dropped = l.remove_file(&name("f"), true).unwrap();
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(l.lease(1).unwrap().bindings().count(), 0);
+        assert!(matches!(
+            l.remove_file(&name("f"), true),
+            Err(LedgerError::UnknownFile { .. })
+        ));
+        l.assert_consistent();
+    }
+
+    #[test]
+    // Small test values: every cast below is of a number under 64.
+    #[allow(clippy::cast_possible_truncation)]
+    fn pseudo_random_operations_keep_invariants() {
+        // A deterministic xorshift walk over binds, unbinds and lease churn.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut l = Ledger::new();
+        for f in 0..4 {
+            l.add_file(name(&format!("f{f}")), memfd_spec(16 * 4096), None)
+                .unwrap();
+        }
+        let mut open = Vec::new();
+        let mut next_id = 1;
+        for _ in 0..20_000 {
+            match next() % 8 {
+                0 if open.len() < 4 => {
+                    let v = vm(&format!("v{}", next() % 6));
+                    if l.open_lease(next_id, v, Peer::default()).is_ok() {
+                        open.push(next_id);
+                    }
+                    next_id += 1;
+                }
+                1 if !open.is_empty() => {
+                    let id = open.remove((next() % open.len() as u64) as usize);
+                    l.close_lease(id).unwrap();
+                }
+                2..=5 if !open.is_empty() => {
+                    let id = open[(next() % open.len() as u64) as usize];
+                    let req = bind_req(
+                        &format!("f{}", next() % 4),
+                        (next() % 8) as u32,
+                        (next() % 32) * 4096,
+                        (next() % 18) * 4096,
+                        (next() % 6) * 4096,
+                    );
+                    let before = snapshot(&l);
+                    if l.bind(id, &req, &mut never_alive).is_err() {
+                        assert_eq!(before, snapshot(&l));
+                    }
+                }
+                _ if !open.is_empty() => {
+                    let id = open[(next() % open.len() as u64) as usize];
+                    let _ = l.unbind(id, (next() % 8) as u32);
+                }
+                _ => {}
+            }
+            l.assert_consistent();
+        }
+    }
+}
