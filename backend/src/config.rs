@@ -106,21 +106,21 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {text:?} overflows"))
 }
 
-/// Formats a byte count for people: `512 MiB`, `1.5 GiB`.
+/// Formats a byte count for people: `512 MiB`, `1.5 GiB`, `23.5 GiB`.
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut unit = 0;
-    let mut whole = bytes;
-    while whole >= 1024 && unit < UNITS.len() - 1 && whole % 1024 == 0 {
-        whole /= 1024;
+    while unit < UNITS.len() - 1 && bytes >= 1u64 << (10 * (unit + 1)) {
         unit += 1;
     }
-    if whole >= 1024 && unit < UNITS.len() - 1 {
-        #[allow(clippy::cast_precision_loss)]
-        let value = whole as f64 / 1024.0;
-        return format!("{value:.1} {}", UNITS[unit + 1]);
+    let scale = 1u64 << (10 * unit);
+    if bytes % scale == 0 {
+        return format!("{} {}", bytes / scale, UNITS[unit]);
     }
-    format!("{whole} {}", UNITS[unit])
+    // Display only: the precision lost above 2^53 bytes does not matter.
+    #[allow(clippy::cast_precision_loss)]
+    let value = bytes as f64 / scale as f64;
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]
@@ -145,6 +145,7 @@ mod tests {
         assert_eq!(format_size(1 << 30), "1 GiB");
         assert_eq!(format_size(1536 << 20), "1.5 GiB");
         assert_eq!(format_size(100), "100 B");
+        assert_eq!(format_size(24_105 << 20), "23.5 GiB");
     }
 
     #[test]

@@ -20,7 +20,8 @@ use crate::ledger::FileSpec;
 pub enum MemoryError {
     /// Size is zero or not a multiple of the page size.
     #[error(
-        "size {size:#x} is not a non-zero multiple of the {page_size}-byte page size of {kind}"
+        "size {size:#x} is not a non-zero multiple of the {} page size of {kind}",
+        crate::config::format_size(*page_size)
     )]
     BadSize {
         /// Requested size.

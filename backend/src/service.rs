@@ -311,6 +311,7 @@ impl Service {
                 );
             }
         }
+        self.prune_holders();
         info!(
             "lease {id} ended ({reason}): VM {}, {} binding(s) dropped, owner cleared on [{}]",
             end.vm,
@@ -504,7 +505,7 @@ impl Service {
         }
         if let Some(vm) = session.vm() {
             // Handing the fd to another VM is as good as binding it there.
-            self.check_access(name, vm.uuid)?;
+            self.check_access(session, name, vm.uuid)?;
         }
         debug!("opened {name} for {}", session.describe());
         self.reply_with_fd(session, name, spec, false)
@@ -512,13 +513,22 @@ impl Service {
 
     /// Refuses access to `name` for VM `uuid` while another VM owns it or a
     /// live process holds it for another VM (invariants 1 and 6).
-    fn check_access(&mut self, name: &Name, uuid: Uuid) -> ServiceResult<()> {
-        self.prune_holders();
-        let pidfds = &self.pidfds;
-        // Holders were pruned just above: every recorded pid is alive.
-        self.ledger
-            .check_access(name, uuid, &mut |pid| pidfds.contains_key(&pid))?;
+    fn check_access(&mut self, session: &Session, name: &Name, uuid: Uuid) -> ServiceResult<()> {
+        let mut live_other = Self::live_other_holders(&self.pidfds, session);
+        self.ledger.check_access(name, uuid, &mut live_other)?;
         Ok(())
+    }
+
+    /// Whether a recorded pid is a live process other than the requester.
+    /// The requester itself is not a "process that had it for another VM"
+    /// it could be shielded from: it already holds the fd. Only the holders
+    /// of the file in question are polled.
+    fn live_other_holders<'a>(
+        pidfds: &'a HashMap<u32, OwnedFd>,
+        session: &Session,
+    ) -> impl FnMut(u32) -> bool + 'a {
+        let requester = session.peer.pid;
+        move |pid| pid != requester && pid_alive(pidfds, pid)
     }
 
     fn reply_with_fd(
@@ -570,40 +580,24 @@ impl Service {
 
     /// Whether the process behind a recorded pid still runs; a pidfd turns
     /// readable when its process exits, so pid reuse cannot fool this.
-    fn is_alive(&mut self, pid: u32) -> bool {
-        let Some(fd) = self.pidfds.get(&pid) else {
-            return false;
-        };
-        let mut fds = [PollFd::new(fd, PollFlags::IN)];
-        let alive = matches!(
-            poll(&mut fds, Some(&rustix::event::Timespec::default())),
-            Ok(0)
-        );
-        if !alive {
-            self.pidfds.remove(&pid);
-        }
-        alive
+    fn is_alive(&self, pid: u32) -> bool {
+        pid_alive(&self.pidfds, pid)
     }
 
+    /// Forgets processes that have exited, in the pidfd table and the
+    /// ledger. Run when a lease ends, so the tables stay as small as the set
+    /// of live VMM processes.
     fn prune_holders(&mut self) {
-        let mut alive: HashMap<u32, bool> = HashMap::new();
-        let pids: Vec<u32> = self.pidfds.keys().copied().collect();
-        for pid in pids {
-            let a = self.is_alive(pid);
-            alive.insert(pid, a);
-        }
+        self.pidfds.retain(|_, fd| pidfd_alive(fd));
+        let alive = &self.pidfds;
         self.ledger
-            .prune_holders(&mut |pid| alive.get(&pid).copied().unwrap_or(false));
+            .prune_holders(&mut |pid| alive.contains_key(&pid));
     }
 
     fn bind(&mut self, session: &Session, req: &BindRequest) -> ServiceResult<Response> {
         let (lease, vm) = Self::require_lease(session, Request::Bind)?;
-        self.prune_holders();
-        let pidfds = &self.pidfds;
-        // Holders were pruned just above: every recorded pid is alive.
-        let sets_owner = self
-            .ledger
-            .bind(lease, req, &mut |pid| pidfds.contains_key(&pid))?;
+        let mut live_other = Self::live_other_holders(&self.pidfds, session);
+        let sets_owner = self.ledger.bind(lease, req, &mut live_other)?;
         info!(
             "lease {lease} (VM {}): bound slot {} gpa {:#x} -> {} +{:#x} size {:#x}{}",
             vm.name,
@@ -835,6 +829,20 @@ impl Service {
             bindings,
         }
     }
+}
+
+/// Whether the process of a pidfd is still running (its pidfd turns
+/// readable on exit).
+fn pidfd_alive(fd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    matches!(
+        poll(&mut fds, Some(&rustix::event::Timespec::default())),
+        Ok(0)
+    )
+}
+
+fn pid_alive(pidfds: &HashMap<u32, OwnedFd>, pid: u32) -> bool {
+    pidfds.get(&pid).is_some_and(pidfd_alive)
 }
 
 fn join(names: &[Name]) -> String {

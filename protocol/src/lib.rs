@@ -8,11 +8,17 @@
 //! - [`conn`]: framed messages and SCM_RIGHTS fds over a socket.
 //! - [`server`]: request checking and dispatch for a daemon, without I/O.
 //! - [`client`]: the blocking client a VMM or tool uses.
+//! - `guest_memory` (feature `guest-memory`): received fds as a vm-memory `GuestMemoryMmap`.
+//! - `kvm` (feature `kvm`): KVM memslots from that memory, kept in step with gmemd.
 
 #![deny(missing_docs)]
 
 pub mod client;
 pub mod conn;
+#[cfg(feature = "guest-memory")]
+pub mod guest_memory;
+#[cfg(feature = "kvm")]
+pub mod kvm;
 pub mod server;
 pub mod wire;
 

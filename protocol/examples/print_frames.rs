@@ -1,0 +1,129 @@
+//! Prints the bytes of real encoded frames, for the worked examples in
+//! `protocol/PROTOCOL.md`.
+//!
+//! `cargo run -p gmem-protocol --example print_frames`
+
+use gmem_protocol::wire::{
+    encode_status_page, BindingStatus, CreateFlags, CreateRequest, Features, FileInfo, FileStatus,
+    Header, Hello, HelloReply, MemoryKind, Name, OwnerStatus, Reply, Request, RequestBody,
+    StatusQuery, StatusSection, VmId, VERSION,
+};
+
+/// Prints one frame: the 12 header bytes on one line, then the payload in
+/// rows of 16 bytes, each row prefixed with its payload offset.
+fn dump(title: &str, header: Header, payload: &[u8]) {
+    println!("{title}: header 12 + payload {} bytes", payload.len());
+    let head = header.to_bytes();
+    println!("  header  {}", hex(&head));
+    for (row, chunk) in payload.chunks(16).enumerate() {
+        println!("  {:04x}    {}", row * 16, hex(chunk));
+    }
+    println!();
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn request(title: &str, body: &RequestBody) {
+    let payload = body.encode();
+    dump(
+        title,
+        Header::request(body.request(), payload.len()),
+        &payload,
+    );
+}
+
+fn reply(title: &str, code: Request, reply: &Reply) {
+    let payload = reply.encode();
+    dump(title, Header::reply(code as u32, payload.len()), &payload);
+}
+
+fn main() {
+    let name = |s: &str| Name::new(s).expect("valid name");
+    let vm = VmId::from_name(name("vm-a"));
+    println!("VM vm-a: uuid {} (Uuid::from_name)\n", vm.uuid);
+
+    request(
+        "HELLO request (VM lease vm-a, offers every feature)",
+        &RequestBody::Hello(Hello {
+            features: Features::all(),
+            vm: Some(vm.clone()),
+        }),
+    );
+    reply(
+        "HELLO reply (features 0x7, lease 1, version 1)",
+        Request::Hello,
+        &Reply::ok(
+            HelloReply {
+                features: Features::all(),
+                lease: 1,
+                version: VERSION,
+            }
+            .encode(),
+        ),
+    );
+
+    request(
+        "CREATE request (ram0, 2 MiB memfd, no flags)",
+        &RequestBody::Create(CreateRequest {
+            name: name("ram0"),
+            size: 2 << 20,
+            kind: MemoryKind::Memfd,
+            flags: CreateFlags::empty(),
+        }),
+    );
+    reply(
+        "CREATE reply (1 fd in SCM_RIGHTS; size 2 MiB, page 4096, memfd, CREATED)",
+        Request::Create,
+        &Reply::ok(
+            FileInfo {
+                size: 2 << 20,
+                page_size: 4096,
+                kind: MemoryKind::Memfd,
+                created: true,
+            }
+            .encode(),
+        ),
+    );
+
+    reply(
+        "CREATE error reply (EEXIST = 17, no fd)",
+        Request::Create,
+        &Reply::error(17, "memory file ram0 already exists"),
+    );
+
+    request(
+        "STATUS request (files, start 0)",
+        &RequestBody::Status(StatusQuery {
+            section: StatusSection::Files,
+            start: 0,
+        }),
+    );
+    let file = FileStatus {
+        name: name("ram0"),
+        size: 2 << 20,
+        page_size: 4096,
+        kind: MemoryKind::Memfd,
+        owner: Some(OwnerStatus {
+            vm: vm.clone(),
+            lease: 1,
+        }),
+        bindings: vec![BindingStatus {
+            slot: 0,
+            gpa: 0,
+            offset: 0,
+            size: 2 << 20,
+        }],
+    };
+    let (body, _) = encode_status_page(1, 0, std::slice::from_ref(&file), FileStatus::encode);
+    reply(
+        "STATUS reply (files page: 1 file, owned by vm-a, 1 binding)",
+        Request::Status,
+        &Reply::ok(body),
+    );
+}

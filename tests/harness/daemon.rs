@@ -1,0 +1,134 @@
+//! A real `gmemd` on a temp socket.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use gmem_protocol::wire::VmId;
+use gmem_protocol::Client;
+
+use crate::process::{wait_until, ChildGuard};
+
+/// A running gmemd, stopped (and its log printed, if the test failed) on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    dir: tempfile::TempDir,
+    guard: ChildGuard,
+}
+
+impl Daemon {
+    /// Starts gmemd with default settings.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts gmemd with extra arguments and waits until it serves.
+    pub fn start_with(args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("gmemd-test")
+            .tempdir()
+            .expect("temp dir");
+        // Tests connect as other uids too (peer checks); let them reach the socket.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
+        let log = std::fs::File::create(dir.path().join("gmemd.log")).expect("log file");
+        let mut cmd = Command::new(crate::bin("gmemd"));
+        cmd.arg("--state-dir")
+            .arg(dir.path())
+            .arg("--socket")
+            .arg(dir.path().join("gmemd.sock"))
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .env_remove("GMEMD_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        let guard = ChildGuard::spawn("gmemd", cmd);
+        let daemon = Daemon { dir, guard };
+        let socket = daemon.socket();
+        wait_until(Duration::from_secs(10), "gmemd to listen", || {
+            Client::connect_control(&socket).ok()
+        });
+        daemon
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("gmemd.sock")
+    }
+
+    /// The temp directory holding socket and log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// gmemd's pid.
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    /// A control session (as gmemctl uses).
+    pub fn control(&self) -> Client {
+        let client = Client::connect_control(self.socket()).expect("control session");
+        client
+            .set_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        client
+    }
+
+    /// A VM lease.
+    pub fn lease(&self, vm: VmId) -> Client {
+        let client = Client::connect(self.socket(), vm).expect("lease");
+        client
+            .set_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        client
+    }
+
+    /// Number of fds gmemd has open.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("gmemd's /proc fd dir")
+            .count()
+    }
+
+    /// Targets of gmemd's open fds (`readlink /proc/PID/fd/*`).
+    pub fn fd_targets(&self) -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("gmemd's /proc fd dir")
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Whether gmemd still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.guard.child().try_wait().expect("try_wait").is_none()
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gmemd.log")).unwrap_or_default()
+    }
+
+    /// A `gmemctl` command aimed at this daemon.
+    pub fn gmemctl(&self) -> Command {
+        let mut cmd = Command::new(crate::bin("gmemctl"));
+        cmd.env("GMEMD_SOCKET", self.socket());
+        cmd
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.guard.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- gmemd log ({}) -----\n{}",
+                self.dir.path().display(),
+                self.log()
+            );
+        }
+    }
+}

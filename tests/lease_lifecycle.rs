@@ -1,0 +1,212 @@
+//! Leases end with their connection (DESIGN invariant 4), memory outlives
+//! the VMM, sizes are sealed (8), revoke destroys only the revoked VM's
+//! content (7), and a file is not handed to another VM while a process that
+//! had it can still reach it (6).
+
+// An integration test file is a test module of its own.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::os::fd::OwnedFd;
+use std::process::Command;
+use std::time::Duration;
+
+use gmem_protocol::wire::{BindRequest, MemoryKind, VmSelector};
+use gmem_tests::{bin, name, vm, wait_until, ChildGuard, Daemon};
+use rustix::io::Errno;
+
+const MIB: u64 = 1 << 20;
+
+/// Starts a VMM stand-in process with `args`, waiting for it to be ready.
+fn vmm(daemon: &Daemon, vm_name: &str, args: &[&str]) -> ChildGuard {
+    let mut cmd = Command::new(bin("gmem-test-client"));
+    cmd.arg("--socket")
+        .arg(daemon.socket())
+        .args(["--vm", vm_name])
+        .args(args);
+    let mut child = ChildGuard::spawn_piped("gmem-test-client", cmd);
+    child.wait_for_output("READY", Duration::from_secs(10));
+    child
+}
+
+fn read_at(fd: &OwnedFd, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    let n = rustix::io::pread(fd, &mut buf, offset).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn wait_no_leases(daemon: &Daemon) {
+    wait_until(Duration::from_secs(10), "the lease to end", || {
+        daemon.control().leases().unwrap().is_empty().then_some(())
+    });
+}
+
+#[test]
+fn sigkill_ends_the_lease_and_keeps_the_memory() {
+    let daemon = Daemon::start();
+    let mut child = vmm(
+        &daemon,
+        "vm-a",
+        &[
+            "--create",
+            "ram:0x400000",
+            "--write",
+            "ram:0x1000:hello-from-vm-a",
+            "--bind",
+            "ram:0:0:0:0x100000",
+            "--bind",
+            "ram:1:0x100000:0x100000:0x100000",
+            "--hold",
+        ],
+    );
+    let mut ctl = daemon.control();
+    let leases = ctl.leases().unwrap();
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].pid, child.pid());
+    assert_eq!(leases[0].bindings, 2);
+    assert_eq!(ctl.files().unwrap()[0].bindings.len(), 2);
+
+    child.kill9();
+    wait_no_leases(&daemon);
+    let files = ctl.files().unwrap();
+    assert_eq!(files.len(), 1, "the memory file stays");
+    assert!(files[0].owner.is_none());
+    assert!(files[0].bindings.is_empty());
+
+    // The killed process no longer holds it: another VM may take it, content intact.
+    let mut b = daemon.lease(vm("vm-b"));
+    let (fd, info) = b.open(&name("ram")).unwrap();
+    assert_eq!(info.size, 4 * MIB);
+    assert_eq!(read_at(&fd, 0x1000, 15), b"hello-from-vm-a");
+    b.bind(&BindRequest {
+        slot: 0,
+        gpa: 0,
+        name: name("ram"),
+        offset: 0,
+        size: MIB,
+    })
+    .unwrap();
+    assert!(daemon.log().contains("dropped binding slot 1"));
+}
+
+#[test]
+fn content_written_through_a_mapping_outlives_the_client() {
+    let daemon = Daemon::start();
+    let mut child = vmm(
+        &daemon,
+        "writer",
+        &[
+            "--create",
+            "mem:0x200000",
+            "--write",
+            "mem:0x1ff000:persisted bytes",
+        ],
+    );
+    assert!(child.wait_exit(Duration::from_secs(10)).success());
+    wait_no_leases(&daemon);
+    let mut reader = daemon.lease(vm("reader"));
+    let (fd, _) = reader.open(&name("mem")).unwrap();
+    assert_eq!(read_at(&fd, 0x1f_f000, 15), b"persisted bytes");
+}
+
+#[test]
+fn received_fds_are_sealed() {
+    let daemon = Daemon::start();
+    let mut a = daemon.lease(vm("vm-a"));
+    let (fd, _) = a.create(&name("ram"), 2 * MIB, MemoryKind::Memfd).unwrap();
+    assert_eq!(rustix::fs::ftruncate(&fd, MIB), Err(Errno::PERM));
+    assert_eq!(rustix::fs::ftruncate(&fd, 8 * MIB), Err(Errno::PERM));
+    // Nobody can add F_SEAL_WRITE and freeze the guest's RAM.
+    assert_eq!(
+        rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::WRITE),
+        Err(Errno::PERM)
+    );
+    assert_eq!(rustix::fs::fstat(&fd).unwrap().st_size, 2 << 20);
+    let flags = rustix::io::fcntl_getfd(&fd).unwrap();
+    assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+}
+
+#[test]
+fn revoke_ends_the_lease_and_destroys_only_that_vms_content() {
+    let daemon = Daemon::start();
+    let mut a = daemon.lease(vm("vm-a"));
+    let mut b = daemon.lease(vm("vm-b"));
+    let (a_fd, _) = a.create(&name("a-ram"), MIB, MemoryKind::Memfd).unwrap();
+    let (b_fd, _) = b.create(&name("b-ram"), MIB, MemoryKind::Memfd).unwrap();
+    rustix::io::pwrite(&a_fd, b"secret of a", 0).unwrap();
+    rustix::io::pwrite(&b_fd, b"data of b", 0).unwrap();
+    for (client, file) in [(&mut a, "a-ram"), (&mut b, "b-ram")] {
+        client
+            .bind(&BindRequest {
+                slot: 0,
+                gpa: 0,
+                name: name(file),
+                offset: 0,
+                size: MIB,
+            })
+            .unwrap();
+    }
+
+    let report = daemon
+        .control()
+        .revoke(&VmSelector::Name(name("vm-a")))
+        .unwrap();
+    assert_eq!((report.leases, report.bindings, report.scrubbed), (1, 1, 1));
+
+    // The revoked VMM's connection is closed: its next request fails.
+    assert!(a.unbind(0).unwrap_err().errno().is_none());
+    // What it kept reads zeros...
+    assert_eq!(read_at(&a_fd, 0, 11), vec![0; 11]);
+    // ...and what it writes now reaches nobody who opens the file later.
+    rustix::io::pwrite(&a_fd, b"late write", 0).unwrap();
+    let mut c = daemon.lease(vm("vm-c"));
+    let (fresh, _) = c.open(&name("a-ram")).unwrap();
+    assert_eq!(read_at(&fresh, 0, 10), vec![0; 10]);
+    // vm-b is untouched.
+    assert_eq!(read_at(&b_fd, 0, 9), b"data of b");
+    let files = daemon.control().files().unwrap();
+    let b_file = files.iter().find(|f| f.name.as_str() == "b-ram").unwrap();
+    assert_eq!(b_file.owner.as_ref().unwrap().vm.name.as_str(), "vm-b");
+    assert!(daemon.log().contains("revoked VM"));
+}
+
+#[test]
+fn a_live_holder_blocks_other_vms_until_it_exits_or_a_scrub() {
+    let daemon = Daemon::start();
+    let mut holder = vmm(&daemon, "vm-a", &["--create", "ram:0x100000", "--hold"]);
+    let bind_b = BindRequest {
+        slot: 0,
+        gpa: 0,
+        name: name("ram"),
+        offset: 0,
+        size: MIB,
+    };
+    {
+        // The lease of vm-a is still open here, but the file is unbound:
+        // the refusal comes from the holder process alone.
+        let mut b = daemon.lease(vm("vm-b"));
+        let err = b.bind(&bind_b).unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::BUSY.raw_os_error()));
+        let text = err.message().unwrap();
+        assert!(text.contains(&format!("pid {}", holder.pid())), "{text}");
+    }
+    holder.kill9();
+    wait_no_leases(&daemon);
+    let mut b = daemon.lease(vm("vm-b"));
+    b.bind(&bind_b).unwrap();
+    b.unbind(0).unwrap();
+    drop(b);
+
+    // A scrub lifts the block while the holder still lives, and leaves zeros.
+    let _holder2 = vmm(
+        &daemon,
+        "vm-c",
+        &["--open", "ram", "--write", "ram:0:vm-c-data", "--hold"],
+    );
+    let mut d = daemon.lease(vm("vm-d"));
+    assert!(d.bind(&bind_b).is_err());
+    daemon.control().scrub(&name("ram")).unwrap();
+    d.bind(&bind_b).unwrap();
+    let (fd, _) = d.open(&name("ram")).unwrap();
+    assert_eq!(read_at(&fd, 0, 9), vec![0; 9]);
+}
