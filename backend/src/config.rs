@@ -11,9 +11,6 @@ pub struct Limits {
     pub max_files_per_lease: usize,
     /// Connections served at once.
     pub max_connections: usize,
-    /// Bytes of replies queued for a client that does not read them, before
-    /// the daemon stops reading its requests.
-    pub max_queued_reply_bytes: usize,
 }
 
 impl Default for Limits {
@@ -22,7 +19,6 @@ impl Default for Limits {
             max_total_memory: physical_memory().unwrap_or(1 << 30),
             max_files_per_lease: 64,
             max_connections: 4096,
-            max_queued_reply_bytes: 256 * 1024,
         }
     }
 }

@@ -18,7 +18,9 @@
 
 use std::collections::BTreeMap;
 
-use gmem_protocol::wire::{BindRequest, MemoryKind, Name, Uuid, VmId, VmSelector};
+use gmem_protocol::wire::{
+    BindRequest, MemoryKind, Name, Uuid, VmId, VmSelector, MAX_BINDINGS_PER_FILE,
+};
 use rustix::io::Errno;
 
 /// Lease identifier: one per VM connection, never reused while the daemon runs.
@@ -152,6 +154,22 @@ pub enum LedgerError {
     /// No lease matches.
     #[error("no open lease for VM {0}")]
     UnknownVm(String),
+    /// A name matches several VMs' leases.
+    #[error("VM name {name} matches {count} leases; name the VM by UUID")]
+    AmbiguousVm {
+        /// The name.
+        name: Name,
+        /// Matching leases.
+        count: usize,
+    },
+    /// The file already has the most bindings a file may have.
+    #[error("memory file {name} already has {limit} bindings")]
+    TooManyBindings {
+        /// File name.
+        name: Name,
+        /// The limit.
+        limit: usize,
+    },
     /// The lease is not open.
     #[error("lease {0} is not open")]
     UnknownLease(LeaseId),
@@ -165,6 +183,8 @@ impl LedgerError {
                 Errno::NOENT
             }
             Self::UnknownLease(_) => Errno::NOENT,
+            Self::AmbiguousVm { .. } => Errno::INVAL,
+            Self::TooManyBindings { .. } => Errno::NOSPC,
             Self::FileExists { .. } | Self::SlotTaken { .. } => Errno::EXIST,
             Self::NotOwner { .. }
             | Self::HeldElsewhere { .. }
@@ -357,15 +377,36 @@ impl Ledger {
         })
     }
 
-    /// The open lease of a VM.
-    pub fn lease_of(&self, selector: &VmSelector) -> Option<LeaseId> {
-        self.leases
+    /// The open lease of a VM. Names are not unique (UUIDs are), so a name
+    /// matching several leases is refused rather than guessed.
+    ///
+    /// # Errors
+    /// [`LedgerError::UnknownVm`], [`LedgerError::AmbiguousVm`].
+    pub fn lease_of(&self, selector: &VmSelector) -> LedgerResult<LeaseId> {
+        let matching: Vec<LeaseId> = self
+            .leases
             .iter()
-            .find(|(_, l)| match selector {
+            .filter(|(_, l)| match selector {
                 VmSelector::Uuid(u) => l.vm.uuid == *u,
                 VmSelector::Name(n) => l.vm.name == *n,
             })
             .map(|(id, _)| *id)
+            .collect();
+        match (matching.as_slice(), selector) {
+            ([id], _) => Ok(*id),
+            ([], _) => Err(LedgerError::UnknownVm(selector.to_string())),
+            (many, VmSelector::Name(name)) => Err(LedgerError::AmbiguousVm {
+                name: name.clone(),
+                count: many.len(),
+            }),
+            // One lease per UUID is enforced by open_lease.
+            (_, VmSelector::Uuid(_)) => Err(LedgerError::UnknownVm(selector.to_string())),
+        }
+    }
+
+    /// The lease that created a file, while that lease is open.
+    pub fn creator_of(&self, name: &Name) -> Option<LeaseId> {
+        self.files.get(name).and_then(|f| f.creator)
     }
 
     /// A lease's record.
@@ -604,6 +645,12 @@ impl Ledger {
         }
         if lease.bindings.contains_key(&req.slot) {
             return Err(LedgerError::SlotTaken { slot: req.slot });
+        }
+        if file.ranges.len() >= MAX_BINDINGS_PER_FILE {
+            return Err(LedgerError::TooManyBindings {
+                name: req.name.clone(),
+                limit: MAX_BINDINGS_PER_FILE,
+            });
         }
         if let Some(other) = lease
             .bindings
@@ -905,8 +952,22 @@ mod tests {
         assert!(matches!(err, LedgerError::VmBusy { lease: 1, .. }));
         l.close_lease(1).unwrap();
         l.open_lease(3, vm("a"), Peer::default()).unwrap();
-        assert_eq!(l.lease_of(&VmSelector::Name(name("a"))), Some(3));
-        assert_eq!(l.lease_of(&VmSelector::Uuid(vm("b").uuid)), Some(2));
+        assert_eq!(l.lease_of(&VmSelector::Name(name("a"))), Ok(3));
+        assert_eq!(l.lease_of(&VmSelector::Uuid(vm("b").uuid)), Ok(2));
+        // Same name, other UUID: the name alone is ambiguous.
+        let twin = VmId {
+            uuid: Uuid([7; 16]),
+            name: name("a"),
+        };
+        l.open_lease(4, twin, Peer::default()).unwrap();
+        assert!(matches!(
+            l.lease_of(&VmSelector::Name(name("a"))),
+            Err(LedgerError::AmbiguousVm { count: 2, .. })
+        ));
+        assert!(matches!(
+            l.lease_of(&VmSelector::Name(name("zz"))),
+            Err(LedgerError::UnknownVm(_))
+        ));
     }
 
     #[test]
@@ -932,6 +993,31 @@ mod tests {
         l.clear_holders(&name("f")).unwrap();
         l.bind(2, &bind_req("f", 0, 0, 0, MIB), &mut |_| true)
             .unwrap();
+        l.assert_consistent();
+    }
+
+    #[test]
+    fn bindings_per_file_are_bounded() {
+        let mut l = Ledger::new();
+        l.add_file(name("f"), memfd_spec(1 << 30), None).unwrap();
+        l.open_lease(1, vm("a"), Peer::default()).unwrap();
+        for i in 0..MAX_BINDINGS_PER_FILE as u64 {
+            let slot = u32::try_from(i).unwrap();
+            l.bind(
+                1,
+                &bind_req("f", slot, i * 4096, i * 4096, 4096),
+                &mut never_alive,
+            )
+            .unwrap();
+        }
+        let err = l
+            .bind(
+                1,
+                &bind_req("f", 999, 1 << 40, 1 << 29, 4096),
+                &mut never_alive,
+            )
+            .unwrap_err();
+        assert!(matches!(err, LedgerError::TooManyBindings { .. }));
         l.assert_consistent();
     }
 

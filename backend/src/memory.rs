@@ -207,39 +207,49 @@ fn fd_target(fd: BorrowedFd<'_>) -> String {
         .unwrap_or_else(|e| format!("unreadable ({e})"))
 }
 
+/// `f_type` of hugetlbfs (linux/magic.h).
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// Whether an fd lives on hugetlbfs (a hugetlb memfd included: its
+/// `/proc` link looks like any memfd's).
+fn is_hugetlb(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fstatfs(fd).is_ok_and(|st| st.f_type == HUGETLBFS_MAGIC)
+}
+
 /// Checks a deposited fd against its declared kind and returns its spec.
-/// A deposited memfd is sealed like the ones gmemd creates.
+/// Nothing about the fd changes here; [`seal_deposit`] seals it once the
+/// deposit is accepted.
 ///
 /// # Errors
 /// [`MemoryError::WrongDeposit`] when the fd is something else.
 pub fn inspect_deposit(fd: &OwnedFd, kind: MemoryKind) -> MemoryResult<FileSpec> {
     let target = fd_target(fd.as_fd());
-    let wrong = || MemoryError::WrongDeposit {
+    let wrong = |found: String| MemoryError::WrongDeposit {
         expected: kind,
-        found: target.clone(),
+        found,
     };
     match kind {
         MemoryKind::Memfd => {
-            if !target.starts_with("/memfd:") || target.contains("(hugetlb)") {
-                return Err(wrong());
+            if !target.starts_with("/memfd:") {
+                return Err(wrong(target));
             }
-            let seals = rustix::fs::fcntl_get_seals(fd).map_err(|_| wrong())?;
+            if is_hugetlb(fd.as_fd()) {
+                return Err(wrong(format!(
+                    "{target} on hugetlbfs (create hugetlb files with CREATE)"
+                )));
+            }
+            let seals = rustix::fs::fcntl_get_seals(fd)
+                .map_err(|_| wrong(format!("{target} without MFD_ALLOW_SEALING")))?;
             let wanted = SealFlags::SHRINK | SealFlags::GROW;
-            if !seals.contains(wanted) {
-                if seals.contains(SealFlags::SEAL) {
-                    return Err(MemoryError::WrongDeposit {
-                        expected: kind,
-                        found: "a memfd sealed against further seals but still resizable"
-                            .to_owned(),
-                    });
-                }
-                rustix::fs::fcntl_add_seals(fd, wanted | SealFlags::SEAL)
-                    .map_err(syscall("F_ADD_SEALS", kind))?;
+            if !seals.contains(wanted) && seals.contains(SealFlags::SEAL) {
+                return Err(wrong(
+                    "a memfd sealed against further seals but still resizable".to_owned(),
+                ));
             }
         }
         MemoryKind::GuestMemfd => {
             if target != "anon_inode:[kvm-gmem]" {
-                return Err(wrong());
+                return Err(wrong(target));
             }
         }
         other => return Err(MemoryError::NotDepositable(other)),
@@ -259,6 +269,41 @@ pub fn inspect_deposit(fd: &OwnedFd, kind: MemoryKind) -> MemoryResult<FileSpec>
         kind,
         page_size,
     })
+}
+
+/// Seals an accepted memfd deposit like the memfds gmemd creates.
+///
+/// # Errors
+/// The `F_ADD_SEALS` failure.
+pub fn seal_deposit(fd: &OwnedFd, kind: MemoryKind) -> MemoryResult<()> {
+    if kind != MemoryKind::Memfd {
+        return Ok(());
+    }
+    let seals = rustix::fs::fcntl_get_seals(fd).map_err(syscall("F_GET_SEALS", kind))?;
+    if seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+        return Ok(());
+    }
+    seal(fd, kind)
+}
+
+/// An fd for a client: a new open file description of the same file where
+/// the kind allows it, so clients share no file offset or status flags with
+/// gmemd or each other; a `dup` otherwise.
+///
+/// # Errors
+/// The `dup` failure.
+pub fn reopen(fd: &OwnedFd, kind: MemoryKind) -> io::Result<OwnedFd> {
+    if matches!(
+        kind,
+        MemoryKind::Memfd | MemoryKind::Hugetlb2M | MemoryKind::Hugetlb1G
+    ) {
+        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let flags = rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC;
+        if let Ok(fresh) = rustix::fs::open(path.as_str(), flags, rustix::fs::Mode::empty()) {
+            return Ok(fresh);
+        }
+    }
+    fd.try_clone()
 }
 
 /// Destroys a file's content: every page is punched out, so anyone still
@@ -353,11 +398,13 @@ mod tests {
         let own = create(&name("t"), 1 << 20, MemoryKind::Memfd).unwrap();
         let spec = inspect_deposit(&own, MemoryKind::Memfd).unwrap();
         assert_eq!(spec.size, 1 << 20);
-        // An unsealed client memfd gets sealed on deposit.
+        // An unsealed client memfd is untouched by inspection, sealed once accepted.
         let client =
             rustix::fs::memfd_create("c", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
         rustix::fs::ftruncate(&client, 8192).unwrap();
         inspect_deposit(&client, MemoryKind::Memfd).unwrap();
+        assert!(rustix::fs::fcntl_get_seals(&client).unwrap().is_empty());
+        seal_deposit(&client, MemoryKind::Memfd).unwrap();
         assert!(rustix::fs::ftruncate(&client, 4096).is_err());
         // Not a guest_memfd; not a memfd.
         assert!(matches!(
@@ -373,6 +420,23 @@ mod tests {
             inspect_deposit(&own, MemoryKind::Secret),
             Err(MemoryError::NotDepositable(_))
         ));
+    }
+
+    #[test]
+    fn reopened_fds_share_no_offset() {
+        let fd = create(&name("t"), 8192, MemoryKind::Memfd).unwrap();
+        let other = reopen(&fd, MemoryKind::Memfd).unwrap();
+        rustix::io::write(&other, b"abc").unwrap();
+        assert_eq!(
+            rustix::fs::seek(&fd, rustix::fs::SeekFrom::Current(0)).unwrap(),
+            0
+        );
+        assert_eq!(
+            identity(fd.as_fd()).unwrap(),
+            identity(other.as_fd()).unwrap()
+        );
+        // Seals belong to the file, so the new description is sealed too.
+        assert!(rustix::fs::ftruncate(&other, 4096).is_err());
     }
 
     #[test]

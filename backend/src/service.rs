@@ -302,13 +302,18 @@ impl Service {
             .map(|(name, _)| name.clone())
             .collect();
         for name in deposited {
-            self.guest_memfds.remove(&name);
-            if self.ledger.remove_file(&name, true).is_ok() {
-                self.fds.remove(&name);
-                info!(
-                    "lease {id} (VM {}): closed guest_memfd {name}, gmemd keeps no VM alive",
-                    end.vm.name
-                );
+            match self.ledger.remove_file(&name, false) {
+                Ok(_) => {
+                    self.guest_memfds.remove(&name);
+                    self.fds.remove(&name);
+                    info!(
+                        "lease {id} (VM {}): closed guest_memfd {name}, gmemd keeps no VM alive",
+                        end.vm.name
+                    );
+                }
+                // Only its own VM can bind it, and that VM's bindings just
+                // went with the lease; anything else is a bug worth seeing.
+                Err(e) => warn!("lease {id}: keeping guest_memfd {name}: {e}"),
             }
         }
         self.prune_holders();
@@ -528,7 +533,7 @@ impl Service {
         session: &Session,
     ) -> impl FnMut(u32) -> bool + 'a {
         let requester = session.peer.pid;
-        move |pid| pid != requester && pid_alive(pidfds, pid)
+        move |pid| (pid == 0 || pid != requester) && pid_alive(pidfds, pid)
     }
 
     fn reply_with_fd(
@@ -538,15 +543,11 @@ impl Service {
         spec: FileSpec,
         created: bool,
     ) -> ServiceResult<Response> {
-        let fd = self
-            .fds
-            .get(name)
-            .expect("every ledger file has an fd")
-            .try_clone()
-            .map_err(|source| ServiceError::DupFd {
-                name: name.clone(),
-                source,
-            })?;
+        let own = self.fds.get(name).expect("every ledger file has an fd");
+        let fd = memory::reopen(own, spec.kind).map_err(|source| ServiceError::DupFd {
+            name: name.clone(),
+            source,
+        })?;
         if let Some(vm) = session.vm() {
             self.record_holder(name, session.peer.pid, vm.uuid);
         }
@@ -560,8 +561,11 @@ impl Service {
     }
 
     fn record_holder(&mut self, name: &Name, pid: u32, vm: Uuid) {
-        // pid 0: the peer lives in another pid namespace; nothing to track.
+        // pid 0: the peer lives in a pid namespace gmemd cannot see into, so
+        // its exit cannot be observed. It is recorded anyway and counts as
+        // alive until a scrub (see `pid_alive`): the safe side of invariant 6.
         let Some(raw) = Pid::from_raw(i32::try_from(pid).unwrap_or(0)) else {
+            let _ = self.ledger.add_holder(name, pid, vm);
             return;
         };
         if !self.is_alive(pid) {
@@ -591,7 +595,7 @@ impl Service {
         self.pidfds.retain(|_, fd| pidfd_alive(fd));
         let alive = &self.pidfds;
         self.ledger
-            .prune_holders(&mut |pid| alive.contains_key(&pid));
+            .prune_holders(&mut |pid| pid == 0 || alive.contains_key(&pid));
     }
 
     fn bind(&mut self, session: &Session, req: &BindRequest) -> ServiceResult<Response> {
@@ -643,6 +647,8 @@ impl Service {
         }
         let spec = memory::inspect_deposit(&fd, req.kind)?;
         self.check_limits(session, spec.size)?;
+        // Sealed only once accepted: a refused deposit leaves the fd as it came.
+        memory::seal_deposit(&fd, spec.kind)?;
         self.ledger
             .add_file(req.name.clone(), spec, session.lease())?;
         self.fds.insert(req.name.clone(), fd);
@@ -668,13 +674,13 @@ impl Service {
         Ok(Response::ok(info.encode()))
     }
 
+    /// Operators destroy any file (dropping its bindings); others only an
+    /// unbound file their own lease created. Memory that outlived the lease
+    /// that made it (a VM's RAM kept across relaunches) is an operator's.
     fn destroy(&mut self, session: &Session, name: &Name) -> ServiceResult<Response> {
-        let file = self.ledger.file(name)?;
-        let owned_elsewhere = file
-            .owner
-            .as_ref()
-            .is_some_and(|o| Some(&o.vm) != session.vm());
-        if owned_elsewhere {
+        self.ledger.file(name)?;
+        let own = session.lease().is_some() && self.ledger.creator_of(name) == session.lease();
+        if !own {
             Self::require_admin(session, Request::Destroy)?;
         }
         let dropped = self.ledger.remove_file(name, session.admin)?;
@@ -711,6 +717,12 @@ impl Service {
     /// they write lands in an inode no other VM will ever be given.
     fn destroy_content(&mut self, name: &Name) -> ServiceResult<()> {
         let spec = self.ledger.file(name)?.spec;
+        // Make the replacement first: if that fails, nothing is destroyed.
+        let fresh = if spec.kind == MemoryKind::GuestMemfd {
+            None
+        } else {
+            Some(memory::create(name, spec.size, spec.kind)?)
+        };
         if let Some(fd) = self.fds.get(name) {
             if let Err(e) = memory::scrub(fd, &spec) {
                 // memfd_secret has no hole punching; the swap below still
@@ -718,8 +730,7 @@ impl Service {
                 debug!("punching {name}: {e}");
             }
         }
-        if spec.kind != MemoryKind::GuestMemfd {
-            let fresh = memory::create(name, spec.size, spec.kind)?;
+        if let Some(fresh) = fresh {
             self.fds.insert(name.clone(), fresh);
         }
         self.ledger.clear_holders(name)?;
@@ -728,10 +739,7 @@ impl Service {
 
     fn revoke(&mut self, session: &Session, vm: &VmSelector) -> ServiceResult<Response> {
         Self::require_admin(session, Request::Revoke)?;
-        let lease = self
-            .ledger
-            .lease_of(vm)
-            .ok_or_else(|| LedgerError::UnknownVm(vm.to_string()))?;
+        let lease = self.ledger.lease_of(vm)?;
         let uuid = self
             .ledger
             .lease(lease)
@@ -841,8 +849,10 @@ fn pidfd_alive(fd: &OwnedFd) -> bool {
     )
 }
 
+/// Whether a recorded holder may still reach its file. Pid 0 (a peer in an
+/// unseen pid namespace) can't be watched, so it never counts as gone.
 fn pid_alive(pidfds: &HashMap<u32, OwnedFd>, pid: u32) -> bool {
-    pidfds.get(&pid).is_some_and(pidfd_alive)
+    pid == 0 || pidfds.get(&pid).is_some_and(pidfd_alive)
 }
 
 fn join(names: &[Name]) -> String {
@@ -863,6 +873,19 @@ pub struct SessionHandler<'a> {
 }
 
 impl Handler for SessionHandler<'_> {
+    fn admit(&mut self) -> Option<Response> {
+        if self.session.allowed {
+            return None;
+        }
+        let err = ServiceError::NotAllowed {
+            uid: self.session.peer.uid,
+        };
+        warn!("refused {}: {err}", self.session.describe());
+        let mut response = Response::error(err.errno(), &err.to_string());
+        response.close = err.should_close();
+        Some(response)
+    }
+
     fn handle(&mut self, request: RequestBody, fds: Vec<OwnedFd>) -> Response {
         self.service.handle(self.session, request, fds)
     }
@@ -1016,6 +1039,70 @@ mod tests {
         assert_eq!(svc.take_revoked(), vec![user.lease().unwrap()]);
         // Its connection closing later finds nothing left to end.
         svc.close_session(&user, "closed");
+    }
+
+    #[test]
+    fn disallowed_peers_are_cut_off_even_for_malformed_messages() {
+        let mut svc = service();
+        let mut s = svc.open_session(1, Peer { pid: 0, uid: 4242 });
+        let mut handler = SessionHandler {
+            service: &mut svc,
+            session: &mut s,
+        };
+        let frame = gmem_protocol::conn::Frame {
+            header: gmem_protocol::wire::Header {
+                code: 999,
+                is_reply: false,
+                size: 0,
+            },
+            payload: Vec::new(),
+            fds: Vec::new(),
+        };
+        let out = gmem_protocol::server::handle_frame(&mut handler, frame);
+        assert!(out.close);
+        assert_eq!(
+            Reply::decode(&out.payload).unwrap().status,
+            -Errno::ACCESS.raw_os_error()
+        );
+    }
+
+    #[test]
+    fn only_operators_destroy_what_another_lease_made() {
+        let mut svc = service();
+        let mut a = vm_session(&mut svc, 1, "a", 1000);
+        let mut b = vm_session(&mut svc, 2, "b", 2000);
+        call(&mut svc, &mut a, create(4096)).unwrap();
+        let err = call(&mut svc, &mut b, RequestBody::Destroy(name("f"))).unwrap_err();
+        assert_eq!(err.status, -Errno::PERM.raw_os_error());
+        call(&mut svc, &mut a, RequestBody::Destroy(name("f"))).unwrap();
+        // Once its lease is gone, the creator is an ordinary user again.
+        call(&mut svc, &mut a, create(4096)).unwrap();
+        svc.close_session(&a, "test");
+        let mut a2 = vm_session(&mut svc, 3, "a", 1000);
+        let err = call(&mut svc, &mut a2, RequestBody::Destroy(name("f"))).unwrap_err();
+        assert_eq!(err.status, -Errno::PERM.raw_os_error());
+        let mut root = vm_session(&mut svc, 4, "root", 0);
+        call(&mut svc, &mut root, RequestBody::Destroy(name("f"))).unwrap();
+    }
+
+    #[test]
+    fn a_refused_deposit_leaves_the_fd_alone() {
+        let mut svc = service();
+        let mut a = vm_session(&mut svc, 1, "a", 1000);
+        let big = rustix::fs::memfd_create(
+            "big",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        rustix::fs::ftruncate(&big, 128 << 20).unwrap();
+        let request = RequestBody::Deposit(gmem_protocol::wire::DepositRequest {
+            name: name("dep"),
+            kind: MemoryKind::Memfd,
+        });
+        let dup = big.try_clone().unwrap();
+        let resp = svc.handle(&mut a, request, vec![dup]);
+        assert_eq!(resp.reply.status, -Errno::NOSPC.raw_os_error());
+        assert!(rustix::fs::fcntl_get_seals(&big).unwrap().is_empty());
     }
 
     #[test]

@@ -128,6 +128,23 @@ impl Client {
         Ok(client)
     }
 
+    /// Wraps a stream whose handshake another process already did: for
+    /// example a lease socket shared with a running VMM (taken with
+    /// `pidfd_getfd`), to send BIND/UNBIND on that VM's lease. The caller
+    /// must make sure nobody else talks on the socket meanwhile.
+    pub fn resume(stream: UnixStream, vm: Option<VmId>, lease: u64) -> Self {
+        Client {
+            stream,
+            reader: FrameReader::new(),
+            hello: HelloReply {
+                features: Features::all(),
+                lease,
+                version: crate::wire::VERSION,
+            },
+            vm,
+        }
+    }
+
     /// Bounds every wait for a reply (`None`: wait forever).
     ///
     /// # Errors
@@ -221,8 +238,10 @@ impl Client {
     /// Records a binding (after, or just before, the VMM's memslot ioctl).
     ///
     /// # Errors
-    /// [`ClientError::Refused`]: `EBUSY` (owned by another VM), `EINVAL`
-    /// (alignment, range), `EEXIST` (slot or guest range taken), …
+    /// [`ClientError::Refused`]: `EBUSY` (owned by another VM, held by a
+    /// live process of another VM, file range overlap), `EINVAL`
+    /// (alignment, empty), `ERANGE` (past the end of the file), `EEXIST`
+    /// (slot taken), `EADDRINUSE` (guest range taken), `EOVERFLOW`.
     pub fn bind(&mut self, bind: &BindRequest) -> ClientResult<()> {
         self.call(&RequestBody::Bind(bind.clone()), &[], 0)
             .map(drop)
@@ -309,10 +328,15 @@ impl Client {
             let (body, _) = self.call(&request, &[], 0)?;
             let page = decode(&body)?;
             out.extend(page.entries);
-            // A page that makes no progress would loop forever; the table
-            // shrinking under us just ends the walk.
-            if page.next <= start || page.next >= page.total {
+            if page.next >= page.total {
                 return Ok(out);
+            }
+            // A page that makes no progress would loop forever.
+            if page.next <= start {
+                return Err(ClientError::UnexpectedReply {
+                    request: Request::Status,
+                    what: format!("page at {start} made no progress (total {})", page.total),
+                });
             }
             start = page.next;
         }

@@ -55,6 +55,12 @@ impl Response {
 
 /// Applies decoded requests. Implemented by the daemon, one value per connection.
 pub trait Handler {
+    /// Called first for every message, well-formed or not: `Some(response)`
+    /// refuses it outright (a peer that may not talk to the daemon at all).
+    fn admit(&mut self) -> Option<Response> {
+        None
+    }
+
     /// Handles one syntactically valid request with exactly the fds it must carry.
     fn handle(&mut self, request: RequestBody, fds: Vec<OwnedFd>) -> Response;
 
@@ -79,12 +85,17 @@ pub struct OutgoingReply {
 /// Checks a frame, calls the handler, and encodes the reply.
 pub fn handle_frame<H: Handler>(handler: &mut H, frame: Frame) -> OutgoingReply {
     let code = frame.header.code;
-    let response = match check_frame(&frame) {
-        Ok(request) => handler.handle(request, frame.fds),
-        Err(response) => {
-            drop(frame.fds);
-            handler.refused(code, &response.reply);
-            response
+    let admission = handler.admit();
+    let response = if let Some(refusal) = admission {
+        refusal
+    } else {
+        match check_frame(&frame) {
+            Ok(request) => handler.handle(request, frame.fds),
+            Err(response) => {
+                drop(frame.fds);
+                handler.refused(code, &response.reply);
+                response
+            }
         }
     };
     let mut fds = response.fds;

@@ -29,6 +29,10 @@ pub const MAX_FDS: usize = 8;
 /// Bytes of a name field on the wire (NUL-padded; at most 63 bytes used).
 pub const NAME_LEN: usize = 64;
 
+/// Most bindings one memory file may have. Keeps every STATUS file entry
+/// (176 bytes + 32 per binding) well inside one page.
+pub const MAX_BINDINGS_PER_FILE: usize = 64;
+
 /// Longest human-readable message in an error reply.
 pub const MAX_ERROR_TEXT: usize = 256;
 
@@ -1489,7 +1493,8 @@ pub fn encode_status_page<T>(
     let head = RawStatusPage {
         total: total.into(),
         count: count.into(),
-        next: start.saturating_add(count).into(),
+        // A start past the end yields an empty page whose cursor is the end.
+        next: start.saturating_add(count).min(total).into(),
         pad: 0.into(),
     };
     let mut out = head.as_slice().to_vec();
@@ -1885,6 +1890,12 @@ mod tests {
             bindings: 1,
             files: 2,
         };
+        // A start past the end: an empty page whose cursor is the end.
+        let (body, count) = encode_status_page(3, 9, &files[..0], FileStatus::encode);
+        assert_eq!(count, 0);
+        let page = FileStatus::decode_page(&body).unwrap();
+        assert_eq!((page.total, page.next), (3, 3));
+
         let (body, count) =
             encode_status_page(1, 0, std::slice::from_ref(&lease), LeaseStatus::encode);
         assert_eq!(count, 1);
