@@ -102,6 +102,18 @@ impl Daemon {
             .collect()
     }
 
+    /// gmemd's open fds as (`/proc/PID/fd/N` path, link target).
+    pub fn fd_targets_with_paths(&self) -> Vec<(PathBuf, String)> {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("gmemd's /proc fd dir")
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                let target = std::fs::read_link(&path).ok()?;
+                Some((path, target.to_string_lossy().into_owned()))
+            })
+            .collect()
+    }
+
     /// Whether gmemd still runs.
     pub fn is_running(&mut self) -> bool {
         self.guard.child().try_wait().expect("try_wait").is_none()

@@ -315,6 +315,18 @@ impl MiniVm {
         Ok(vm)
     }
 
+    /// The VM fd, for memslots registered by [`gmem_protocol::kvm`], which
+    /// keeps KVM and the gmemd ledger in step.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// Keeps `mem` mapped for as long as this VM exists (it is dropped after
+    /// the VM), for memslots registered through [`Self::vm_fd`].
+    pub fn keep_memory(&mut self, mem: &GuestMemoryMmap) {
+        self.memory.push(mem.clone());
+    }
+
     /// The `KVM_CREATE_VM` type of this VM.
     pub fn vm_type(&self) -> u64 {
         self.vm_type

@@ -1,0 +1,331 @@
+//! Real KVM memslots from gmemd memory (`/dev/kvm` required; with
+//! `GMEM_E2E=require` its absence fails the test): a guest runs from a
+//! daemon-owned memory file across VMM processes, survives SIGKILL of its
+//! VMM, is kept from a second VM while any process of the first can reach
+//! it, runs from a deposited guest_memfd that gmemd lets go of, and the
+//! vm-memory adapter sees exactly the daemon's bytes.
+
+// An integration test file is a test module of its own.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use gmem_protocol::guest_memory::{guest_memory, RegionSpec};
+use gmem_protocol::kvm::{bind_region, KvmBindError};
+use gmem_protocol::wire::MemoryKind;
+use gmem_tests::{bin, e2e, name, vm, wait_until, ChildGuard, Daemon};
+use kvm_bindings::kvm_userspace_memory_region2;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+/// The boot counter's guest-physical address (tests/vmm/guest_code.rs).
+const COUNTER_GPA: u64 = 0x1000;
+
+fn gmem_vmm(daemon: &Daemon, vm_name: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("gmem-vmm"));
+    cmd.arg("--socket")
+        .arg(daemon.socket())
+        .args(["--vm", vm_name, "--file", "ram"])
+        .args(extra);
+    cmd
+}
+
+fn run_vmm(daemon: &Daemon, vm_name: &str) -> Output {
+    gmem_vmm(daemon, vm_name, &[])
+        .output()
+        .expect("gmem-vmm runs")
+}
+
+fn assert_ran(out: &Output, counter: u64) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "gmem-vmm failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("GMEM-VMM: counter {counter}\n")),
+        "{stdout}"
+    );
+}
+
+/// The counter as the daemon's file holds it, read through an operator's
+/// fd (control sessions are not recorded as holders).
+fn counter_in_file(daemon: &Daemon) -> u64 {
+    let (fd, _) = daemon.control().open(&name("ram")).unwrap();
+    read_u64(&fd, COUNTER_GPA)
+}
+
+fn read_u64(fd: &OwnedFd, offset: u64) -> u64 {
+    let mut buf = [0u8; 8];
+    rustix::io::pread(fd, &mut buf, offset).unwrap();
+    u64::from_le_bytes(buf)
+}
+
+fn wait_no_leases(daemon: &Daemon) {
+    wait_until(Duration::from_secs(10), "leases to end", || {
+        daemon.control().leases().unwrap().is_empty().then_some(())
+    });
+}
+
+#[test]
+fn the_counter_lives_in_gmemd_memory_across_vmm_processes() {
+    if !e2e::kvm() {
+        return;
+    }
+    let daemon = Daemon::start();
+    const RUNS: u64 = 4;
+    for run in 1..=RUNS {
+        assert_ran(&run_vmm(&daemon, "vm-a"), run);
+    }
+    assert_eq!(counter_in_file(&daemon), RUNS);
+    let files = daemon.control().files().unwrap();
+    assert!(files[0].owner.is_none() && files[0].bindings.is_empty());
+    assert!(daemon.log().contains("bound slot 0 gpa 0x0 -> ram"));
+}
+
+#[test]
+fn sigkill_mid_run_keeps_memory_and_the_next_vmm_continues() {
+    if !e2e::kvm() {
+        return;
+    }
+    let daemon = Daemon::start();
+    assert_ran(&run_vmm(&daemon, "vm-a"), 1);
+    let mut looping = ChildGuard::spawn_piped(
+        "gmem-vmm",
+        gmem_vmm(&daemon, "vm-a", &["--loop", "--delay", "2000"]),
+    );
+    looping.wait_for_output("GMEM-VMM: tick 3", Duration::from_secs(30));
+    let leases = daemon.control().leases().unwrap();
+    assert_eq!((leases.len(), leases[0].bindings), (1, 1));
+    looping.kill9();
+    wait_no_leases(&daemon);
+    let files = daemon.control().files().unwrap();
+    assert!(files[0].bindings.is_empty() && files[0].owner.is_none());
+    assert_eq!(
+        counter_in_file(&daemon),
+        2,
+        "boot counter of the killed run"
+    );
+    assert_ran(&run_vmm(&daemon, "vm-a"), 3);
+}
+
+#[test]
+fn another_vm_waits_for_every_process_of_the_first_or_a_scrub() {
+    if !e2e::kvm() {
+        return;
+    }
+    let daemon = Daemon::start();
+    // 1. While vm-a's VMM runs (bound), vm-b is refused, naming the owner.
+    let mut running = ChildGuard::spawn_piped(
+        "gmem-vmm",
+        gmem_vmm(&daemon, "vm-a", &["--loop", "--delay", "2000"]),
+    );
+    running.wait_for_output("GMEM-VMM: tick 1", Duration::from_secs(30));
+    let out = run_vmm(&daemon, "vm-b");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("owned by VM vm-a"), "{stderr}");
+    running.kill9();
+    wait_no_leases(&daemon);
+
+    // 2. A process that received the fd for vm-a, and lives, still blocks vm-b.
+    let mut holder = ChildGuard::spawn_piped("holder", {
+        let mut cmd = Command::new(bin("gmem-test-client"));
+        cmd.arg("--socket")
+            .arg(daemon.socket())
+            .args(["--vm", "vm-a", "--open", "ram", "--hold"]);
+        cmd
+    });
+    holder.wait_for_output("READY", Duration::from_secs(10));
+    let out = run_vmm(&daemon, "vm-b");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("reachable by pid {}", holder.pid())),
+        "{stderr}"
+    );
+
+    // 3. Gone: accepted, and vm-b sees vm-a's counter (1, from the killed run) go on.
+    holder.kill9();
+    wait_no_leases(&daemon);
+    assert_ran(&run_vmm(&daemon, "vm-b"), 2);
+
+    // 4. A live holder again, lifted by a scrub, which leaves zeros.
+    let mut holder = ChildGuard::spawn_piped("holder", {
+        let mut cmd = Command::new(bin("gmem-test-client"));
+        cmd.arg("--socket")
+            .arg(daemon.socket())
+            .args(["--vm", "vm-b", "--open", "ram", "--hold"]);
+        cmd
+    });
+    holder.wait_for_output("READY", Duration::from_secs(10));
+    assert!(!run_vmm(&daemon, "vm-c").status.success());
+    daemon.control().scrub(&name("ram")).unwrap();
+    assert_eq!(counter_in_file(&daemon), 0, "scrub leaves zeros");
+    assert_ran(&run_vmm(&daemon, "vm-c"), 1);
+    drop(holder);
+}
+
+#[test]
+fn a_deposited_guest_memfd_runs_the_guest_and_is_let_go() {
+    if !e2e::kvm() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let out = gmem_vmm(&daemon, "vm-p", &["--private"])
+        .output()
+        .expect("gmem-vmm runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("deposited guest_memfd as ram"), "{stdout}");
+    assert!(stdout.contains("GMEM-VMM: counter 1\n"), "{stdout}");
+    let log = daemon.log();
+    assert!(log.contains("deposited guest_memfd ram"), "{log}");
+    assert!(log.contains("closed guest_memfd ram"), "{log}");
+    wait_no_leases(&daemon);
+    let targets = daemon.fd_targets();
+    assert!(
+        !targets.iter().any(|t| t.contains("kvm-gmem")),
+        "gmemd still holds a guest_memfd: {targets:?}"
+    );
+    assert!(daemon.control().files().unwrap().is_empty());
+}
+
+#[test]
+fn guest_memory_from_gmemd_fds_is_the_daemons_file() {
+    let daemon = Daemon::start();
+    let mut client = daemon.lease(vm("vm-a"));
+    let (fd, _) = client
+        .create(&name("ram"), 8 << 20, MemoryKind::Memfd)
+        .unwrap();
+    let mem = guest_memory(&[
+        RegionSpec {
+            fd: fd.as_fd(),
+            file_offset: 0,
+            gpa: 0,
+            size: 1 << 20,
+        },
+        RegionSpec {
+            fd: fd.as_fd(),
+            file_offset: 4 << 20,
+            gpa: 1 << 30,
+            size: 2 << 20,
+        },
+        RegionSpec {
+            fd: fd.as_fd(),
+            file_offset: 2 << 20,
+            gpa: 4 << 30,
+            size: 1 << 20,
+        },
+    ])
+    .unwrap();
+    // The daemon's own fd of the file, through /proc (the test runs as root).
+    let daemon_fd = daemon
+        .fd_targets_with_paths()
+        .into_iter()
+        .find(|(_, target)| target.starts_with("/memfd:gmemd:ram"))
+        .map(|(path, _)| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .unwrap()
+        })
+        .expect("gmemd holds the file");
+    let daemon_fd = OwnedFd::from(daemon_fd);
+    for (gpa, file_offset) in [
+        (0x10u64, 0x10u64),
+        ((1 << 30) + 0x2345, (4 << 20) + 0x2345),
+        ((4 << 30) + 8, (2 << 20) + 8),
+    ] {
+        mem.write_obj(gpa ^ 0x5a5a, GuestAddress(gpa)).unwrap();
+        assert_eq!(
+            read_u64(&daemon_fd, file_offset),
+            gpa ^ 0x5a5a,
+            "write at {gpa:#x}"
+        );
+        rustix::io::pwrite(&daemon_fd, &(!gpa).to_le_bytes(), file_offset).unwrap();
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(gpa)).unwrap(),
+            !gpa,
+            "read at {gpa:#x}"
+        );
+    }
+    assert_eq!(mem.num_regions(), 3);
+}
+
+#[test]
+fn kvm_and_the_ledger_never_disagree() {
+    if !e2e::kvm() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let mut a = daemon.lease(vm("vm-a"));
+    let mut b = daemon.lease(vm("vm-b"));
+    let (fd, _) = a.create(&name("ram"), 2 << 20, MemoryKind::Memfd).unwrap();
+    let mem = guest_memory(&[RegionSpec {
+        fd: fd.as_fd(),
+        file_offset: 0,
+        gpa: 0,
+        size: 1 << 20,
+    }])
+    .unwrap();
+    let region = mem.iter().next().unwrap();
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let vm_fd = kvm.create_vm().unwrap();
+
+    // gmemd refuses (vm-a owns it): KVM is never asked, slot 0 stays free.
+    // SAFETY: `mem` outlives `vm_fd` (declared earlier, dropped later).
+    unsafe { bind_region(&vm_fd, &mut a, 0, region, &name("ram"), None) }.unwrap();
+    let other = kvm.create_vm().unwrap();
+    // SAFETY: as above.
+    let err = unsafe { bind_region(&other, &mut b, 0, region, &name("ram"), None) }.unwrap_err();
+    assert!(matches!(err, KvmBindError::Refused { .. }), "{err}");
+    // Had KVM been told, this raw registration of slot 0 would collide.
+    let raw = kvm_userspace_memory_region2 {
+        slot: 0,
+        guest_phys_addr: 0,
+        memory_size: 1 << 20,
+        userspace_addr: region.as_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: the mapping outlives `other`.
+    unsafe { other.set_user_memory_region2(raw) }.unwrap();
+
+    // KVM refuses (slot 40000 is past KVM's memslot limit; gmemd has no
+    // such limit): the BIND is undone.
+    let mem2 = guest_memory(&[RegionSpec {
+        fd: fd.as_fd(),
+        file_offset: 1 << 20,
+        gpa: 16 << 20,
+        size: 1 << 20,
+    }])
+    .unwrap();
+    let region2 = mem2.iter().next().unwrap();
+    // SAFETY: the registration fails, so KVM never holds on to `mem2`.
+    let err =
+        unsafe { bind_region(&vm_fd, &mut a, 40_000, region2, &name("ram"), None) }.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KvmBindError::Kvm {
+                rolled_back: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let files = daemon.control().files().unwrap();
+    let slots: Vec<u32> = files[0].bindings.iter().map(|b| b.slot).collect();
+    assert_eq!(
+        slots,
+        vec![0],
+        "only the binding KVM accepted is in the ledger"
+    );
+}
