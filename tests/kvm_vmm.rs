@@ -15,7 +15,7 @@ use std::time::Duration;
 use gmem_protocol::guest_memory::{guest_memory, RegionSpec};
 use gmem_protocol::kvm::{bind_region, KvmBindError};
 use gmem_protocol::wire::MemoryKind;
-use gmem_tests::{bin, e2e, name, vm, wait_until, ChildGuard, Daemon};
+use gmem_tests::{bin, e2e, example, name, vm, wait_until, ChildGuard, Daemon};
 use kvm_bindings::kvm_userspace_memory_region2;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -328,4 +328,24 @@ fn kvm_and_the_ledger_never_disagree() {
         vec![0],
         "only the binding KVM accepted is in the ledger"
     );
+}
+
+#[test]
+fn the_readme_example_binds_gmemd_memory_into_kvm() {
+    if !e2e::kvm() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let out = Command::new(example("rust_vmm"))
+        .arg(daemon.socket())
+        .output()
+        .expect("example runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("536870912 bytes of gmemd memory bound into KVM"));
+    assert!(daemon.log().contains("bound slot 0 gpa 0x0 -> vm1-ram"));
 }

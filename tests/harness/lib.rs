@@ -31,6 +31,15 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Path of an example program of the workspace, built like [`bin`].
+pub fn example(name: &str) -> PathBuf {
+    let profile_dir = profile_dir();
+    BUILT.get_or_init(|| build_bins(&profile_dir));
+    let path = profile_dir.join("examples").join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
 static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
 
 /// `target/<profile>`, from this test binary's own path (`.../deps/test-HASH`).
