@@ -1,0 +1,126 @@
+//! Each memory kind through the real daemon: hugetlb (with pages the test
+//! reserves, and the clear refusal without them), memfd_secret, and binding
+//! alignment following the file's page size.
+
+// An integration test file is a test module of its own.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::path::Path;
+
+use gmem_protocol::wire::{BindRequest, MemoryKind};
+use gmem_tests::{name, vm, Daemon};
+use rustix::io::Errno;
+
+const HUGE_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
+
+fn read_count(file: &str) -> u64 {
+    std::fs::read_to_string(Path::new(HUGE_2M).join(file))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Reserves `n` more 2 MiB pages for the test and gives them back on drop.
+struct HugepageReservation {
+    before: u64,
+}
+
+impl HugepageReservation {
+    fn add(n: u64) -> Option<Self> {
+        let before = read_count("nr_hugepages");
+        std::fs::write(
+            Path::new(HUGE_2M).join("nr_hugepages"),
+            (before + n).to_string(),
+        )
+        .ok()?;
+        (read_count("free_hugepages") >= n).then_some(HugepageReservation { before })
+    }
+}
+
+impl Drop for HugepageReservation {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            Path::new(HUGE_2M).join("nr_hugepages"),
+            self.before.to_string(),
+        );
+    }
+}
+
+#[test]
+fn hugetlb_files_use_their_page_size_or_say_why_not() {
+    let daemon = Daemon::start();
+    let mut a = daemon.lease(vm("vm-a"));
+    if read_count("free_hugepages") == 0 {
+        let err = a
+            .create(&name("huge"), 4 << 20, MemoryKind::Hugetlb2M)
+            .unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::NOMEM.raw_os_error()));
+        assert!(err.message().unwrap().contains("free 2048 KiB hugepages"));
+    }
+    // Root may reserve pages; the CI runs as root.
+    let Some(_pages) = HugepageReservation::add(2) else {
+        assert!(
+            !gmem_tests::e2e::required(),
+            "cannot reserve 2 MiB hugepages"
+        );
+        eprintln!("SKIPPED: cannot reserve hugepages");
+        return;
+    };
+    let (fd, info) = a
+        .create(&name("huge"), 4 << 20, MemoryKind::Hugetlb2M)
+        .unwrap();
+    assert_eq!((info.size, info.page_size), (4 << 20, 2 << 20));
+    assert_eq!(
+        read_count("free_hugepages"),
+        0,
+        "both pages allocated up front"
+    );
+    assert_eq!(
+        rustix::fs::ftruncate(&fd, 2 << 20),
+        Err(Errno::PERM),
+        "sealed"
+    );
+    let bind = |offset, size| BindRequest {
+        slot: 0,
+        gpa: 0,
+        name: name("huge"),
+        offset,
+        size,
+    };
+    let err = a.bind(&bind(4096, 2 << 20)).unwrap_err();
+    assert!(
+        err.message().unwrap().contains("2097152-byte page size"),
+        "{err}"
+    );
+    a.bind(&bind(2 << 20, 2 << 20)).unwrap();
+    let files = daemon.control().files().unwrap();
+    assert_eq!(files[0].kind, MemoryKind::Hugetlb2M);
+    a.unbind(0).unwrap();
+    a.destroy(&name("huge")).unwrap();
+}
+
+#[test]
+fn secret_memory_is_created_when_the_kernel_allows_it() {
+    let daemon = Daemon::start();
+    let mut a = daemon.lease(vm("vm-a"));
+    match a.create(&name("secret"), 2 << 20, MemoryKind::Secret) {
+        Ok((fd, info)) => {
+            assert_eq!(info.kind, MemoryKind::Secret);
+            let target = std::fs::read_link(format!("/proc/self/fd/{}", {
+                use std::os::fd::AsRawFd;
+                fd.as_raw_fd()
+            }))
+            .unwrap();
+            assert!(target.to_string_lossy().contains("secretmem"), "{target:?}");
+            assert!(
+                rustix::fs::ftruncate(&fd, 4 << 20).is_err(),
+                "size is fixed"
+            );
+        }
+        Err(err) => {
+            assert_eq!(err.errno(), Some(Errno::NOSYS.raw_os_error()), "{err}");
+            assert!(err.message().unwrap().contains("memfd_secret"));
+        }
+    }
+}
