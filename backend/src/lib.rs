@@ -18,17 +18,4 @@ pub mod report;
 pub mod service;
 pub mod signals;
 
-/// Formats an error and its sources as one line: `a: b: c`.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
-}
+pub use gmem_protocol::error_chain;

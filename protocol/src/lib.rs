@@ -27,3 +27,19 @@ pub use wire::{
     BindRequest, FileInfo, FileStatus, LeaseStatus, MemoryKind, Name, RevokeReport, Uuid, VmId,
     VmSelector,
 };
+
+/// Formats an error and its sources as one line, `a: b: c`, the way the
+/// CLIs print them once (a cause already quoted by its parent is skipped).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}

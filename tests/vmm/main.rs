@@ -52,7 +52,7 @@ fn main() -> ExitCode {
                 match result {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
-                        eprintln!("gmem-vmm: {}", error_chain(&e));
+                        eprintln!("gmem-vmm: {}", gmem_protocol::error_chain(&e));
                         ExitCode::FAILURE
                     }
                 }
@@ -129,16 +129,4 @@ fn gmemd_options(args: &[String]) -> Result<from_gmemd::Options, String> {
             guest_code::GuestMode::Loop { .. } => u64::MAX,
         }),
     })
-}
-
-/// `error: cause: cause` on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }

@@ -1,0 +1,228 @@
+//! The message header, request codes and feature bits.
+
+use std::fmt;
+
+use bitflags::bitflags;
+use vm_memory::{ByteValued, Le32};
+
+use super::*;
+
+bitflags! {
+    /// Header flag bits (vhost-user layout).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct HeaderFlags: u32 {
+        /// Version field, bits 0–1; must equal [`VERSION`].
+        const VERSION_MASK = 0b11;
+        /// Set on every reply.
+        const REPLY = 1 << 2;
+        /// Accepted for vhost-user familiarity; every request is answered anyway.
+        const NEED_REPLY = 1 << 3;
+    }
+}
+
+/// Request codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Request {
+    /// Handshake: features and the VM identity; opens the lease.
+    Hello = 1,
+    /// Create a named memory file (or open it with `OPEN_EXISTING`); reply carries its fd.
+    Create = 2,
+    /// Open an existing named memory file; reply carries its fd.
+    Open = 3,
+    /// Record a binding of a file range at a guest-physical address.
+    Bind = 4,
+    /// Remove the binding in a slot.
+    Unbind = 5,
+    /// Hand a client-created memfd or kernel guest_memfd to gmemd (1 fd).
+    Deposit = 6,
+    /// Forget a memory file and release gmemd's copy of it.
+    Destroy = 7,
+    /// One page of the files or leases table.
+    Status = 8,
+    /// Operator: end a VM's lease and destroy the content it owned.
+    Revoke = 9,
+    /// Destroy a file's content (punch the whole file) and forget its holders.
+    Scrub = 10,
+}
+
+impl Request {
+    /// Every request code, in numeric order.
+    pub const ALL: [Request; 10] = [
+        Request::Hello,
+        Request::Create,
+        Request::Open,
+        Request::Bind,
+        Request::Unbind,
+        Request::Deposit,
+        Request::Destroy,
+        Request::Status,
+        Request::Revoke,
+        Request::Scrub,
+    ];
+
+    /// Number of fds the request must carry.
+    pub fn request_fds(self) -> usize {
+        match self {
+            Request::Deposit => 1,
+            _ => 0,
+        }
+    }
+
+    /// Number of fds a successful reply carries.
+    pub fn reply_fds(self) -> usize {
+        match self {
+            Request::Create | Request::Open => 1,
+            _ => 0,
+        }
+    }
+
+    /// Payload length of the request.
+    pub fn request_len(self) -> usize {
+        match self {
+            Request::Hello => RawHello::SIZE,
+            Request::Create => RawCreate::SIZE,
+            Request::Open | Request::Destroy | Request::Scrub => RawName::SIZE,
+            Request::Bind => RawBind::SIZE,
+            Request::Unbind => RawUnbind::SIZE,
+            Request::Deposit => RawDeposit::SIZE,
+            Request::Status => RawStatusQuery::SIZE,
+            Request::Revoke => RawVmSelector::SIZE,
+        }
+    }
+
+    /// Spec name of the request.
+    pub fn name(self) -> &'static str {
+        match self {
+            Request::Hello => "HELLO",
+            Request::Create => "CREATE",
+            Request::Open => "OPEN",
+            Request::Bind => "BIND",
+            Request::Unbind => "UNBIND",
+            Request::Deposit => "DEPOSIT",
+            Request::Destroy => "DESTROY",
+            Request::Status => "STATUS",
+            Request::Revoke => "REVOKE",
+            Request::Scrub => "SCRUB",
+        }
+    }
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl TryFrom<u32> for Request {
+    type Error = WireError;
+
+    fn try_from(code: u32) -> WireResult<Self> {
+        Request::ALL
+            .into_iter()
+            .find(|r| *r as u32 == code)
+            .ok_or(WireError::UnknownRequest(code))
+    }
+}
+
+bitflags! {
+    /// Feature bits negotiated by HELLO.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct Features: u64 {
+        /// DEPOSIT of client-created memfds and guest_memfds.
+        const DEPOSIT = 1 << 0;
+        /// SCRUB of a file's content.
+        const SCRUB = 1 << 1;
+        /// REVOKE by an operator.
+        const REVOKE = 1 << 2;
+    }
+}
+
+/// The 12-byte header as it lies on the wire.
+#[repr(C, packed)]
+#[derive(Copy, Clone, Default, Debug)]
+pub struct RawHeader {
+    /// Request code.
+    pub request: Le32,
+    /// [`HeaderFlags`].
+    pub flags: Le32,
+    /// Payload bytes that follow.
+    pub size: Le32,
+}
+// SAFETY: packed, every field is an integer wrapper: no padding, any bytes are valid.
+unsafe impl ByteValued for RawHeader {}
+const _: () = assert!(std::mem::size_of::<RawHeader>() == HEADER_SIZE);
+
+/// A validated header. The request code stays raw so an unknown code can
+/// still be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Request code (possibly unknown).
+    pub code: u32,
+    /// Whether this is a reply.
+    pub is_reply: bool,
+    /// Payload length.
+    pub size: u32,
+}
+
+impl Header {
+    /// A request header for `request` with `size` payload bytes.
+    pub fn request(request: Request, size: usize) -> Self {
+        Header {
+            code: request as u32,
+            is_reply: false,
+            size: wire_len(size),
+        }
+    }
+
+    /// A reply header answering `code`.
+    pub fn reply(code: u32, size: usize) -> Self {
+        Header {
+            code,
+            is_reply: true,
+            size: wire_len(size),
+        }
+    }
+
+    /// Encodes the header.
+    pub fn to_bytes(self) -> [u8; HEADER_SIZE] {
+        let mut flags = HeaderFlags::from_bits_retain(VERSION);
+        if self.is_reply {
+            flags |= HeaderFlags::REPLY;
+        }
+        let raw = RawHeader {
+            request: self.code.into(),
+            flags: flags.bits().into(),
+            size: self.size.into(),
+        };
+        let mut out = [0u8; HEADER_SIZE];
+        out.copy_from_slice(raw.as_slice());
+        out
+    }
+
+    /// Decodes and validates a header: version, reserved bits, size limit.
+    pub fn from_bytes(bytes: &[u8; HEADER_SIZE]) -> WireResult<Self> {
+        let raw: RawHeader = read_raw(bytes);
+        let flags = raw.flags.to_native();
+        let version = flags & HeaderFlags::VERSION_MASK.bits();
+        if version != VERSION {
+            return Err(WireError::BadVersion(version));
+        }
+        let reserved = flags & !HeaderFlags::all().bits();
+        if reserved != 0 {
+            return Err(WireError::ReservedFlags(reserved));
+        }
+        let size = raw.size.to_native();
+        if size as usize > MAX_PAYLOAD {
+            return Err(WireError::Oversized {
+                size,
+                max: MAX_PAYLOAD,
+            });
+        }
+        Ok(Header {
+            code: raw.request.to_native(),
+            is_reply: flags & HeaderFlags::REPLY.bits() != 0,
+            size,
+        })
+    }
+}

@@ -1,0 +1,243 @@
+//! Payload layouts as they lie on the wire: packed little-endian structs.
+
+use std::fmt;
+
+use bitflags::bitflags;
+use vm_memory::{ByteValued, Le32, Le64};
+
+use super::*;
+
+raw_struct!(
+    /// HELLO request payload.
+    RawHello, 96, {
+    /// Features the client supports.
+    features: Le64,
+    /// [`HelloFlags`].
+    flags: Le32,
+    /// Zero.
+    pad: Le32,
+    /// VM UUID (all zero for a control session).
+    uuid: [u8; 16],
+    /// VM name (empty for a control session).
+    name: [u8; NAME_LEN],
+});
+
+raw_struct!(
+    /// HELLO reply body.
+    RawHelloReply, 24, {
+    /// Features both sides support.
+    features: Le64,
+    /// Lease id (0 for a control session).
+    lease: Le64,
+    /// Daemon protocol version.
+    version: Le32,
+    /// Zero.
+    pad: Le32,
+});
+
+raw_struct!(
+    /// CREATE request payload.
+    RawCreate, 80, {
+    /// File size in bytes.
+    size: Le64,
+    /// [`MemoryKind`].
+    kind: Le32,
+    /// [`CreateFlags`].
+    flags: Le32,
+    /// File name.
+    name: [u8; NAME_LEN],
+});
+
+raw_struct!(
+    /// Reply body of CREATE, OPEN and DEPOSIT.
+    RawFileReply, 24, {
+    /// File size.
+    size: Le64,
+    /// Page size of the file (binding alignment).
+    page_size: Le64,
+    /// [`MemoryKind`].
+    kind: Le32,
+    /// [`FileReplyFlags`].
+    flags: Le32,
+});
+
+raw_struct!(
+    /// A bare name: OPEN, DESTROY and SCRUB payload.
+    RawName, 64, {
+    /// File name.
+    name: [u8; NAME_LEN],
+});
+
+raw_struct!(
+    /// BIND request payload.
+    RawBind, 96, {
+    /// Memslot number, unique per VM.
+    slot: Le32,
+    /// Zero.
+    flags: Le32,
+    /// Guest-physical address.
+    gpa: Le64,
+    /// Offset into the file.
+    offset: Le64,
+    /// Bytes bound.
+    size: Le64,
+    /// File name.
+    name: [u8; NAME_LEN],
+});
+
+raw_struct!(
+    /// UNBIND request payload.
+    RawUnbind, 8, {
+    /// Memslot number.
+    slot: Le32,
+    /// Zero.
+    pad: Le32,
+});
+
+raw_struct!(
+    /// DEPOSIT request payload.
+    RawDeposit, 72, {
+    /// Expected [`MemoryKind`]: `Memfd` or `GuestMemfd`.
+    kind: Le32,
+    /// Zero.
+    flags: Le32,
+    /// Name to file it under.
+    name: [u8; NAME_LEN],
+});
+
+raw_struct!(
+    /// STATUS request payload.
+    RawStatusQuery, 8, {
+    /// [`StatusSection`].
+    section: Le32,
+    /// Index of the first entry wanted.
+    start: Le32,
+});
+
+raw_struct!(
+    /// Head of a STATUS reply body, followed by `count` entries.
+    RawStatusPage, 16, {
+    /// Entries in the whole table.
+    total: Le32,
+    /// Entries in this page.
+    count: Le32,
+    /// Index to ask for next; equal to `total` when done.
+    next: Le32,
+    /// Zero.
+    pad: Le32,
+});
+
+raw_struct!(
+    /// One file in a STATUS files page, followed by `bindings` binding entries.
+    RawFileEntry, 176, {
+    /// File size.
+    size: Le64,
+    /// Page size.
+    page_size: Le64,
+    /// [`MemoryKind`].
+    kind: Le32,
+    /// Binding entries that follow.
+    bindings: Le32,
+    /// Owner VM UUID (zero: no owner).
+    owner_uuid: [u8; 16],
+    /// Lease id of the owner (0: no owner).
+    owner_lease: Le64,
+    /// File name.
+    name: [u8; NAME_LEN],
+    /// Owner VM name.
+    owner_name: [u8; NAME_LEN],
+});
+
+raw_struct!(
+    /// One binding of a file in a STATUS files page.
+    RawBindingEntry, 32, {
+    /// Memslot.
+    slot: Le32,
+    /// Zero.
+    flags: Le32,
+    /// Guest-physical address.
+    gpa: Le64,
+    /// File offset.
+    offset: Le64,
+    /// Size.
+    size: Le64,
+});
+
+raw_struct!(
+    /// One lease in a STATUS leases page.
+    RawLeaseEntry, 112, {
+    /// Lease id.
+    lease: Le64,
+    /// Client pid (SO_PEERCRED).
+    pid: Le32,
+    /// Client uid.
+    uid: Le32,
+    /// Bindings held.
+    bindings: Le32,
+    /// Files created through this lease.
+    files: Le32,
+    /// Zero.
+    pad: Le64,
+    /// VM UUID.
+    uuid: [u8; 16],
+    /// VM name.
+    name: [u8; NAME_LEN],
+});
+
+raw_struct!(
+    /// REVOKE payload: a VM chosen by UUID, or by name when the UUID is zero.
+    RawVmSelector, 80, {
+    /// VM UUID, or zero.
+    uuid: [u8; 16],
+    /// VM name (used when the UUID is zero).
+    name: [u8; NAME_LEN],
+});
+
+raw_struct!(
+    /// REVOKE reply body.
+    RawRevokeReply, 16, {
+    /// Leases ended.
+    leases: Le32,
+    /// Bindings dropped.
+    bindings: Le32,
+    /// Files whose content was destroyed.
+    scrubbed: Le32,
+    /// Zero.
+    pad: Le32,
+});
+
+raw_struct!(
+    /// Head of every reply payload.
+    RawReplyHead, 8, {
+    /// 0, or a negative errno.
+    status: Le32,
+    /// Bytes of UTF-8 error text that follow (0 on success).
+    text_len: Le32,
+});
+
+bitflags! {
+    /// HELLO flags.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct HelloFlags: u32 {
+        /// A control session (gmemctl): no VM, no lease, no BIND.
+        const CONTROL = 1 << 0;
+    }
+}
+
+bitflags! {
+    /// CREATE flags.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct CreateFlags: u32 {
+        /// Open the file instead if it exists with the same size and kind.
+        const OPEN_EXISTING = 1 << 0;
+    }
+}
+
+bitflags! {
+    /// Flags of a file reply.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct FileReplyFlags: u32 {
+        /// The file was created by this request.
+        const CREATED = 1 << 0;
+    }
+}

@@ -1,0 +1,200 @@
+//! Replies: the status head, error text and the bodies of successful replies.
+
+use vm_memory::ByteValued;
+
+use super::*;
+
+/// A file as described by CREATE, OPEN and DEPOSIT replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Size.
+    pub size: u64,
+    /// Page size.
+    pub page_size: u64,
+    /// Kind.
+    pub kind: MemoryKind,
+    /// Whether the request created it.
+    pub created: bool,
+}
+
+impl FileInfo {
+    /// Encodes a reply body.
+    pub fn encode(&self) -> Vec<u8> {
+        let flags = if self.created {
+            FileReplyFlags::CREATED
+        } else {
+            FileReplyFlags::empty()
+        };
+        RawFileReply {
+            size: self.size.into(),
+            page_size: self.page_size.into(),
+            kind: (self.kind as u32).into(),
+            flags: flags.bits().into(),
+        }
+        .as_slice()
+        .to_vec()
+    }
+
+    /// Decodes a reply body.
+    pub fn decode(body: &[u8]) -> WireResult<Self> {
+        let raw: RawFileReply = read_exact(body)?;
+        let flags: FileReplyFlags = flags_from(raw.flags.to_native(), "file reply flags")?;
+        Ok(FileInfo {
+            size: raw.size.to_native(),
+            page_size: raw.page_size.to_native(),
+            kind: MemoryKind::try_from(raw.kind.to_native())?,
+            created: flags.contains(FileReplyFlags::CREATED),
+        })
+    }
+}
+
+/// HELLO reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelloReply {
+    /// Negotiated features.
+    pub features: Features,
+    /// Lease id (0 for control sessions).
+    pub lease: u64,
+    /// Daemon protocol version.
+    pub version: u32,
+}
+
+impl HelloReply {
+    /// Encodes a reply body.
+    pub fn encode(&self) -> Vec<u8> {
+        RawHelloReply {
+            features: self.features.bits().into(),
+            lease: self.lease.into(),
+            version: self.version.into(),
+            pad: 0.into(),
+        }
+        .as_slice()
+        .to_vec()
+    }
+
+    /// Decodes a reply body.
+    pub fn decode(body: &[u8]) -> WireResult<Self> {
+        let raw: RawHelloReply = read_exact(body)?;
+        Ok(HelloReply {
+            features: Features::from_bits_truncate(raw.features.to_native()),
+            lease: raw.lease.to_native(),
+            version: raw.version.to_native(),
+        })
+    }
+}
+
+/// REVOKE reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RevokeReport {
+    /// Leases ended.
+    pub leases: u32,
+    /// Bindings dropped.
+    pub bindings: u32,
+    /// Files whose content was destroyed.
+    pub scrubbed: u32,
+}
+
+impl RevokeReport {
+    /// Encodes a reply body.
+    pub fn encode(&self) -> Vec<u8> {
+        RawRevokeReply {
+            leases: self.leases.into(),
+            bindings: self.bindings.into(),
+            scrubbed: self.scrubbed.into(),
+            pad: 0.into(),
+        }
+        .as_slice()
+        .to_vec()
+    }
+
+    /// Decodes a reply body.
+    pub fn decode(body: &[u8]) -> WireResult<Self> {
+        let raw: RawRevokeReply = read_exact(body)?;
+        Ok(RevokeReport {
+            leases: raw.leases.to_native(),
+            bindings: raw.bindings.to_native(),
+            scrubbed: raw.scrubbed.to_native(),
+        })
+    }
+}
+
+/// A decoded reply: status, error text, body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// 0 or a negative errno.
+    pub status: i32,
+    /// Error text (empty on success).
+    pub text: String,
+    /// Request-specific body (empty on error).
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// A success reply with `body`.
+    pub fn ok(body: Vec<u8>) -> Self {
+        Reply {
+            status: 0,
+            text: String::new(),
+            body,
+        }
+    }
+
+    /// An error reply; `errno` is positive, the text is cut to [`MAX_ERROR_TEXT`].
+    pub fn error(errno: i32, text: &str) -> Self {
+        let mut end = text.len().min(MAX_ERROR_TEXT);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Reply {
+            status: -errno.abs(),
+            text: text[..end].to_owned(),
+            body: Vec::new(),
+        }
+    }
+
+    /// Encodes the reply payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let text_len = wire_len(self.text.len());
+        let head = RawReplyHead {
+            // Two's complement on the wire, like every errno-in-u32 protocol.
+            #[allow(clippy::cast_sign_loss)]
+            status: (self.status as u32).into(),
+            text_len: text_len.into(),
+        };
+        let mut out = Vec::with_capacity(RawReplyHead::SIZE + self.text.len() + self.body.len());
+        out.extend_from_slice(head.as_slice());
+        out.extend_from_slice(self.text.as_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// Decodes a reply payload. Never panics.
+    pub fn decode(payload: &[u8]) -> WireResult<Self> {
+        if payload.len() < RawReplyHead::SIZE {
+            return Err(WireError::BadReply("shorter than the reply head"));
+        }
+        let (head, rest) = payload.split_at(RawReplyHead::SIZE);
+        let head: RawReplyHead = read_raw(head);
+        #[allow(clippy::cast_possible_wrap)]
+        let status = head.status.to_native() as i32;
+        let text_len = head.text_len.to_native() as usize;
+        if status > 0 {
+            return Err(WireError::BadReply("positive status"));
+        }
+        if text_len > MAX_ERROR_TEXT || text_len > rest.len() {
+            return Err(WireError::BadReply("error text length"));
+        }
+        if status == 0 && text_len != 0 {
+            return Err(WireError::BadReply("error text on success"));
+        }
+        let (text, body) = rest.split_at(text_len);
+        if status != 0 && !body.is_empty() {
+            return Err(WireError::BadReply("body on error"));
+        }
+        Ok(Reply {
+            status,
+            text: String::from_utf8_lossy(text).into_owned(),
+            body: body.to_vec(),
+        })
+    }
+}

@@ -1,0 +1,254 @@
+//! STATUS pages: files with owners and bindings, and leases.
+
+use vm_memory::ByteValued;
+
+use super::*;
+
+/// A file in a STATUS page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStatus {
+    /// Name.
+    pub name: Name,
+    /// Size.
+    pub size: u64,
+    /// Page size.
+    pub page_size: u64,
+    /// Kind.
+    pub kind: MemoryKind,
+    /// Owner, if bound.
+    pub owner: Option<OwnerStatus>,
+    /// Bindings.
+    pub bindings: Vec<BindingStatus>,
+}
+
+/// The owner of a file in a STATUS page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerStatus {
+    /// Owner VM.
+    pub vm: VmId,
+    /// Its lease.
+    pub lease: u64,
+}
+
+/// One binding in a STATUS page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindingStatus {
+    /// Slot.
+    pub slot: u32,
+    /// Guest-physical address.
+    pub gpa: u64,
+    /// File offset.
+    pub offset: u64,
+    /// Size.
+    pub size: u64,
+}
+
+/// A lease in a STATUS page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseStatus {
+    /// Lease id.
+    pub lease: u64,
+    /// VM.
+    pub vm: VmId,
+    /// Client pid.
+    pub pid: u32,
+    /// Client uid.
+    pub uid: u32,
+    /// Bindings held.
+    pub bindings: u32,
+    /// Files created through it.
+    pub files: u32,
+}
+
+/// One page of a STATUS table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusPage<T> {
+    /// Entries in the whole table.
+    pub total: u32,
+    /// Next index to ask for (`total` when done).
+    pub next: u32,
+    /// Entries of this page.
+    pub entries: Vec<T>,
+}
+
+/// Builds a STATUS reply body from entries, stopping before the page would
+/// exceed the payload limit. Returns the body and the number of entries used.
+pub fn encode_status_page<T>(
+    total: u32,
+    start: u32,
+    entries: &[T],
+    encode: impl Fn(&T) -> Vec<u8>,
+) -> (Vec<u8>, u32) {
+    let budget = MAX_PAYLOAD - RawReplyHead::SIZE - RawStatusPage::SIZE;
+    let mut body = Vec::new();
+    let mut count = 0u32;
+    for entry in entries {
+        let bytes = encode(entry);
+        if body.len() + bytes.len() > budget {
+            break;
+        }
+        body.extend_from_slice(&bytes);
+        count += 1;
+    }
+    let head = RawStatusPage {
+        total: total.into(),
+        count: count.into(),
+        // A start past the end yields an empty page whose cursor is the end.
+        next: start.saturating_add(count).min(total).into(),
+        pad: 0.into(),
+    };
+    let mut out = head.as_slice().to_vec();
+    out.extend_from_slice(&body);
+    (out, count)
+}
+
+impl FileStatus {
+    /// Wire size of this entry with its bindings.
+    pub fn encoded_len(&self) -> usize {
+        RawFileEntry::SIZE + self.bindings.len() * RawBindingEntry::SIZE
+    }
+
+    /// Encodes the entry and its bindings.
+    pub fn encode(&self) -> Vec<u8> {
+        let (owner_uuid, owner_lease, owner_name) = match &self.owner {
+            Some(o) => (o.vm.uuid.0, o.lease, o.vm.name.to_field()),
+            None => ([0; 16], 0, [0; NAME_LEN]),
+        };
+        let count = u32::try_from(self.bindings.len()).unwrap_or(u32::MAX);
+        let mut out = RawFileEntry {
+            size: self.size.into(),
+            page_size: self.page_size.into(),
+            kind: (self.kind as u32).into(),
+            bindings: count.into(),
+            owner_uuid,
+            owner_lease: owner_lease.into(),
+            name: self.name.to_field(),
+            owner_name,
+        }
+        .as_slice()
+        .to_vec();
+        for b in &self.bindings {
+            out.extend_from_slice(
+                RawBindingEntry {
+                    slot: b.slot.into(),
+                    flags: 0.into(),
+                    gpa: b.gpa.into(),
+                    offset: b.offset.into(),
+                    size: b.size.into(),
+                }
+                .as_slice(),
+            );
+        }
+        out
+    }
+
+    /// Decodes a files page body.
+    pub fn decode_page(body: &[u8]) -> WireResult<StatusPage<FileStatus>> {
+        let (head, mut rest) = split_page(body)?;
+        let mut entries = Vec::new();
+        for _ in 0..head.count.to_native() {
+            let (raw, tail) = take::<RawFileEntry>(rest)?;
+            let owner = if raw.owner_uuid == [0; 16] {
+                None
+            } else {
+                Some(OwnerStatus {
+                    vm: VmId {
+                        uuid: Uuid(raw.owner_uuid),
+                        name: Name::from_field(&raw.owner_name, "owner name")?,
+                    },
+                    lease: raw.owner_lease.to_native(),
+                })
+            };
+            let mut bindings = Vec::new();
+            rest = tail;
+            for _ in 0..raw.bindings.to_native() {
+                let (b, tail) = take::<RawBindingEntry>(rest)?;
+                rest = tail;
+                bindings.push(BindingStatus {
+                    slot: b.slot.to_native(),
+                    gpa: b.gpa.to_native(),
+                    offset: b.offset.to_native(),
+                    size: b.size.to_native(),
+                });
+            }
+            entries.push(FileStatus {
+                name: Name::from_field(&raw.name, "file name")?,
+                size: raw.size.to_native(),
+                page_size: raw.page_size.to_native(),
+                kind: MemoryKind::try_from(raw.kind.to_native())?,
+                owner,
+                bindings,
+            });
+        }
+        finish_page(head, rest, entries)
+    }
+}
+
+impl LeaseStatus {
+    /// Encodes the entry.
+    pub fn encode(&self) -> Vec<u8> {
+        RawLeaseEntry {
+            lease: self.lease.into(),
+            pid: self.pid.into(),
+            uid: self.uid.into(),
+            bindings: self.bindings.into(),
+            files: self.files.into(),
+            pad: 0.into(),
+            uuid: self.vm.uuid.0,
+            name: self.vm.name.to_field(),
+        }
+        .as_slice()
+        .to_vec()
+    }
+
+    /// Decodes a leases page body.
+    pub fn decode_page(body: &[u8]) -> WireResult<StatusPage<LeaseStatus>> {
+        let (head, mut rest) = split_page(body)?;
+        let mut entries = Vec::new();
+        for _ in 0..head.count.to_native() {
+            let (raw, tail) = take::<RawLeaseEntry>(rest)?;
+            rest = tail;
+            entries.push(LeaseStatus {
+                lease: raw.lease.to_native(),
+                vm: VmId {
+                    uuid: Uuid(raw.uuid),
+                    name: Name::from_field(&raw.name, "vm name")?,
+                },
+                pid: raw.pid.to_native(),
+                uid: raw.uid.to_native(),
+                bindings: raw.bindings.to_native(),
+                files: raw.files.to_native(),
+            });
+        }
+        finish_page(head, rest, entries)
+    }
+}
+
+fn split_page(body: &[u8]) -> WireResult<(RawStatusPage, &[u8])> {
+    take::<RawStatusPage>(body)
+}
+
+fn finish_page<T>(head: RawStatusPage, rest: &[u8], entries: Vec<T>) -> WireResult<StatusPage<T>> {
+    if !rest.is_empty() {
+        return Err(WireError::BadReply("trailing bytes in status page"));
+    }
+    let total = head.total.to_native();
+    let next = head.next.to_native();
+    if next > total {
+        return Err(WireError::BadReply("status page cursor past the end"));
+    }
+    Ok(StatusPage {
+        total,
+        next,
+        entries,
+    })
+}
+
+fn take<T: ByteValued>(bytes: &[u8]) -> WireResult<(T, &[u8])> {
+    let size = std::mem::size_of::<T>();
+    if bytes.len() < size {
+        return Err(WireError::BadReply("status page truncated"));
+    }
+    let (head, tail) = bytes.split_at(size);
+    Ok((read_raw(head), tail))
+}

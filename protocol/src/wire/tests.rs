@@ -1,0 +1,261 @@
+//! Round trips and refusals of the wire format.
+
+use super::*;
+
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+fn sample_requests() -> Vec<RequestBody> {
+    let vm = VmId::from_name(name("vm-a"));
+    vec![
+        RequestBody::Hello(Hello {
+            features: Features::all(),
+            vm: Some(vm.clone()),
+        }),
+        RequestBody::Hello(Hello {
+            features: Features::empty(),
+            vm: None,
+        }),
+        RequestBody::Create(CreateRequest {
+            name: name("ram0"),
+            size: 1 << 30,
+            kind: MemoryKind::Hugetlb2M,
+            flags: CreateFlags::OPEN_EXISTING,
+        }),
+        RequestBody::Open(name("ram0")),
+        RequestBody::Bind(BindRequest {
+            slot: 3,
+            gpa: 0x1_0000_0000,
+            name: name("ram0"),
+            offset: 4096,
+            size: 8192,
+        }),
+        RequestBody::Unbind { slot: 7 },
+        RequestBody::Deposit(DepositRequest {
+            name: name("gmem"),
+            kind: MemoryKind::GuestMemfd,
+        }),
+        RequestBody::Destroy(name("x")),
+        RequestBody::Status(StatusQuery {
+            section: StatusSection::Leases,
+            start: 5,
+        }),
+        RequestBody::Revoke(VmSelector::Uuid(vm.uuid)),
+        RequestBody::Revoke(VmSelector::Name(name("vm-b"))),
+        RequestBody::Scrub(name("ram0")),
+    ]
+}
+
+#[test]
+fn every_request_round_trips() {
+    for req in sample_requests() {
+        let bytes = req.encode();
+        assert_eq!(bytes.len(), req.request().request_len());
+        let back = RequestBody::decode(req.request() as u32, &bytes).unwrap();
+        assert_eq!(back, req);
+    }
+}
+
+#[test]
+fn header_round_trips_and_rejects_bad_fields() {
+    let h = Header::request(Request::Bind, 96);
+    assert_eq!(Header::from_bytes(&h.to_bytes()).unwrap(), h);
+    let r = Header::reply(99, 8);
+    assert_eq!(Header::from_bytes(&r.to_bytes()).unwrap(), r);
+
+    let mut bad = h.to_bytes();
+    bad[4] = 2; // version 2
+    assert_eq!(Header::from_bytes(&bad), Err(WireError::BadVersion(2)));
+    let mut bad = h.to_bytes();
+    bad[4] |= 0x10;
+    assert_eq!(
+        Header::from_bytes(&bad),
+        Err(WireError::ReservedFlags(0x10))
+    );
+    let mut bad = h.to_bytes();
+    bad[8..12].copy_from_slice(&4097u32.to_le_bytes());
+    assert!(matches!(
+        Header::from_bytes(&bad),
+        Err(WireError::Oversized { size: 4097, .. })
+    ));
+}
+
+#[test]
+fn header_bytes_are_little_endian() {
+    let h = Header::request(Request::Status, 8).to_bytes();
+    assert_eq!(h, [8, 0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0]);
+}
+
+#[test]
+fn unknown_code_and_wrong_lengths_are_errors() {
+    assert_eq!(
+        RequestBody::decode(0, &[]),
+        Err(WireError::UnknownRequest(0))
+    );
+    assert_eq!(
+        RequestBody::decode(11, &[]),
+        Err(WireError::UnknownRequest(11))
+    );
+    for req in Request::ALL {
+        let len = req.request_len();
+        for bad in [0, len - 1, len + 1] {
+            let err = RequestBody::decode(req as u32, &vec![0; bad]).unwrap_err();
+            assert!(matches!(err, WireError::BadLength { .. }), "{req} {bad}");
+        }
+    }
+}
+
+#[test]
+fn names_are_validated() {
+    assert!(Name::new("ram-0.vm_1:a").is_ok());
+    for bad in ["", ".hidden", "a/b", "sp ace", "é", &"x".repeat(64)] {
+        assert!(Name::new(bad).is_err(), "{bad:?}");
+    }
+    let mut field = name("abc").to_field();
+    field[10] = b'x'; // garbage after the NUL
+    assert!(Name::from_field(&field, "n").is_err());
+    let full = [b'a'; NAME_LEN];
+    assert!(Name::from_field(&full, "n").is_err());
+    assert_eq!(Name::from_optional_field(&[0; NAME_LEN], "n"), Ok(None));
+}
+
+#[test]
+fn payload_flags_and_padding_are_checked() {
+    let mut bind = RequestBody::Bind(BindRequest {
+        slot: 0,
+        gpa: 0,
+        name: name("f"),
+        offset: 0,
+        size: 4096,
+    })
+    .encode();
+    bind[4] = 1;
+    assert!(matches!(
+        RequestBody::decode(Request::Bind as u32, &bind),
+        Err(WireError::NonZeroPadding(_))
+    ));
+    let mut create = RequestBody::Create(CreateRequest {
+        name: name("f"),
+        size: 4096,
+        kind: MemoryKind::Memfd,
+        flags: CreateFlags::empty(),
+    })
+    .encode();
+    create[12] = 0x80;
+    assert!(matches!(
+        RequestBody::decode(Request::Create as u32, &create),
+        Err(WireError::UnknownFlags { .. })
+    ));
+    create[12] = 0;
+    create[8] = 9; // kind 9
+    assert!(matches!(
+        RequestBody::decode(Request::Create as u32, &create),
+        Err(WireError::UnknownValue { field: "kind", .. })
+    ));
+}
+
+#[test]
+fn hello_rules() {
+    // A VM hello needs a non-nil UUID.
+    let mut raw = RawHello {
+        name: name("vm").to_field(),
+        ..Default::default()
+    };
+    assert!(RequestBody::decode(1, raw.as_slice()).is_err());
+    // A control hello must not carry an identity.
+    raw.flags = HelloFlags::CONTROL.bits().into();
+    assert!(RequestBody::decode(1, raw.as_slice()).is_err());
+    raw.name = [0; NAME_LEN];
+    assert!(RequestBody::decode(1, raw.as_slice()).is_ok());
+    // Unknown feature bits are masked.
+    raw.features = u64::MAX.into();
+    match RequestBody::decode(1, raw.as_slice()).unwrap() {
+        RequestBody::Hello(h) => assert_eq!(h.features, Features::all()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn replies_round_trip_and_reject_malformed() {
+    let ok = Reply::ok(vec![1, 2, 3]);
+    assert_eq!(Reply::decode(&ok.encode()).unwrap(), ok);
+    let err = Reply::error(16, "busy");
+    assert_eq!(err.status, -16);
+    assert_eq!(Reply::decode(&err.encode()).unwrap(), err);
+    let long = Reply::error(22, &"é".repeat(300));
+    assert!(long.text.len() <= MAX_ERROR_TEXT);
+
+    assert!(Reply::decode(&[0; 4]).is_err());
+    let mut bad = err.encode();
+    bad.push(0); // body after an error
+    assert!(Reply::decode(&bad).is_err());
+    let mut bad = ok.encode();
+    bad[4] = 1; // text on success
+    assert!(Reply::decode(&bad).is_err());
+    let mut bad = ok.encode();
+    bad[0] = 1; // positive status
+    assert!(Reply::decode(&bad).is_err());
+}
+
+#[test]
+fn status_pages_round_trip_and_fit() {
+    let vm = VmId::from_name(name("vm"));
+    let files: Vec<FileStatus> = (0..100)
+        .map(|i| FileStatus {
+            name: name(&format!("f{i}")),
+            size: 1 << 20,
+            page_size: 4096,
+            kind: MemoryKind::Memfd,
+            owner: Some(OwnerStatus {
+                vm: vm.clone(),
+                lease: 4,
+            }),
+            bindings: vec![BindingStatus {
+                slot: i,
+                gpa: 0,
+                offset: 0,
+                size: 4096,
+            }],
+        })
+        .collect();
+    let (body, count) = encode_status_page(100, 0, &files, FileStatus::encode);
+    assert!(body.len() + RawReplyHead::SIZE <= MAX_PAYLOAD);
+    assert!(count > 0 && count < 100);
+    let page = FileStatus::decode_page(&body).unwrap();
+    assert_eq!(page.entries.len(), count as usize);
+    assert_eq!(page.entries[..], files[..count as usize]);
+    assert_eq!(page.next, count);
+
+    let lease = LeaseStatus {
+        lease: 9,
+        vm,
+        pid: 42,
+        uid: 0,
+        bindings: 1,
+        files: 2,
+    };
+    // A start past the end: an empty page whose cursor is the end.
+    let (body, count) = encode_status_page(3, 9, &files[..0], FileStatus::encode);
+    assert_eq!(count, 0);
+    let page = FileStatus::decode_page(&body).unwrap();
+    assert_eq!((page.total, page.next), (3, 3));
+
+    let (body, count) = encode_status_page(1, 0, std::slice::from_ref(&lease), LeaseStatus::encode);
+    assert_eq!(count, 1);
+    assert_eq!(
+        LeaseStatus::decode_page(&body).unwrap().entries,
+        vec![lease]
+    );
+    assert!(LeaseStatus::decode_page(&body[..body.len() - 1]).is_err());
+}
+
+#[test]
+fn uuid_text_and_name_derivation() {
+    let u = Uuid::from_name("vm-a");
+    assert_eq!(u, Uuid::from_name("vm-a"));
+    assert_ne!(u, Uuid::from_name("vm-b"));
+    assert_eq!(Uuid::parse(&u.to_string()), Some(u));
+    assert_eq!(Uuid::parse("nope"), None);
+    assert!(!u.is_nil());
+}
