@@ -185,10 +185,10 @@ fn a_deposited_guest_memfd_runs_the_guest_and_is_let_go() {
     );
     assert!(stdout.contains("deposited guest_memfd as ram"), "{stdout}");
     assert!(stdout.contains("GMEM-VMM: counter 1\n"), "{stdout}");
+    wait_no_leases(&daemon);
     let log = daemon.log();
     assert!(log.contains("deposited guest_memfd ram"), "{log}");
     assert!(log.contains("closed guest_memfd ram"), "{log}");
-    wait_no_leases(&daemon);
     let targets = daemon.fd_targets();
     assert!(
         !targets.iter().any(|t| t.contains("kvm-gmem")),
