@@ -1,0 +1,119 @@
+//! Refusals of the service, with their errno and close decision.
+
+use rustix::io::Errno;
+
+use crate::ledger::LedgerError;
+use crate::memory::MemoryError;
+use gmem_protocol::wire::{MemoryKind, Name, Request};
+
+/// Refusals of the service.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The peer's uid is not in the allowed list.
+    #[error("uid {uid} is not allowed to use gmemd")]
+    NotAllowed {
+        /// Peer uid.
+        uid: u32,
+    },
+    /// A request other than HELLO before the handshake.
+    #[error("{0} before HELLO: the handshake comes first")]
+    NoHandshake(Request),
+    /// A second HELLO.
+    #[error("HELLO on a session that already did its handshake")]
+    SecondHello,
+    /// The request needs a VM lease, the session is a control session.
+    #[error("{0} needs a VM lease; control sessions cannot do it")]
+    NeedsLease(Request),
+    /// The request needs an operator uid.
+    #[error("{request} is an operator request and uid {uid} is not an operator")]
+    NotOperator {
+        /// Request.
+        request: Request,
+        /// Peer uid.
+        uid: u32,
+    },
+    /// The feature was not negotiated in HELLO.
+    #[error("{0} needs a feature that was not negotiated in HELLO")]
+    FeatureOff(Request),
+    /// The total memory limit would be exceeded.
+    #[error("memory limit reached: {used} in use + {requested} requested > {limit}")]
+    MemoryLimit {
+        /// Bytes in use (formatted).
+        used: String,
+        /// Bytes requested (formatted).
+        requested: String,
+        /// Limit (formatted).
+        limit: String,
+    },
+    /// The per-lease file limit would be exceeded.
+    #[error("file limit reached: this lease already has {limit} files")]
+    FileLimit {
+        /// The limit.
+        limit: usize,
+    },
+    /// CREATE with OPEN_EXISTING found a different file of that name.
+    #[error("memory file {name} exists as {kind}, {size} bytes; not what was asked")]
+    ExistsDifferently {
+        /// Name.
+        name: Name,
+        /// Existing kind.
+        kind: MemoryKind,
+        /// Existing size.
+        size: u64,
+    },
+    /// guest_memfds are only for the VM that created them.
+    #[error("memory file {0} is a guest_memfd: only its own VM uses it, it cannot be opened")]
+    GuestMemfdClosed(Name),
+    /// Scrubbing a file that is bound.
+    #[error("memory file {name} is bound in {bindings} slot(s); unbind it before scrubbing")]
+    ScrubBound {
+        /// Name.
+        name: Name,
+        /// Bindings.
+        bindings: usize,
+    },
+    /// Duplicating an fd for a reply failed.
+    #[error("cannot duplicate the fd of {name}")]
+    DupFd {
+        /// Name.
+        name: Name,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The ledger refused.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// Making or checking memory failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+}
+
+impl ServiceError {
+    /// The errno carried by the reply (PROTOCOL.md lists them).
+    pub fn errno(&self) -> Errno {
+        match self {
+            Self::NotAllowed { .. } => Errno::ACCESS,
+            Self::NoHandshake(_) | Self::SecondHello => Errno::PROTO,
+            Self::NeedsLease(_) | Self::NotOperator { .. } | Self::GuestMemfdClosed(_) => {
+                Errno::PERM
+            }
+            Self::FeatureOff(_) => Errno::OPNOTSUPP,
+            Self::MemoryLimit { .. } => Errno::NOSPC,
+            Self::FileLimit { .. } => Errno::MFILE,
+            Self::ExistsDifferently { .. } => Errno::EXIST,
+            Self::ScrubBound { .. } => Errno::BUSY,
+            Self::DupFd { .. } => Errno::MFILE,
+            Self::Ledger(e) => e.errno(),
+            Self::Memory(e) => e.errno(),
+        }
+    }
+
+    /// Whether the connection is closed after the reply: only for peers that
+    /// may not talk to gmemd at all.
+    pub fn should_close(&self) -> bool {
+        matches!(self, Self::NotAllowed { .. })
+    }
+}
+
+pub(crate) type ServiceResult<T> = Result<T, ServiceError>;
