@@ -39,7 +39,12 @@ impl Daemon {
             .arg("--socket")
             .arg(dir.path().join("gmemd.sock"))
             .args(args)
-            .env("RUST_LOG", "debug")
+            // Tests want every decision in the log; benchmarks measure the
+            // daemon as shipped (info) by setting GMEMD_TEST_LOG.
+            .env(
+                "RUST_LOG",
+                std::env::var("GMEMD_TEST_LOG").unwrap_or_else(|_| "debug".to_owned()),
+            )
             .env_remove("GMEMD_SOCKET")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
