@@ -131,14 +131,7 @@ fn another_vm_waits_for_every_process_of_the_first_or_a_scrub() {
     wait_no_leases(&daemon);
 
     // 2. A process that received the fd for vm-a, and lives, still blocks vm-b.
-    let mut holder = ChildGuard::spawn_piped("holder", {
-        let mut cmd = Command::new(bin("gmem-test-client"));
-        cmd.arg("--socket")
-            .arg(daemon.socket())
-            .args(["--vm", "vm-a", "--open", "ram", "--hold"]);
-        cmd
-    });
-    holder.wait_for_output("READY", Duration::from_secs(10));
+    let mut holder = daemon.spawn_client("vm-a", &["--open", "ram", "--hold"]);
     let out = run_vmm(&daemon, "vm-b");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -153,14 +146,7 @@ fn another_vm_waits_for_every_process_of_the_first_or_a_scrub() {
     assert_ran(&run_vmm(&daemon, "vm-b"), 2);
 
     // 4. A live holder again, lifted by a scrub, which leaves zeros.
-    let mut holder = ChildGuard::spawn_piped("holder", {
-        let mut cmd = Command::new(bin("gmem-test-client"));
-        cmd.arg("--socket")
-            .arg(daemon.socket())
-            .args(["--vm", "vm-b", "--open", "ram", "--hold"]);
-        cmd
-    });
-    holder.wait_for_output("READY", Duration::from_secs(10));
+    let holder = daemon.spawn_client("vm-b", &["--open", "ram", "--hold"]);
     assert!(!run_vmm(&daemon, "vm-c").status.success());
     daemon.control().scrub(&name("ram")).unwrap();
     assert_eq!(counter_in_file(&daemon), 0, "scrub leaves zeros");

@@ -7,26 +7,13 @@
 #![allow(clippy::tests_outside_test_module)]
 
 use std::os::fd::OwnedFd;
-use std::process::Command;
 use std::time::Duration;
 
 use gmem_protocol::wire::{BindRequest, MemoryKind, VmSelector};
-use gmem_tests::{bin, name, vm, wait_until, ChildGuard, Daemon};
+use gmem_tests::{name, vm, wait_until, Daemon};
 use rustix::io::Errno;
 
 const MIB: u64 = 1 << 20;
-
-/// Starts a VMM stand-in process with `args`, waiting for it to be ready.
-fn vmm(daemon: &Daemon, vm_name: &str, args: &[&str]) -> ChildGuard {
-    let mut cmd = Command::new(bin("gmem-test-client"));
-    cmd.arg("--socket")
-        .arg(daemon.socket())
-        .args(["--vm", vm_name])
-        .args(args);
-    let mut child = ChildGuard::spawn_piped("gmem-test-client", cmd);
-    child.wait_for_output("READY", Duration::from_secs(10));
-    child
-}
 
 fn read_at(fd: &OwnedFd, offset: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
@@ -44,8 +31,7 @@ fn wait_no_leases(daemon: &Daemon) {
 #[test]
 fn sigkill_ends_the_lease_and_keeps_the_memory() {
     let daemon = Daemon::start();
-    let mut child = vmm(
-        &daemon,
+    let mut child = daemon.spawn_client(
         "vm-a",
         &[
             "--create",
@@ -92,8 +78,7 @@ fn sigkill_ends_the_lease_and_keeps_the_memory() {
 #[test]
 fn content_written_through_a_mapping_outlives_the_client() {
     let daemon = Daemon::start();
-    let mut child = vmm(
-        &daemon,
+    let mut child = daemon.spawn_client(
         "writer",
         &[
             "--create",
@@ -173,7 +158,7 @@ fn revoke_ends_the_lease_and_destroys_only_that_vms_content() {
 #[test]
 fn a_live_holder_blocks_other_vms_until_it_exits_or_a_scrub() {
     let daemon = Daemon::start();
-    let mut holder = vmm(&daemon, "vm-a", &["--create", "ram:0x100000", "--hold"]);
+    let mut holder = daemon.spawn_client("vm-a", &["--create", "ram:0x100000", "--hold"]);
     let bind_b = BindRequest {
         slot: 0,
         gpa: 0,
@@ -198,8 +183,7 @@ fn a_live_holder_blocks_other_vms_until_it_exits_or_a_scrub() {
     drop(b);
 
     // A scrub lifts the block while the holder still lives, and leaves zeros.
-    let _holder2 = vmm(
-        &daemon,
+    let _holder2 = daemon.spawn_client(
         "vm-c",
         &["--open", "ram", "--write", "ram:0:vm-c-data", "--hold"],
     );

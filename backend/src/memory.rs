@@ -107,14 +107,7 @@ fn syscall(op: &'static str, kind: MemoryKind) -> impl FnOnce(Errno) -> MemoryEr
 /// # Errors
 /// [`MemoryError`]: bad size, no hugepages, no `memfd_secret`, syscall failures.
 pub fn create(name: &Name, size: u64, kind: MemoryKind) -> MemoryResult<OwnedFd> {
-    let page_size = kind.page_size();
-    if size == 0 || size % page_size != 0 {
-        return Err(MemoryError::BadSize {
-            size,
-            page_size,
-            kind,
-        });
-    }
+    let page_size = check_size(size, kind)?;
     let label = format!("gmemd:{name}");
     match kind {
         MemoryKind::Memfd => {
@@ -169,6 +162,20 @@ pub fn create(name: &Name, size: u64, kind: MemoryKind) -> MemoryResult<OwnedFd>
         }
         MemoryKind::GuestMemfd => Err(MemoryError::NotCreatable(kind)),
     }
+}
+
+/// Checks that `size` is a non-zero multiple of the kind's page size and
+/// returns that page size.
+fn check_size(size: u64, kind: MemoryKind) -> MemoryResult<u64> {
+    let page_size = kind.page_size();
+    if size == 0 || size % page_size != 0 {
+        return Err(MemoryError::BadSize {
+            size,
+            page_size,
+            kind,
+        });
+    }
+    Ok(page_size)
 }
 
 fn seal(fd: &OwnedFd, kind: MemoryKind) -> MemoryResult<()> {
@@ -256,14 +263,7 @@ pub fn inspect_deposit(fd: &OwnedFd, kind: MemoryKind) -> MemoryResult<FileSpec>
     }
     let stat = rustix::fs::fstat(fd).map_err(syscall("fstat", kind))?;
     let size = u64::try_from(stat.st_size).unwrap_or(0);
-    let page_size = kind.page_size();
-    if size == 0 || size % page_size != 0 {
-        return Err(MemoryError::BadSize {
-            size,
-            page_size,
-            kind,
-        });
-    }
+    let page_size = check_size(size, kind)?;
     Ok(FileSpec {
         size,
         kind,

@@ -119,6 +119,19 @@ impl Daemon {
             .collect()
     }
 
+    /// Starts `gmem-test-client` (a VMM stand-in) as VM `vm_name` with
+    /// `args` and waits until it has done them (`READY`).
+    pub fn spawn_client(&self, vm_name: &str, args: &[&str]) -> ChildGuard {
+        let mut cmd = Command::new(crate::bin("gmem-test-client"));
+        cmd.arg("--socket")
+            .arg(self.socket())
+            .args(["--vm", vm_name])
+            .args(args);
+        let mut child = ChildGuard::spawn_piped("gmem-test-client", cmd);
+        child.wait_for_output("READY", Duration::from_secs(10));
+        child
+    }
+
     /// Whether gmemd still runs.
     pub fn is_running(&mut self) -> bool {
         self.guard.child().try_wait().expect("try_wait").is_none()
