@@ -194,3 +194,39 @@ fn a_live_holder_blocks_other_vms_until_it_exits_or_a_scrub() {
     let (fd, _) = d.open(&name("ram")).unwrap();
     assert_eq!(read_at(&fd, 0, 9), vec![0; 9]);
 }
+
+#[test]
+fn a_lease_that_revokes_itself_is_served_nothing_after() {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    use gmem_protocol::conn::FrameReader;
+    use gmem_protocol::wire::{Header, Reply, Request, RequestBody, StatusQuery, StatusSection};
+
+    let daemon = Daemon::start();
+    let mut op = daemon.lease(vm("operator-vm"));
+    op.create(&name("op-ram"), MIB, MemoryKind::Memfd).unwrap();
+    let stream = op.stream().try_clone().unwrap();
+    // REVOKE of itself and a CREATE pipelined behind it, in one write.
+    let mut bytes = Vec::new();
+    for body in [
+        RequestBody::Revoke(VmSelector::Name(name("operator-vm"))),
+        RequestBody::Status(StatusQuery {
+            section: StatusSection::Files,
+            start: 0,
+        }),
+    ] {
+        let payload = body.encode();
+        bytes.extend_from_slice(&Header::request(body.request(), payload.len()).to_bytes());
+        bytes.extend_from_slice(&payload);
+    }
+    (&stream).write_all(&bytes).unwrap();
+    let mut reader = FrameReader::new();
+    let first = reader.read_frame(stream.as_fd()).unwrap().unwrap();
+    assert_eq!(first.header.code, Request::Revoke as u32);
+    assert_eq!(Reply::decode(&first.payload).unwrap().status, 0);
+    assert!(
+        reader.read_frame(stream.as_fd()).is_err(),
+        "a request after the lease's own revoke was served"
+    );
+}

@@ -275,11 +275,7 @@ impl EventLoop {
             )));
         }
         stream.set_nonblocking(true)?;
-        let cred = rustix::net::sockopt::socket_peercred(&stream)?;
-        let peer = Peer {
-            pid: u32::try_from(cred.pid.as_raw_nonzero().get()).unwrap_or(0),
-            uid: cred.uid.as_raw(),
-        };
+        let peer = peer_of(&stream)?;
         let id = self.next_id;
         self.next_id += 1;
         self.add(stream.as_raw_fd(), Token::Conn(id), read_events())?;
@@ -405,7 +401,10 @@ fn serve_connection(
                     };
                     let reply = handle_frame(&mut handler, frame);
                     conn.writer.push(reply.header, &reply.payload, reply.fds);
-                    if reply.close {
+                    // A lease revoked by this very request (an operator VM
+                    // revoking itself) is served nothing after it.
+                    let revoked = conn.session.lease().is_some_and(|l| service.is_revoked(l));
+                    if reply.close || revoked {
                         conn.closing = true;
                         break;
                     }
@@ -434,6 +433,37 @@ fn serve_connection(
         return Ok(false);
     }
     Ok(true)
+}
+
+/// SO_PEERCRED of a connection. Read through libc: the kernel reports pid 0
+/// for a peer in a pid namespace gmemd cannot see, which rustix's `UCred`
+/// (whose pid is non-zero by type) cannot represent.
+fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len =
+        libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>()).map_err(io::Error::other)?;
+    // SAFETY: `cred` and `len` are live locals, valid for writes of the size
+    // passed in `len`; the fd is an open socket owned by `stream`.
+    let ret = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Peer {
+        pid: u32::try_from(cred.pid).unwrap_or(0),
+        uid: cred.uid,
+    })
 }
 
 /// Makes the socket directory and binds the listener.

@@ -280,7 +280,9 @@ pub fn seal_deposit(fd: &OwnedFd, kind: MemoryKind) -> MemoryResult<()> {
         return Ok(());
     }
     let seals = rustix::fs::fcntl_get_seals(fd).map_err(syscall("F_GET_SEALS", kind))?;
-    if seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+    // Already sealed against further seals: inspection made sure SHRINK and
+    // GROW are among them.
+    if seals.contains(SealFlags::SEAL) {
         return Ok(());
     }
     seal(fd, kind)

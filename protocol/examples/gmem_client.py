@@ -6,18 +6,28 @@ Python 3 standard library only. Usage:
     gmem_client.py SOCKET_PATH
 
 runs a short scenario against a live gmemd: HELLO as a VM, CREATE a memfd
-(mmap it, write and read back), BIND, STATUS (files and leases), error
-cases, UNBIND, DESTROY; then, as an operator control session, DEPOSIT,
-STATUS paging, REVOKE and SCRUB. Exits non-zero if anything is not as the
+(mmap it, write and read back; reply fds are their own open file
+descriptions), BIND, STATUS (files and leases), error cases, the 64-binding
+limit, holders, UNBIND, DESTROY; then, as an operator control session,
+DEPOSIT (sealed only once accepted, hugetlb memfds refused), STATUS paging
+and the clamped cursor, DESTROY of another VM's bound file, REVOKE (also an
+ambiguous name), SCRUB, and guest_memfd deposits when /dev/kvm is usable.
+Run as root, it also connects as uid 65534 (nobody): with gmemd's default
+uid lists that peer must get EACCES and a closed connection for anything it
+sends; if gmemd was started with `--allow-uid 65534` (and 65534 is not an
+operator), the non-operator rules of DESTROY, CREATE, OPEN, DEPOSIT, REVOKE
+and SCRUB are checked instead. Exits non-zero if anything is not as the
 spec says.
 """
 
 import errno
+import fcntl
 import mmap
 import os
 import socket
 import struct
 import sys
+import time
 
 # --- constants (PROTOCOL.md §4, §6.3, §7) --------------------------------
 
@@ -40,6 +50,8 @@ CREATE_OPEN_EXISTING = 0x1
 FILE_CREATED = 0x1
 
 KIND_NAMES = {0: "memfd", 1: "hugetlb-2m", 2: "hugetlb-1g", 3: "secret", 4: "guest_memfd"}
+KIND_MEMFD, KIND_HUGETLB_2M, KIND_SECRET, KIND_GUEST_MEMFD = 0, 1, 3, 4
+MAX_BINDINGS_PER_FILE = 64
 SECTION_FILES, SECTION_LEASES = 0, 1
 
 # Payload / body layouts (packed, little-endian).
@@ -222,14 +234,16 @@ class Connection:
         return body
 
     def status_all(self, section):
-        """Walks every page (§9)."""
+        """Walks every page (§9); a page that makes no progress is an error."""
         out, start = [], 0
         while True:
             page = self.status_page(section, start)
             total, count, nxt, entries = decode_status_page(section, page)
             out.extend(entries)
-            if count == 0 or nxt >= total:
+            if nxt >= total:
                 return out
+            if nxt <= start:
+                raise RuntimeError(f"STATUS page at {start} made no progress (total {total})")
             start = nxt
 
 
@@ -264,6 +278,7 @@ def decode_status_page(section, body):
             entries.append({"lease": lease, "pid": pid, "uid": uid, "bindings": nbind,
                             "files": files, "uuid": uuid_text(uuid), "name": name_from_field(name)})
     assert pos == len(body), f"trailing bytes in status page: {len(body) - pos}"
+    assert nxt <= total, f"status page cursor {nxt} past the end {total}"
     return total, count, nxt, entries
 
 
@@ -308,6 +323,17 @@ def main(path):
         raise AssertionError("ftruncate on a sealed memfd succeeded")
     except PermissionError:
         print("  ftruncate refused (sealed): ok")
+    # §5.2: each reply fd of a memfd is a new open file description.
+    fd_b, info_b = c.open(file_name)
+    assert not info_b["created"]
+    assert os.fstat(fd_b).st_ino == st.st_ino, "OPEN returned another file"
+    assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
+    os.lseek(fd, 12345, os.SEEK_SET)
+    assert os.lseek(fd_b, 0, os.SEEK_CUR) == 0, "CREATE and OPEN fds share a file offset"
+    os.lseek(fd_b, 777, os.SEEK_SET)
+    assert os.lseek(fd, 0, os.SEEK_CUR) == 12345
+    os.close(fd_b)
+    print("  OPEN gives the same file with its own file offset: ok")
 
     c.bind(0, 0x1_0000_0000, file_name, 0, size)
     print(f"BIND slot 0 gpa 0x100000000 -> {file_name} +0x0 size {size:#x}: ok")
@@ -334,6 +360,16 @@ def main(path):
     os.close(fd1)
     expect_error("BIND unknown file", errno.ENOENT, c.bind, 1, 0x2_0000_0000, "nope", 0, 4096)
     expect_error("CREATE existing name", errno.EEXIST, c.create, file_name, size)
+    expect_error("CREATE existing name with size 0 (name checked first)", errno.EEXIST,
+                 c.create, file_name, 0)
+    expect_error("CREATE OPEN_EXISTING with another size", errno.EEXIST,
+                 c.create, file_name, 2 * size, 0, CREATE_OPEN_EXISTING)
+    fd_c, info_c = c.create(file_name, size, 0, CREATE_OPEN_EXISTING)
+    assert not info_c["created"] and os.fstat(fd_c).st_ino == st.st_ino
+    os.close(fd_c)
+    print("  CREATE OPEN_EXISTING with the same size and kind opens it: ok")
+    expect_error("CREATE size 0", errno.EINVAL, c.create, "py-zero", 0)
+    expect_error("CREATE kind guest_memfd", errno.EINVAL, c.create, "py-gmem", 4096, KIND_GUEST_MEMFD)
     expect_error("second HELLO", errno.EPROTO, c.hello_vm, vm_name, uuid)
     expect_error("UNBIND unbound slot", errno.ENOENT, c.unbind, 7)
 
@@ -380,8 +416,10 @@ def main(path):
     print("  BIND by another VM from the holder process itself: allowed")
     other.unbind(0)
 
+    binding_limit(path)
+
     c.destroy(file_name)
-    print(f"DESTROY {file_name}: ok")
+    print(f"DESTROY {file_name} (created by this lease): ok")
     assert os.pread(fd, 13, 4096) == b"hello, guest!"
     print("  our fd still reads the memory after DESTROY: ok")
     os.close(fd)
@@ -397,13 +435,34 @@ def main(path):
     c.close()
 
 
-F_GET_SEALS = 1034
+def binding_limit(path):
+    """§7.4: at most 64 bindings per file (ENOSPC), and such an entry fits a page (§9)."""
+    vm = Connection(path)
+    vm.hello_vm("py-many", uuid_from_name("py-many"))
+    n = MAX_BINDINGS_PER_FILE
+    fd, _ = vm.create("py-many-ram", (n + 1) * 4096)
+    os.close(fd)
+    for i in range(n):
+        vm.bind(100 + i, 0x4000_0000 + i * 4096, "py-many-ram", i * 4096, 4096)
+    expect_error(f"BIND a {n + 1}th binding of one file", errno.ENOSPC,
+                 vm.bind, 100 + n, 0x4000_0000 + n * 4096, "py-many-ram", n * 4096, 4096)
+    files = vm.status_all(SECTION_FILES)
+    entry = [f for f in files if f["name"] == "py-many-ram"][0]
+    assert len(entry["bindings"]) == n and [b["slot"] for b in entry["bindings"]] == list(range(100, 100 + n))
+    print(f"  STATUS shows the file with its {n} bindings in one page: ok")
+    vm.destroy("py-many-ram")  # bound: allowed to an operator, drops the bindings
+    me = [l for l in vm.status_all(SECTION_LEASES) if l["lease"] == vm.lease][0]
+    assert me["bindings"] == 0 and me["files"] == 0, me
+    print("  DESTROY of the bound file (operator) dropped its bindings: ok")
+    vm.close()
+
+
+F_GET_SEALS, F_ADD_SEALS = 1034, 1033
 F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW = 0x1, 0x2, 0x4
 
 
 def operator_checks(path):
     """Needs the peer uid to be an operator (the default for gmemd's own uid)."""
-    import fcntl
     ctl = Connection(path)
     features, lease = ctl.hello_control()
     print(f"HELLO control session: features {features:#x}, lease {lease}")
@@ -426,6 +485,7 @@ def operator_checks(path):
                  ctl.call, DEPOSIT, RAW_DEPOSIT.pack(0, 0, name_field("x")))
     expect_error("DEPOSIT guest_memfd from a control session", errno.EPERM,
                  ctl.deposit, "py-gmem", ctl.sock.fileno(), 4)
+    deposit_checks(ctl)
     ctl.destroy("py-dep")
 
     # Paging: 30 files of 4 KiB (23 file entries without bindings fit a page).
@@ -442,10 +502,15 @@ def operator_checks(path):
         start = nxt
     print(f"STATUS files paging over {total} files: page sizes {pages}")
     assert sum(pages) == total == 30 and pages[0] == 23
-    total, count, nxt, _ = decode_status_page(SECTION_FILES, ctl.status_page(SECTION_FILES, 1000))
-    print(f"STATUS start 1000: total {total} count {count} next {nxt}")
+    for start in (total, 1000):
+        t, count, nxt, _ = decode_status_page(SECTION_FILES, ctl.status_page(SECTION_FILES, start))
+        print(f"STATUS start {start}: total {t} count {count} next {nxt}")
+        assert (t, count, nxt) == (total, 0, total), "cursor not clamped to total"
     for n in names:
         ctl.destroy(n)
+
+    destroy_bound_of_other_vm(path, ctl)
+    ambiguous_revoke(path, ctl)
 
     # REVOKE a VM that has a bound file: its lease ends, content destroyed.
     vm = Connection(path)
@@ -473,6 +538,265 @@ def operator_checks(path):
     for f in (fd, fd2):
         os.close(f)
     vm.close()
+    guest_memfd_checks(path, ctl)
+    ctl.close()
+
+
+def seals_of(fd):
+    return fcntl.fcntl(fd, F_GET_SEALS)
+
+
+def deposit_checks(ctl):
+    """§7.6: the fd is checked completely before gmemd seals it."""
+    m = os.memfd_create("py-odd", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+    os.ftruncate(m, 5000)
+    expect_error("DEPOSIT memfd of 5000 bytes", errno.EINVAL, ctl.deposit, "py-odd", m)
+    assert seals_of(m) == 0, "refused deposit was sealed"
+    os.ftruncate(m, 8192)
+    expect_error("DEPOSIT under an existing name", errno.EEXIST, ctl.deposit, "py-dep", m)
+    assert seals_of(m) == 0, "refused deposit was sealed"
+    print("  refused deposits leave the memfd unsealed: ok")
+    expect_error("DEPOSIT kind hugetlb-2m", errno.EINVAL, ctl.deposit, "py-odd", m, KIND_HUGETLB_2M)
+    expect_error("DEPOSIT kind secret", errno.EINVAL, ctl.deposit, "py-odd", m, KIND_SECRET)
+    # Already sealed SHRINK|GROW (no SEAL): accepted as is, nothing added (§7.6, §13).
+    fcntl.fcntl(m, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW)
+    info = ctl.deposit("py-odd", m)
+    assert info["size"] == 8192 and seals_of(m) == F_SEAL_SHRINK | F_SEAL_GROW
+    print("  memfd sealed SHRINK|GROW already: accepted, seals left as they were: ok")
+    ctl.destroy("py-odd")
+    os.close(m)
+    try:
+        h = os.memfd_create("py-huge", os.MFD_HUGETLB | os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+        os.ftruncate(h, 2 << 20)
+    except OSError as e:
+        print(f"  (hugetlb memfd unavailable here: {e}; skipping its DEPOSIT check)")
+        return
+    expect_error("DEPOSIT a hugetlb memfd as memfd", errno.EINVAL, ctl.deposit, "py-huge", h)
+    assert seals_of(h) == 0
+    os.close(h)
+
+
+def destroy_bound_of_other_vm(path, ctl):
+    """§7.7: an operator destroys any file, dropping the owner's bindings."""
+    vm = Connection(path)
+    vm.hello_vm("py-owner", uuid_from_name("py-owner"))
+    fd, _ = vm.create("py-owned", 3 * 4096)
+    os.close(fd)
+    vm.bind(1, 0, "py-owned", 0, 4096)
+    vm.bind(2, 1 << 20, "py-owned", 4096, 4096)
+    ctl.destroy("py-owned")
+    me = [l for l in ctl.status_all(SECTION_LEASES) if l["lease"] == vm.lease][0]
+    assert me["bindings"] == 0 and me["files"] == 0, me
+    expect_error("UNBIND a slot whose file an operator destroyed", errno.ENOENT, vm.unbind, 1)
+    print("DESTROY (operator control session) of another VM's bound file: ok, its bindings are gone")
+    vm.close()
+
+
+def ambiguous_revoke(path, ctl):
+    """§7.9: a name shared by two leases (different UUIDs) is refused."""
+    a, b = Connection(path), Connection(path)
+    a.hello_vm("py-twin", uuid_from_name("py-twin"))
+    b.hello_vm("py-twin", uuid_from_name("py-twin-b"))
+    expect_error("REVOKE by a name two leases share", errno.EINVAL, ctl.revoke, bytes(16), "py-twin")
+    report = ctl.revoke(uuid_from_name("py-twin-b"))
+    assert report == {"leases": 1, "bindings": 0, "scrubbed": 0}, report
+    report = ctl.revoke(vm_name="py-twin")
+    assert report["leases"] == 1
+    left = [l for l in ctl.status_all(SECTION_LEASES) if l["name"] == "py-twin"]
+    assert left == [], left
+    print("  REVOKE by UUID, then by the now unique name: ok")
+    for conn in (a, b):
+        try:
+            conn.recv()
+            raise AssertionError("revoked connection still open")
+        except (EOFError, ConnectionResetError):
+            pass
+        conn.close()
+
+
+KVM_CREATE_VM = 0xAE01
+KVM_CREATE_GUEST_MEMFD = 0xC040AED4  # _IOWR(KVMIO, 0xd4, struct kvm_create_guest_memfd)
+
+
+def make_guest_memfd(size):
+    """(vm fd, guest_memfd) from a fresh KVM VM, or None without KVM support."""
+    try:
+        kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        vm = fcntl.ioctl(kvm, KVM_CREATE_VM, 0)
+        try:
+            gmem = fcntl.ioctl(vm, KVM_CREATE_GUEST_MEMFD, bytearray(struct.pack("<QQ6Q", size, 0, *[0] * 6)))
+        except OSError:
+            os.close(vm)
+            return None
+        return vm, gmem
+    except OSError:
+        return None
+    finally:
+        os.close(kvm)
+
+
+def guest_memfd_checks(path, ctl):
+    """§6.4, §7.6, §7.9: guest_memfds stay with the lease that deposited them."""
+    size = 2 << 20
+    made = make_guest_memfd(size)
+    if made is None:
+        print("(no usable /dev/kvm guest_memfd here; skipping the guest_memfd checks)")
+        return
+    vm_fd, gmem = made
+    vm = Connection(path)
+    vm.hello_vm("py-gm", uuid_from_name("py-gm"))
+    expect_error("DEPOSIT a guest_memfd as memfd", errno.EINVAL, vm.deposit, "py-gm-ram", gmem)
+    info = vm.deposit("py-gm-ram", gmem, KIND_GUEST_MEMFD)
+    print(f"DEPOSIT guest_memfd py-gm-ram from a VM lease: {info}")
+    assert info == {"size": size, "page_size": 4096, "kind": "guest_memfd", "created": True}
+    expect_error("OPEN a guest_memfd", errno.EPERM, ctl.open, "py-gm-ram")
+    vm.bind(0, 0, "py-gm-ram", 0, size)
+    report = ctl.revoke(uuid_from_name("py-gm"))
+    print(f"  REVOKE of its VM: {report}")
+    # The guest_memfd went with the lease: neither scrubbed nor counted (§7.9).
+    assert report == {"leases": 1, "bindings": 1, "scrubbed": 0}, report
+    assert "py-gm-ram" not in [f["name"] for f in ctl.status_all(SECTION_FILES)]
+    print("  guest_memfd closed and forgotten with the lease: ok")
+    vm.close()
+    # Lease end without REVOKE: an unbound guest_memfd is dropped too.
+    vm = Connection(path)
+    vm.hello_vm("py-gm", uuid_from_name("py-gm"))
+    vm.deposit("py-gm-ram2", gmem, KIND_GUEST_MEMFD)
+    vm.close()
+    for _ in range(100):
+        if "py-gm-ram2" not in [f["name"] for f in ctl.status_all(SECTION_FILES)]:
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError("guest_memfd outlived its lease")
+    print("  unbound guest_memfd dropped when its lease closed: ok")
+    os.close(gmem)
+    os.close(vm_fd)
+
+
+OTHER_UID = 65534  # nobody
+
+
+def expect_closed(conn, what):
+    try:
+        conn.recv()
+        raise AssertionError(f"{what}: connection still open")
+    except (EOFError, ConnectionResetError):
+        pass
+
+
+def other_uid_checks(path):
+    """As root: talk to gmemd as uid 65534 from a child process (§5.3, §6.1, §7)."""
+    if os.getuid() != 0:
+        print("(not root: skipping the checks as another uid)")
+        return
+    # The state directory is usually 0700: reach the 0666 socket through an
+    # O_PATH fd opened while still root. SO_PEERCRED records the uid at connect.
+    pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    # A file of the parent's own lease and one of an operator control session.
+    owner = Connection(path)
+    owner.hello_vm("py-root-vm", uuid_from_name("py-root-vm"))
+    fd, _ = owner.create("py-root-file", 4096)
+    os.close(fd)
+    ctl = Connection(path)
+    ctl.hello_control()
+    fd, _ = ctl.create("py-ctl-file", 4096)
+    os.close(fd)
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(OTHER_UID)
+            os.setuid(OTHER_UID)
+            as_other_uid(f"/proc/self/fd/{pfd}")
+            code = 0
+        except BaseException as e:  # noqa: BLE001 - report and fail the child
+            print(f"uid {OTHER_UID} child: {type(e).__name__}: {e}")
+        sys.stdout.flush()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    os.close(pfd)
+    assert os.waitstatus_to_exitcode(status) == 0, f"checks as uid {OTHER_UID} failed"
+    ctl.destroy("py-root-file")
+    ctl.destroy("py-ctl-file")
+    if "py-np-old" in [f["name"] for f in ctl.status_all(SECTION_FILES)]:
+        ctl.destroy("py-np-old")  # left by the non-operator's ended lease: operators only
+    owner.close()
+    ctl.close()
+
+
+def as_other_uid(path):
+    c = Connection(path)
+    # Malformed on purpose (unknown code): an allowed peer gets EOPNOTSUPP, a
+    # not-allowed one EACCES before any syntax check, then the close.
+    try:
+        c.call(77, b"")
+        raise AssertionError("unknown request code accepted")
+    except GmemError as e:
+        if e.errno == errno.EACCES:
+            not_allowed(path, c, e)
+            return
+        assert e.errno == errno.EOPNOTSUPP, e
+    c.close()
+    non_operator(path)
+
+
+def not_allowed(path, c, first):
+    print(f"uid {OTHER_UID} is not allowed:")
+    print(f"  unknown request code: -EACCES {first.text!r}")
+    expect_closed(c, "after EACCES")
+    print("  connection closed after EACCES: ok")
+    for what, code, payload, flags in [
+            ("well-formed control HELLO", HELLO, RAW_HELLO.pack(7, HELLO_CONTROL, 0, bytes(16), bytes(64)), VERSION),
+            ("STATUS with the REPLY flag", STATUS, RAW_STATUS_QUERY.pack(0, 0), VERSION | FLAG_REPLY),
+            ("STATUS with a 3-byte payload", STATUS, b"\0\0\0", VERSION)]:
+        c = Connection(path)
+        expect_error(what, errno.EACCES, c.call, code, payload, (), 0, flags)
+        expect_closed(c, what)
+        c.close()
+    print("  every message gets EACCES and the close: ok")
+
+
+def non_operator(path):
+    print(f"uid {OTHER_UID} is allowed, not an operator:")
+    ctl = Connection(path)
+    ctl.hello_control()
+    expect_error("control CREATE", errno.EPERM, ctl.create, "py-np-x", 4096)
+    expect_error("control OPEN", errno.EPERM, ctl.open, "py-ctl-file")
+    m = os.memfd_create("py-np", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+    os.ftruncate(m, 4096)
+    expect_error("control DEPOSIT memfd", errno.EPERM, ctl.deposit, "py-np-x", m)
+    expect_error("control DEPOSIT kind hugetlb-2m", errno.EPERM, ctl.deposit, "py-np-x", m, KIND_HUGETLB_2M)
+    os.close(m)
+    expect_error("REVOKE", errno.EPERM, ctl.revoke, uuid_from_name("py-root-vm"))
+    expect_error("SCRUB", errno.EPERM, ctl.scrub, "py-ctl-file")
+    expect_error("control DESTROY of an unbound file", errno.EPERM, ctl.destroy, "py-ctl-file")
+    expect_error("control DESTROY of an unknown file", errno.ENOENT, ctl.destroy, "py-nothing")
+    assert any(f["name"] == "py-ctl-file" for f in ctl.status_all(SECTION_FILES))
+
+    old = Connection(path)
+    old.hello_vm("py-np-vm", uuid_from_name("py-np-vm"))
+    fd, _ = old.create("py-np-old", 4096)
+    os.close(fd)
+    old.close()  # its lease ends: py-np-old becomes the operators' file
+    vm = Connection(path)
+    vm.hello_vm("py-np-vm2", uuid_from_name("py-np-vm2"))
+    expect_error("DESTROY a file another lease created", errno.EPERM, vm.destroy, "py-root-file")
+    expect_error("DESTROY a control session's file", errno.EPERM, vm.destroy, "py-ctl-file")
+    expect_error("DESTROY a file of an ended lease (same uid)", errno.EPERM, vm.destroy, "py-np-old")
+    fd, _ = vm.create("py-np-own", 2 * 4096)
+    os.close(fd)
+    vm.bind(0, 0, "py-np-own", 0, 4096)
+    expect_error("DESTROY of the own file while bound", errno.EBUSY, vm.destroy, "py-np-own")
+    vm.unbind(0)
+    vm.destroy("py-np-own")
+    print("  DESTROY of the own, unbound file: ok")
+    vm.close()
     ctl.close()
 
 
@@ -481,4 +805,5 @@ if __name__ == "__main__":
         os.environ.get("XDG_RUNTIME_DIR", "/tmp"), "gmemd", "gmemd.sock")
     main(sock_path)
     operator_checks(sock_path)
+    other_uid_checks(sock_path)
     print("all checks passed")

@@ -98,6 +98,12 @@ impl Service {
         session
     }
 
+    /// Whether `lease` was revoked and its connection not yet closed: the
+    /// event loop serves it nothing more.
+    pub fn is_revoked(&self, lease: LeaseId) -> bool {
+        self.revoked.contains(&lease)
+    }
+
     /// Leases ended by REVOKE whose connections the event loop must close.
     pub fn take_revoked(&mut self) -> Vec<LeaseId> {
         std::mem::take(&mut self.revoked)
@@ -320,6 +326,9 @@ impl Service {
             kind: req.kind,
             page_size: req.kind.page_size(),
         };
+        // The client's fd is made before anything is recorded, so a failure
+        // leaves no file behind (all or nothing).
+        let reply_fd = client_fd(&fd, &req.name, spec.kind)?;
         self.ledger
             .add_file(req.name.clone(), spec, session.lease())?;
         self.fds.insert(req.name.clone(), fd);
@@ -330,7 +339,7 @@ impl Service {
             format_size(req.size),
             session.describe()
         );
-        self.reply_with_fd(session, &req.name, spec, true)
+        Ok(self.reply_with_fd(session, &req.name, spec, reply_fd, true))
     }
 
     fn open(&mut self, session: &Session, name: &Name) -> ServiceResult<Response> {
@@ -343,22 +352,21 @@ impl Service {
             // Handing the fd to another VM is as good as binding it there.
             self.check_access(session, name, vm.uuid)?;
         }
+        let own = self.fds.get(name).expect("every ledger file has an fd");
+        let fd = client_fd(own, name, spec.kind)?;
         debug!("opened {name} for {}", session.describe());
-        self.reply_with_fd(session, name, spec, false)
+        Ok(self.reply_with_fd(session, name, spec, fd, false))
     }
 
+    /// Records the recipient as a holder (invariant 6) and builds the reply.
     fn reply_with_fd(
         &mut self,
         session: &Session,
         name: &Name,
         spec: FileSpec,
+        fd: OwnedFd,
         created: bool,
-    ) -> ServiceResult<Response> {
-        let own = self.fds.get(name).expect("every ledger file has an fd");
-        let fd = memory::reopen(own, spec.kind).map_err(|source| ServiceError::DupFd {
-            name: name.clone(),
-            source,
-        })?;
+    ) -> Response {
         if let Some(vm) = session.vm() {
             self.record_holder(name, session.peer.pid, vm.uuid);
         }
@@ -368,7 +376,7 @@ impl Service {
             kind: spec.kind,
             created,
         };
-        Ok(Response::ok_with_fds(info.encode(), vec![fd]))
+        Response::ok_with_fds(info.encode(), vec![fd])
     }
 
     fn bind(&mut self, session: &Session, req: &BindRequest) -> ServiceResult<Response> {
@@ -519,8 +527,10 @@ impl Service {
             .map(|l| l.vm.uuid)
             .unwrap_or_default();
         let reason = format!("revoked by {}", session.describe());
-        let (bindings, released) = self.end_lease(lease, &reason).unwrap_or_default();
+        let (bindings, mut released) = self.end_lease(lease, &reason).unwrap_or_default();
         let mut scrubbed = 0u32;
+        // Deposited guest_memfds went with the lease itself (invariant 5).
+        released.retain(|name| self.ledger.file(name).is_ok());
         for name in &released {
             match self.destroy_content(name) {
                 Ok(()) => scrubbed += 1,
@@ -542,6 +552,14 @@ impl Service {
             .encode(),
         ))
     }
+}
+
+/// The fd a client receives for a memory file (see [`memory::reopen`]).
+fn client_fd(own: &OwnedFd, name: &Name, kind: MemoryKind) -> ServiceResult<OwnedFd> {
+    memory::reopen(own, kind).map_err(|source| ServiceError::DupFd {
+        name: name.clone(),
+        source,
+    })
 }
 
 fn join(names: &[Name]) -> String {
