@@ -173,6 +173,9 @@ pub enum LedgerError {
     /// The lease is not open.
     #[error("lease {0} is not open")]
     UnknownLease(LeaseId),
+    /// The lease id is already in use.
+    #[error("lease {0} is already open")]
+    LeaseExists(LeaseId),
 }
 
 impl LedgerError {
@@ -183,6 +186,7 @@ impl LedgerError {
                 Errno::NOENT
             }
             Self::UnknownLease(_) => Errno::NOENT,
+            Self::LeaseExists(_) => Errno::EXIST,
             Self::AmbiguousVm { .. } => Errno::INVAL,
             Self::TooManyBindings { .. } => Errno::NOSPC,
             Self::FileExists { .. } | Self::SlotTaken { .. } => Errno::EXIST,
@@ -324,8 +328,11 @@ impl Ledger {
     /// Opens a lease for `vm`. A VM has at most one lease at a time.
     ///
     /// # Errors
-    /// [`LedgerError::VmBusy`].
+    /// [`LedgerError::VmBusy`], [`LedgerError::LeaseExists`].
     pub fn open_lease(&mut self, id: LeaseId, vm: VmId, peer: Peer) -> LedgerResult<()> {
+        if self.leases.contains_key(&id) {
+            return Err(LedgerError::LeaseExists(id));
+        }
         if let Some((lease, rec)) = self.leases.iter().find(|(_, l)| l.vm.uuid == vm.uuid) {
             return Err(LedgerError::VmBusy {
                 vm: rec.vm.clone(),

@@ -187,13 +187,20 @@ impl Reply {
         if status == 0 && text_len != 0 {
             return Err(WireError::BadReply("error text on success"));
         }
+        if status != 0 && text_len == 0 {
+            return Err(WireError::BadReply("error without text"));
+        }
         let (text, body) = rest.split_at(text_len);
         if status != 0 && !body.is_empty() {
             return Err(WireError::BadReply("body on error"));
         }
+        // Strict UTF-8: a lossy conversion could grow the text past
+        // MAX_ERROR_TEXT and make the decoded reply impossible to re-encode.
+        let text = std::str::from_utf8(text)
+            .map_err(|_| WireError::BadReply("error text is not UTF-8"))?;
         Ok(Reply {
             status,
-            text: String::from_utf8_lossy(text).into_owned(),
+            text: text.to_owned(),
             body: body.to_vec(),
         })
     }

@@ -199,6 +199,24 @@ fn replies_round_trip_and_reject_malformed() {
 }
 
 #[test]
+fn error_text_must_be_utf8_and_present() {
+    // Found by cargo fuzz: lossy decoding turned 86 invalid bytes into 258.
+    let mut bad = vec![0xff, 0xff, 0xff, 0xff, 86, 0, 0, 0];
+    bad.extend_from_slice(&[0xff; 86]);
+    assert_eq!(
+        Reply::decode(&bad),
+        Err(WireError::BadReply("error text is not UTF-8"))
+    );
+    let empty = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+    assert_eq!(
+        Reply::decode(&empty),
+        Err(WireError::BadReply("error without text"))
+    );
+    let ok = Reply::error(5, "é".repeat(200).as_str());
+    assert_eq!(Reply::decode(&ok.encode()).unwrap(), ok);
+}
+
+#[test]
 fn status_pages_round_trip_and_fit() {
     let vm = VmId::from_name(name("vm"));
     let files: Vec<FileStatus> = (0..100)
