@@ -11,6 +11,7 @@
 pub mod caps;
 pub mod config;
 pub mod event_loop;
+pub mod launch;
 pub mod ledger;
 pub mod memory;
 pub mod qmp;

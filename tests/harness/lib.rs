@@ -4,7 +4,9 @@
 
 pub mod daemon;
 pub mod e2e;
+pub mod guest;
 pub mod process;
+pub mod qemu;
 
 use std::path::PathBuf;
 

@@ -2,11 +2,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use gmem_protocol::wire::{MemoryKind, Name, Uuid, VmSelector};
+use gmem_protocol::wire::{MemoryKind, Name, Uuid, VmId, VmSelector};
 use gmem_protocol::Client;
 use gmemd::config::{default_socket, format_size, parse_size};
+use gmemd::launch::{
+    HotplugOptions, HotplugReport, LaunchOptions, RunDir, UnplugOptions, UnplugReport,
+    UpgradeOptions, UpgradeReport,
+};
 
 /// Operate gmemd: inspect, create and destroy memory, revoke VMs.
 #[derive(Debug, Parser)]
@@ -15,6 +20,9 @@ struct Args {
     /// gmemd's socket [default: $XDG_RUNTIME_DIR/gmemd/gmemd.sock, /run/gmemd/gmemd.sock for root].
     #[arg(long, env = "GMEMD_SOCKET", global = true)]
     socket: Option<PathBuf>,
+    /// Where launched VMs keep their records and sockets [default: vms/ beside the socket].
+    #[arg(long, env = "GMEMCTL_RUN_DIR", global = true)]
+    run_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,13 +67,107 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run QEMU on gmemd memory: `launch --vm NAME --memory 2G -- qemu-system-x86_64 ARGS...`.
+    ///
+    /// Opens the VM's lease, creates its memory (or reopens it, content
+    /// intact), records the bindings, starts QEMU with the memory and the
+    /// lease inherited and supervises it; exits with QEMU's status.
+    Launch {
+        /// VM name (its UUID is derived from it unless --uuid is given).
+        #[arg(long)]
+        vm: Name,
+        /// VM UUID.
+        #[arg(long, value_parser = parse_uuid)]
+        uuid: Option<Uuid>,
+        /// Guest RAM, e.g. 512M or 4G.
+        #[arg(long, value_parser = parse_size)]
+        memory: u64,
+        /// memfd, hugetlb-2m or hugetlb-1g.
+        #[arg(long, default_value = "memfd")]
+        kind: MemoryKind,
+        /// Memory file name [default: NAME.ram].
+        #[arg(long)]
+        file: Option<Name>,
+        /// Hotplug limit (QEMU's maxmem); enables `gmemctl hotplug`.
+        #[arg(long, value_parser = parse_size)]
+        max_memory: Option<u64>,
+        /// Hotplug slots [default: 8 with --max-memory].
+        #[arg(long)]
+        slots: Option<u32>,
+        /// gmemctl's QMP socket for this VM [default: RUN_DIR/NAME.qmp].
+        #[arg(long)]
+        qmp: Option<PathBuf>,
+        /// The QEMU program and its arguments (without -m or memory-backend).
+        #[arg(last = true, required = true, value_name = "QEMU")]
+        command: Vec<String>,
+    },
+    /// Replace a VM's QEMU live; only device state moves, RAM stays in place.
+    Upgrade {
+        /// VM name.
+        vm: String,
+        /// New QEMU binary, same arguments.
+        #[arg(long)]
+        qemu: Option<PathBuf>,
+        /// Bound on each step, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// New QEMU program and arguments [default: the running ones].
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Plug new gmemd memory into a running VM as a DIMM.
+    Hotplug {
+        /// VM name.
+        vm: String,
+        /// Size, e.g. 128M or 1G.
+        #[arg(value_parser = parse_size)]
+        size: u64,
+        /// memfd, hugetlb-2m or hugetlb-1g.
+        #[arg(long, default_value = "memfd")]
+        kind: MemoryKind,
+        /// DIMM id [default: the first free dimmN].
+        #[arg(long)]
+        id: Option<String>,
+        /// Memory file name [default: VM.ID].
+        #[arg(long)]
+        file: Option<Name>,
+        /// Bound on each step, in seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unplug a DIMM (the guest must release it) and destroy its memory.
+    Unplug {
+        /// VM name.
+        vm: String,
+        /// DIMM id.
+        id: String,
+        /// Keep the memory file in gmemd.
+        #[arg(long)]
+        keep: bool,
+        /// How long the guest may take to release it, in seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_uuid(text: &str) -> Result<Uuid, String> {
+    Uuid::parse(text).ok_or_else(|| format!("invalid UUID {text:?}"))
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = Args::parse();
     match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("gmemctl: {}", gmemd::error_chain(e.as_ref()));
             ExitCode::FAILURE
@@ -73,8 +175,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let socket = args.socket.unwrap_or_else(default_socket);
+    let run_dir = args
+        .run_dir
+        .map_or_else(|| RunDir::for_socket(&socket), RunDir::new);
     let connect = || Client::connect_control(&socket);
     match args.command {
         Command::Status { json } => {
@@ -118,6 +223,171 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 print!("{}", caps.render_table());
             }
         }
+        Command::Launch {
+            vm,
+            uuid,
+            memory,
+            kind,
+            file,
+            max_memory,
+            slots,
+            qmp,
+            command,
+        } => {
+            let vm = match uuid {
+                Some(uuid) => VmId { uuid, name: vm },
+                None => VmId::from_name(vm),
+            };
+            let opts = LaunchOptions {
+                socket,
+                run_dir,
+                vm,
+                memory,
+                kind,
+                file,
+                max_memory,
+                slots,
+                qmp,
+                command,
+            };
+            let code = gmemd::launch::launch(&opts, |r| {
+                eprintln!(
+                    "gmemctl: VM {} running: QEMU pid {}, lease {}, memory {} ({} {}), QMP {}",
+                    r.vm,
+                    r.qemu.process.pid,
+                    r.lease,
+                    r.memory.file,
+                    format_size(r.memory.size),
+                    r.memory.kind,
+                    r.qemu.qmp.display()
+                );
+            })?;
+            return Ok(ExitCode::from(code));
+        }
+        Command::Upgrade {
+            vm,
+            qemu,
+            timeout,
+            json,
+            command,
+        } => {
+            let report = gmemd::launch::upgrade(&UpgradeOptions {
+                run_dir,
+                vm,
+                command: (!command.is_empty()).then_some(command),
+                qemu,
+                timeout: Duration::from_secs(timeout),
+            })?;
+            print_report(json, &report, upgrade_text)?;
+        }
+        Command::Hotplug {
+            vm,
+            size,
+            kind,
+            id,
+            file,
+            timeout,
+            json,
+        } => {
+            let report = gmemd::launch::hotplug(&HotplugOptions {
+                run_dir,
+                vm,
+                size,
+                kind,
+                id,
+                file,
+                timeout: Duration::from_secs(timeout),
+            })?;
+            print_report(json, &report, hotplug_text)?;
+        }
+        Command::Unplug {
+            vm,
+            id,
+            keep,
+            timeout,
+            json,
+        } => {
+            let report = gmemd::launch::unplug(&UnplugOptions {
+                run_dir,
+                vm,
+                id,
+                keep,
+                timeout: Duration::from_secs(timeout),
+            })?;
+            print_report(json, &report, unplug_text)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    text: fn(&T) -> String,
+) -> Result<(), serde_json::Error> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("{}", text(report));
     }
     Ok(())
+}
+
+fn opt_ms(v: Option<u64>) -> String {
+    v.map_or_else(|| "?".to_owned(), |v| format!("{v} ms"))
+}
+
+fn upgrade_text(r: &UpgradeReport) -> String {
+    format!(
+        "upgraded VM {}: QEMU pid {} -> {} (generation {}, lease {} kept, {})\n  \
+         downtime {}, migration total {} (setup {}), RAM sent {}, RAM left in place {}\n  \
+         new QEMU up in {:.1} ms, handoff {:.1} ms, whole upgrade {:.1} ms",
+        r.vm,
+        r.old_pid,
+        r.new_pid,
+        r.generation,
+        r.lease,
+        if r.supervised {
+            "the launcher follows it"
+        } else {
+            "no launcher: unsupervised"
+        },
+        opt_ms(r.downtime_ms),
+        opt_ms(r.total_time_ms),
+        opt_ms(r.setup_time_ms),
+        r.ram_transferred_bytes
+            .map_or_else(|| "?".to_owned(), format_size),
+        format_size(r.ram_in_place_bytes),
+        r.start_ms,
+        r.handoff_ms,
+        r.elapsed_ms
+    )
+}
+
+fn hotplug_text(r: &HotplugReport) -> String {
+    format!(
+        "plugged {} into VM {}: {} ({}, {}) at gpa {:#x}, pc-dimm slot {}, binding slot {}; \
+         QMP {:.1} ms, total {:.1} ms",
+        r.id,
+        r.vm,
+        format_size(r.size),
+        r.file,
+        if r.created { "created" } else { "reused" },
+        r.addr,
+        r.dimm_slot,
+        r.slot,
+        r.qmp_ms,
+        r.elapsed_ms
+    )
+}
+
+fn unplug_text(r: &UnplugReport) -> String {
+    format!(
+        "unplugged {} from VM {}: the guest released it in {:.0} ms; {} {}",
+        r.id,
+        r.vm,
+        r.guest_ms,
+        r.file,
+        if r.destroyed { "destroyed" } else { "kept" }
+    )
 }

@@ -71,7 +71,10 @@ impl Machine {
     ///
     /// # Errors
     /// [`LayoutError::UnsupportedMachine`], [`LayoutError::MaxRamBelow4gTooLarge`].
-    pub fn new(type_name: Option<&str>, max_ram_below_4g: Option<u64>) -> Result<Self, LayoutError> {
+    pub fn new(
+        type_name: Option<&str>,
+        max_ram_below_4g: Option<u64>,
+    ) -> Result<Self, LayoutError> {
         let type_name = type_name.unwrap_or(DEFAULT_MACHINE);
         let chipset = if type_name == "q35" || type_name.starts_with("pc-q35-") {
             Chipset::Q35

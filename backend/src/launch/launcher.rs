@@ -1,0 +1,522 @@
+//! `gmemctl launch`: one command for QEMU on gmemd memory.
+//!
+//! 1. Checks the QEMU arguments (no `-m`, no `memory-backend=`) and finds
+//!    the machine type, hence where QEMU will map RAM ([`super::layout`]).
+//! 2. Opens the VM's lease (refused while another lease of the VM is open:
+//!    a second launch of a running VM fails here).
+//! 3. Creates the VM's memory file, or reopens it with its content (a
+//!    relaunch after QEMU exited or crashed), and records the bindings QEMU
+//!    will use (refused if another VM owns the file).
+//! 4. Starts QEMU with the memory file and the lease socket inherited at
+//!    [`super::RAM_FD`] and [`super::LEASE_FD`] and the memory options
+//!    added ([`super::cmdline`]), writes the VM's record and supervises
+//!    QEMU ([`super::supervise`]) until it exits.
+//!
+//! Both the launcher and QEMU hold the lease socket, so the lease (and the
+//! bindings) last until both are gone: killing the launcher leaves the VM
+//! running with its lease; a QEMU that exits or crashes ends the lease once
+//! the launcher has exited with its status.
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gmem_protocol::wire::{BindRequest, MemoryKind, Name, VmId};
+use gmem_protocol::{Client, ClientError};
+
+use crate::config::format_size;
+use crate::launch::args::{ArgsError, QemuCommand};
+use crate::launch::cmdline::AddedOptions;
+use crate::launch::control::{ControlError, ControlServer};
+use crate::launch::layout::Machine;
+use crate::launch::process::ProcessId;
+use crate::launch::record::{
+    check_socket_path, BindingRecord, MemoryRecord, QemuRecord, RecordError, RunDir, VmRecord,
+    RECORD_VERSION,
+};
+use crate::launch::spawn::{spawn, SpawnError, SpawnSpec};
+use crate::launch::supervise::{block_forwarded_signals, exit_code, SuperviseError, Supervisor};
+use crate::launch::{LEASE_FD, MAIN_SLOT, RAM_FD};
+
+/// Hotplug slots when `--max-memory` is given without `--slots`.
+pub const DEFAULT_SLOTS: u32 = 8;
+/// QEMU's limit on memory slots (ACPI_MAX_RAM_SLOTS).
+pub const MAX_SLOTS: u32 = 256;
+/// Bound on waiting for another gmemctl working on the same VM.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on each request to gmemd.
+const GMEMD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors of `gmemctl launch`.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The QEMU arguments.
+    #[error(transparent)]
+    Args(#[from] ArgsError),
+    /// A memory kind QEMU cannot map.
+    #[error("memory kind {kind} cannot back QEMU's RAM: {reason}")]
+    Kind {
+        /// The kind.
+        kind: MemoryKind,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A size that is not a multiple of the page size.
+    #[error("{what} {} is not a multiple of the {kind} page size ({})", format_size(*size), format_size(kind.page_size()))]
+    Unaligned {
+        /// Which option.
+        what: &'static str,
+        /// The size.
+        size: u64,
+        /// The kind.
+        kind: MemoryKind,
+    },
+    /// Inconsistent hotplug options.
+    #[error("{0}")]
+    Hotplug(String),
+    /// The default memory file name would be invalid.
+    #[error("memory file name for VM {0} is not a valid gmemd name (use --file)")]
+    FileName(String),
+    /// The run directory or the record.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The VM already has a lease: it runs.
+    #[error("VM {vm} is already running ({message})")]
+    AlreadyRunning {
+        /// The VM.
+        vm: String,
+        /// gmemd's explanation.
+        message: String,
+    },
+    /// Opening the lease failed otherwise.
+    #[error("cannot open a lease for VM {vm} with gmemd")]
+    Lease {
+        /// The VM.
+        vm: String,
+        /// Cause.
+        #[source]
+        source: ClientError,
+    },
+    /// Creating or opening the memory file failed.
+    #[error("cannot get memory file {file} from gmemd")]
+    Memory {
+        /// The file.
+        file: String,
+        /// Cause.
+        #[source]
+        source: ClientError,
+    },
+    /// Recording a binding failed.
+    #[error("cannot bind {file} +{offset:#x} at gpa {gpa:#x} for VM {vm}")]
+    Bind {
+        /// The VM.
+        vm: String,
+        /// The file.
+        file: String,
+        /// Guest-physical address.
+        gpa: u64,
+        /// File offset.
+        offset: u64,
+        /// Cause.
+        #[source]
+        source: ClientError,
+    },
+    /// Duplicating the lease socket failed.
+    #[error("cannot share the lease socket with QEMU")]
+    Dup(#[source] std::io::Error),
+    /// The control socket.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// Starting QEMU.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// Supervising QEMU.
+    #[error(transparent)]
+    Supervise(#[from] SuperviseError),
+}
+
+/// What to launch.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// gmemd's socket.
+    pub socket: PathBuf,
+    /// Where records and sockets go.
+    pub run_dir: RunDir,
+    /// The VM.
+    pub vm: VmId,
+    /// Main RAM bytes.
+    pub memory: u64,
+    /// Memory kind of main RAM.
+    pub kind: MemoryKind,
+    /// Memory file name; default `<vm>.ram`.
+    pub file: Option<Name>,
+    /// Hotplug limit (`maxmem`).
+    pub max_memory: Option<u64>,
+    /// Hotplug slots.
+    pub slots: Option<u32>,
+    /// gmemctl's QMP socket; default `RUN_DIR/<vm>.qmp`.
+    pub qmp: Option<PathBuf>,
+    /// The QEMU program and its arguments.
+    pub command: Vec<String>,
+}
+
+/// Refuses memory kinds unmodified QEMU cannot map.
+///
+/// # Errors
+/// [`LaunchError::Kind`].
+pub fn check_kind(kind: MemoryKind) -> Result<(), LaunchError> {
+    let reason = match kind {
+        MemoryKind::Memfd | MemoryKind::Hugetlb2M | MemoryKind::Hugetlb1G => return Ok(()),
+        MemoryKind::Secret => {
+            "QEMU maps RAM by opening /proc/self/fd/N, and a memfd_secret file cannot be \
+             opened that way (ENXIO)"
+        }
+        MemoryKind::GuestMemfd => "a guest_memfd is created by a VM's KVM, not by gmemd",
+    };
+    Err(LaunchError::Kind { kind, reason })
+}
+
+impl LaunchOptions {
+    fn check(&self) -> Result<(QemuCommand, Machine, u32), LaunchError> {
+        check_kind(self.kind)?;
+        let page = self.kind.page_size();
+        if self.memory == 0 || self.memory % page != 0 {
+            return Err(LaunchError::Unaligned {
+                what: "--memory",
+                size: self.memory,
+                kind: self.kind,
+            });
+        }
+        let slots = match (self.max_memory, self.slots) {
+            (None, None) => 0,
+            (None, Some(_)) => {
+                return Err(LaunchError::Hotplug("--slots needs --max-memory".into()))
+            }
+            (Some(max), slots) => {
+                if max <= self.memory {
+                    return Err(LaunchError::Hotplug(format!(
+                        "--max-memory {} must exceed --memory {}",
+                        format_size(max),
+                        format_size(self.memory)
+                    )));
+                }
+                if max % 4096 != 0 {
+                    return Err(LaunchError::Unaligned {
+                        what: "--max-memory",
+                        size: max,
+                        kind: MemoryKind::Memfd,
+                    });
+                }
+                let slots = slots.unwrap_or(DEFAULT_SLOTS);
+                if slots == 0 || slots > MAX_SLOTS {
+                    return Err(LaunchError::Hotplug(format!(
+                        "--slots must be 1..={MAX_SLOTS}"
+                    )));
+                }
+                slots
+            }
+        };
+        let command = QemuCommand::from_argv(&self.command)?;
+        let machine = command.machine()?;
+        Ok((command, machine, slots))
+    }
+}
+
+/// Launches and supervises QEMU; `on_started` is told once it runs.
+/// Returns the exit code to exit with: QEMU's, or 128 + signal.
+///
+/// # Errors
+/// [`LaunchError`] for everything that stops QEMU from starting.
+pub fn launch(opts: &LaunchOptions, on_started: impl FnOnce(&VmRecord)) -> Result<u8, LaunchError> {
+    let (command, machine, slots) = opts.check()?;
+    let vm_name = opts.vm.name.to_string();
+    let file = match &opts.file {
+        Some(f) => f.clone(),
+        None => Name::new(&format!("{vm_name}.ram"))
+            .map_err(|_| LaunchError::FileName(vm_name.clone()))?,
+    };
+    let ranges = machine.main_ram(opts.memory).map_err(ArgsError::from)?;
+    let run_dir = &opts.run_dir;
+    let qmp = opts.qmp.clone().unwrap_or_else(|| run_dir.qmp(&vm_name));
+    check_socket_path(&next_qmp_path(&qmp, 9999))?;
+    let control_path = run_dir.control(&vm_name);
+    check_socket_path(&control_path)?;
+    check_socket_path(&run_dir.migration(&vm_name))?;
+    let lock = run_dir.lock(&vm_name, LOCK_TIMEOUT)?;
+
+    // Every wait on gmemd is bounded, the handshake included.
+    let stream = UnixStream::connect(&opts.socket)
+        .and_then(|s| s.set_read_timeout(Some(GMEMD_TIMEOUT)).map(|()| s))
+        .map_err(|source| LaunchError::Lease {
+            vm: vm_name.clone(),
+            source: ClientError::Connect {
+                path: opts.socket.clone(),
+                source,
+            },
+        })?;
+    let mut lease = Client::handshake(stream, Some(opts.vm.clone())).map_err(|source| {
+        match (source.errno(), source.message()) {
+            (Some(libc::EBUSY), Some(message)) => LaunchError::AlreadyRunning {
+                vm: vm_name.clone(),
+                message: message.to_owned(),
+            },
+            _ => LaunchError::Lease {
+                vm: vm_name.clone(),
+                source,
+            },
+        }
+    })?;
+    let (ram, info) = lease
+        .create_or_open(&file, opts.memory, opts.kind)
+        .map_err(|source| LaunchError::Memory {
+            file: file.to_string(),
+            source,
+        })?;
+    let mut bindings = Vec::new();
+    for (slot, range) in (MAIN_SLOT..).zip(&ranges) {
+        lease
+            .bind(&BindRequest {
+                slot,
+                gpa: range.gpa,
+                name: file.clone(),
+                offset: range.offset,
+                size: range.size,
+            })
+            .map_err(|source| LaunchError::Bind {
+                vm: vm_name.clone(),
+                file: file.to_string(),
+                gpa: range.gpa,
+                offset: range.offset,
+                source,
+            })?;
+        bindings.push(BindingRecord {
+            slot,
+            range: *range,
+        });
+    }
+    log::info!(
+        "VM {vm_name}: lease {}, {} {file} ({}), bindings {bindings:?}",
+        lease.lease(),
+        if info.created { "created" } else { "reopened" },
+        format_size(info.size)
+    );
+
+    let control = ControlServer::bind(&control_path)?;
+    let signals = block_forwarded_signals()?;
+    let lease_fd = lease
+        .stream()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(LaunchError::Dup)?;
+    let mut args = command.args.clone();
+    args.extend(
+        AddedOptions {
+            size: opts.memory,
+            max_memory: opts.max_memory,
+            slots,
+            ram_fd: RAM_FD,
+            qmp: &qmp,
+            dimms: &[],
+            incoming: false,
+        }
+        .to_args(),
+    );
+    log::debug!("starting {} {args:?}", command.program.display());
+    let child = spawn(SpawnSpec {
+        program: command.program.clone(),
+        args,
+        fds: vec![(lease_fd, LEASE_FD), (ram, RAM_FD)],
+        stdio: None,
+        process_group: None,
+    })?;
+    let lease_id = lease.lease();
+    let supervisor = Supervisor::new(child, signals, control, Some(lease))?;
+    let record = VmRecord {
+        version: RECORD_VERSION,
+        vm: vm_name.clone(),
+        uuid: opts.vm.uuid.to_string(),
+        lease: lease_id,
+        launcher: ProcessId::current(),
+        control: control_path,
+        qemu: QemuRecord {
+            process: ProcessId::of(supervisor.current_pid()).unwrap_or(ProcessId {
+                pid: supervisor.current_pid(),
+                start_time: 0,
+            }),
+            generation: 0,
+            program: command.program.clone(),
+            args: command.args.clone(),
+            qmp,
+            machine: machine.type_name.clone(),
+        },
+        memory: MemoryRecord {
+            file: file.to_string(),
+            size: opts.memory,
+            kind: opts.kind,
+            max_memory: opts.max_memory,
+            slots,
+            bindings,
+        },
+        dimms: Vec::new(),
+    };
+    if let Err(e) = run_dir.save(&record) {
+        // Without a record nobody could upgrade or hotplug this QEMU.
+        supervisor.kill();
+        return Err(e.into());
+    }
+    drop(lock);
+    on_started(&record);
+
+    let status = supervisor.run()?;
+    cleanup(run_dir, &vm_name);
+    Ok(exit_code(status))
+}
+
+/// Removes the VM's record and sockets once its last QEMU has exited,
+/// unless a newer launcher has taken the VM over since.
+fn cleanup(run_dir: &RunDir, vm: &str) {
+    let _lock = match run_dir.lock(vm, LOCK_TIMEOUT) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::warn!("{e}; cleaning up anyway");
+            None
+        }
+    };
+    let Ok(record) = run_dir.load(vm) else {
+        return;
+    };
+    if record.launcher != ProcessId::current() {
+        return;
+    }
+    for socket in [
+        record.qemu.qmp.clone(),
+        next_qmp_path(&record.qemu.qmp, record.qemu.generation + 1),
+        run_dir.migration(vm),
+    ] {
+        let _ = std::fs::remove_file(socket);
+    }
+    run_dir.remove(vm);
+}
+
+/// Where the upgrade target of `generation` listens for QMP until it takes
+/// the VM's path (by rename, once the old QEMU has exited).
+///
+/// Each generation needs a name of its own: QEMU unlinks the path it bound
+/// when it exits, so a reused name would remove a later QEMU's socket.
+pub fn next_qmp_path(qmp: &std::path::Path, generation: u32) -> PathBuf {
+    let mut path = qmp.as_os_str().to_owned();
+    path.push(format!(".g{generation}"));
+    PathBuf::from(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> LaunchOptions {
+        LaunchOptions {
+            socket: "/nonexistent/gmemd.sock".into(),
+            run_dir: RunDir::new("/nonexistent/vms"),
+            vm: VmId::from_name(Name::new("vm").unwrap()),
+            memory: 512 << 20,
+            kind: MemoryKind::Memfd,
+            file: None,
+            max_memory: None,
+            slots: None,
+            qmp: None,
+            command: vec!["qemu-system-x86_64".into(), "-M".into(), "q35".into()],
+        }
+    }
+
+    #[test]
+    fn options_are_checked_before_anything_starts() {
+        let (_, machine, slots) = opts().check().unwrap();
+        assert_eq!((machine.type_name.as_str(), slots), ("q35", 0));
+        let o = LaunchOptions {
+            max_memory: Some(2 << 30),
+            ..opts()
+        };
+        assert_eq!(o.check().unwrap().2, DEFAULT_SLOTS);
+
+        let cases: Vec<(LaunchOptions, &str)> = vec![
+            (
+                LaunchOptions {
+                    kind: MemoryKind::Secret,
+                    ..opts()
+                },
+                "ENXIO",
+            ),
+            (
+                LaunchOptions {
+                    kind: MemoryKind::Hugetlb2M,
+                    memory: 3 << 20,
+                    ..opts()
+                },
+                "not a multiple of the hugetlb-2m page size",
+            ),
+            (
+                LaunchOptions {
+                    slots: Some(2),
+                    ..opts()
+                },
+                "--slots needs --max-memory",
+            ),
+            (
+                LaunchOptions {
+                    max_memory: Some(256 << 20),
+                    ..opts()
+                },
+                "must exceed",
+            ),
+            (
+                LaunchOptions {
+                    max_memory: Some(1 << 30),
+                    slots: Some(300),
+                    ..opts()
+                },
+                "--slots must be",
+            ),
+            (
+                LaunchOptions {
+                    command: vec!["qemu".into(), "-m".into(), "1G".into()],
+                    ..opts()
+                },
+                "sets guest memory",
+            ),
+            (
+                LaunchOptions {
+                    command: vec![],
+                    ..opts()
+                },
+                "no QEMU command",
+            ),
+        ];
+        for (o, want) in cases {
+            let err = o.check().unwrap_err();
+            assert!(err.to_string().contains(want), "{err} vs {want}");
+        }
+    }
+
+    #[test]
+    fn nothing_is_left_behind_when_gmemd_is_unreachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = LaunchOptions {
+            run_dir: RunDir::new(dir.path().join("vms")),
+            socket: dir.path().join("absent.sock"),
+            ..opts()
+        };
+        let err = launch(&o, |_| panic!("not started")).unwrap_err();
+        assert!(matches!(err, LaunchError::Lease { .. }), "{err}");
+        assert!(!o.run_dir.record_path("vm").exists());
+        assert!(!o.run_dir.control("vm").exists());
+    }
+
+    #[test]
+    fn next_qmp_path_appends() {
+        assert_eq!(
+            next_qmp_path(std::path::Path::new("/run/vm.qmp"), 3),
+            std::path::Path::new("/run/vm.qmp.g3")
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! Unmodified QEMU on gmemd memory: `gmemctl launch`, `upgrade`, `hotplug`
+//! and `unplug`.
+//!
+//! - [`launcher`]: opens the VM's lease, creates or reopens its RAM, records
+//!   the bindings QEMU will use and starts QEMU with the memory file and the
+//!   lease socket inherited; then supervises it ([`supervise`]).
+//! - [`mod@upgrade`]: live VMM replacement. A second QEMU maps the same RAM and
+//!   takes over by local migration with `x-ignore-shared`, so only device
+//!   state moves; the lease socket is inherited, so the lease and its
+//!   bindings simply continue.
+//! - [`mod@hotplug`]: a new gmemd memory file plugged in as a `pc-dimm` over QMP
+//!   and recorded as a binding, and its removal.
+//! - Parts: [`args`] (the user's QEMU arguments), [`layout`] (guest-physical
+//!   RAM layout per machine type), [`cmdline`] (the options gmemctl adds),
+//!   [`record`] (the per-VM runtime record and lock), [`spawn`] (fds at
+//!   fixed numbers across exec), [`process`] (pidfds, `pidfd_getfd`),
+//!   [`lease_fd`] (the lease taken from QEMU), [`control`] (the launcher's
+//!   control socket), [`attach`] (finding and locking a running VM).
+//!
+//! Inside every QEMU the lease socket is fd [`LEASE_FD`] and main RAM fd
+//! [`RAM_FD`]; DIMMs inherited by an upgrade target start at
+//! [`DIMM_FD_BASE`]. High numbers keep clear of fds the user passes to QEMU
+//! (`-add-fd`, `fd=` options).
+
+pub mod args;
+pub mod attach;
+pub mod cmdline;
+pub mod control;
+pub mod hotplug;
+pub mod launcher;
+pub mod layout;
+pub mod lease_fd;
+pub mod process;
+pub mod record;
+pub mod spawn;
+pub mod supervise;
+pub mod upgrade;
+
+use std::os::fd::RawFd;
+
+pub use hotplug::{hotplug, unplug, HotplugOptions, HotplugReport, UnplugOptions, UnplugReport};
+pub use launcher::{launch, LaunchOptions};
+pub use record::RunDir;
+pub use upgrade::{upgrade, UpgradeOptions, UpgradeReport};
+
+/// fd number of the lease socket inside QEMU.
+pub const LEASE_FD: RawFd = 200;
+/// fd number of the main RAM memory file inside QEMU.
+pub const RAM_FD: RawFd = 201;
+/// fd number of the first DIMM file inherited by an upgrade target.
+pub const DIMM_FD_BASE: RawFd = 210;
+/// gmemd ledger slot of main RAM's first binding (the second is +1).
+pub const MAIN_SLOT: u32 = 0;
+/// gmemd ledger slot of the DIMM in pc-dimm slot 0 (slot K is +K).
+pub const DIMM_SLOT_BASE: u32 = 16;

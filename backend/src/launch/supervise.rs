@@ -1,0 +1,433 @@
+//! The launcher's watch over the VM's QEMU: forwards SIGTERM, SIGINT and
+//! SIGHUP to it, starts upgrade targets on request (so they are its
+//! children too, with its stdio and process group), follows the new QEMU
+//! when an upgrade commits, and returns the exit status of the last one.
+//!
+//! It holds a copy of the lease socket the whole time, so the lease ends
+//! only when both the launcher and every QEMU holding the socket are gone.
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::process::{Child, ExitStatus};
+use std::time::Duration;
+
+use gmem_protocol::Client;
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::io::Errno;
+use rustix::process::Signal;
+use vmm_sys_util::signal::create_sigset;
+
+use crate::launch::control::{ControlReply, ControlRequest, ControlServer, Incoming};
+use crate::launch::process::{Process, ProcessError};
+use crate::launch::spawn::{spawn, SpawnSpec};
+
+/// Signals the launcher passes on to QEMU.
+const FORWARDED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+/// Bound on reading one control request.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a retiring QEMU may take to exit once the last one has.
+const RETIRE_WAIT: Duration = Duration::from_secs(10);
+
+/// Errors of the supervisor.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    /// Blocking signals or creating the signalfd failed.
+    #[error("cannot set up signal forwarding")]
+    Signals(#[source] std::io::Error),
+    /// `poll` or `wait` failed.
+    #[error("waiting for QEMU failed")]
+    Wait(#[source] std::io::Error),
+    /// A pidfd could not be opened.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+}
+
+/// Blocks the forwarded signals in this thread (call before spawning
+/// anything, so none is lost) and returns a signalfd reporting them.
+///
+/// # Errors
+/// [`SuperviseError::Signals`].
+pub fn block_forwarded_signals() -> Result<OwnedFd, SuperviseError> {
+    let set = create_sigset(&FORWARDED)
+        .map_err(|e| SuperviseError::Signals(std::io::Error::from_raw_os_error(e.errno())))?;
+    // SAFETY: `set` is an initialized sigset that outlives the call; the
+    // old mask is not asked for (null). Blocking twice is harmless.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(SuperviseError::Signals(std::io::Error::from_raw_os_error(
+            rc,
+        )));
+    }
+    // SAFETY: `set` is an initialized sigset that lives across the call; -1
+    // asks for a new fd, which the kernel returns or fails.
+    let raw = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if raw < 0 {
+        return Err(SuperviseError::Signals(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is the new signalfd returned just above; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// One QEMU child.
+#[derive(Debug)]
+struct Generation {
+    child: Child,
+    process: Process,
+}
+
+impl Generation {
+    fn new(child: Child) -> Result<Self, SuperviseError> {
+        let process = Process::of_child(&child)?;
+        Ok(Generation { child, process })
+    }
+
+    fn reap(mut self) -> Result<ExitStatus, SuperviseError> {
+        self.child.wait().map_err(SuperviseError::Wait)
+    }
+}
+
+/// The launcher's loop.
+#[derive(Debug)]
+pub struct Supervisor {
+    current: Generation,
+    /// Upgrade targets started but not committed.
+    pending: Vec<Generation>,
+    /// Replaced QEMUs not exited yet.
+    retiring: Vec<Generation>,
+    signals: OwnedFd,
+    control: ControlServer,
+    /// The launcher's copy of the lease socket.
+    _lease: Option<Client>,
+}
+
+impl Supervisor {
+    /// Supervises `qemu`, holding `lease` until it returns; `signals` comes
+    /// from [`block_forwarded_signals`].
+    ///
+    /// # Errors
+    /// [`SuperviseError::Process`].
+    pub fn new(
+        qemu: Child,
+        signals: OwnedFd,
+        control: ControlServer,
+        lease: Option<Client>,
+    ) -> Result<Self, SuperviseError> {
+        Ok(Supervisor {
+            current: Generation::new(qemu)?,
+            pending: Vec::new(),
+            retiring: Vec::new(),
+            signals,
+            control,
+            _lease: lease,
+        })
+    }
+
+    /// The QEMU being followed now.
+    pub fn current_pid(&self) -> u32 {
+        self.current.process.pid()
+    }
+
+    /// Runs until the current QEMU exits; returns its status.
+    ///
+    /// # Errors
+    /// [`SuperviseError::Wait`].
+    pub fn run(mut self) -> Result<ExitStatus, SuperviseError> {
+        loop {
+            let ready = self.wait_ready()?;
+            if ready.signal {
+                self.forward_signal();
+            }
+            if ready.control {
+                // Requests change which child is current or pending: the
+                // exits seen by this poll are reported again by the next.
+                self.serve_control();
+                continue;
+            }
+            if ready.current {
+                return self.finish();
+            }
+            reap_first_exited(&mut self.pending, &ready.pending, "upgrade target");
+            reap_first_exited(&mut self.retiring, &ready.retiring, "replaced QEMU");
+        }
+    }
+
+    /// Polls everything; returns what is ready.
+    fn wait_ready(&self) -> Result<Ready, SuperviseError> {
+        let mut fds = vec![
+            PollFd::new(&self.signals, PollFlags::IN),
+            PollFd::from_borrowed_fd(self.control.as_fd(), PollFlags::IN),
+            PollFd::new(self.current.process.pidfd(), PollFlags::IN),
+        ];
+        for g in self.pending.iter().chain(&self.retiring) {
+            fds.push(PollFd::new(g.process.pidfd(), PollFlags::IN));
+        }
+        loop {
+            match poll(&mut fds, None) {
+                Ok(_) => break,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(SuperviseError::Wait(e.into())),
+            }
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        let (pending, retiring) = ready[3..].split_at(self.pending.len());
+        Ok(Ready {
+            signal: ready[0],
+            control: ready[1],
+            current: ready[2],
+            pending: pending.to_vec(),
+            retiring: retiring.to_vec(),
+        })
+    }
+
+    fn forward_signal(&self) {
+        let signo = crate::signals::read_signal(self.signals.as_fd());
+        let Some(signal) = i32::try_from(signo).ok().and_then(Signal::from_named_raw) else {
+            return;
+        };
+        log::info!(
+            "forwarding {signal:?} to QEMU (pid {})",
+            self.current.process.pid()
+        );
+        if let Err(e) = self.current.process.signal(signal) {
+            log::warn!("{e}");
+        }
+    }
+
+    fn serve_control(&mut self) {
+        loop {
+            match self.control.accept(CONTROL_TIMEOUT) {
+                Ok(Some(mut incoming)) => {
+                    let reply = self.handle(&mut incoming);
+                    incoming.reply(&reply);
+                }
+                Ok(None) => return,
+                Err(e) => log::warn!("control request failed: {e}"),
+            }
+        }
+    }
+
+    fn handle(&mut self, incoming: &mut Incoming) -> ControlReply {
+        let refused = |message: String| ControlReply::Refused { message };
+        match incoming.request().clone() {
+            ControlRequest::Spawn {
+                program,
+                args,
+                targets,
+            } => {
+                if targets.len() != incoming.fds.len() {
+                    return refused(format!(
+                        "{} fds for {} targets",
+                        incoming.fds.len(),
+                        targets.len()
+                    ));
+                }
+                let fds = std::mem::take(&mut incoming.fds)
+                    .into_iter()
+                    .zip(targets)
+                    .collect();
+                let spec = SpawnSpec {
+                    program,
+                    args,
+                    fds,
+                    stdio: None,
+                    process_group: None,
+                };
+                match spawn(spec)
+                    .map_err(|e| crate::error_chain(&e))
+                    .and_then(|child| Generation::new(child).map_err(|e| crate::error_chain(&e)))
+                {
+                    Ok(g) => {
+                        let process = g.process.id();
+                        log::info!("started upgrade target QEMU (pid {})", process.pid);
+                        self.pending.push(g);
+                        ControlReply::Spawned { process }
+                    }
+                    Err(message) => refused(message),
+                }
+            }
+            ControlRequest::Commit { pid } => {
+                let Some(at) = self.pending.iter().position(|g| g.process.pid() == pid) else {
+                    return refused(format!("no upgrade target with pid {pid}"));
+                };
+                let new = self.pending.swap_remove(at);
+                let old = std::mem::replace(&mut self.current, new);
+                log::info!(
+                    "following QEMU pid {pid} (replacing pid {})",
+                    old.process.pid()
+                );
+                self.retiring.push(old);
+                ControlReply::Done
+            }
+            ControlRequest::Abort { pid } => {
+                let Some(g) = self.pending.iter().find(|g| g.process.pid() == pid) else {
+                    return refused(format!("no upgrade target with pid {pid}"));
+                };
+                if let Err(e) = g.process.signal(Signal::KILL) {
+                    log::warn!("{e}");
+                }
+                ControlReply::Done
+            }
+        }
+    }
+
+    /// Kills and reaps every QEMU (launch failed after QEMU started).
+    pub fn kill(self) {
+        for g in self
+            .pending
+            .into_iter()
+            .chain(self.retiring)
+            .chain([self.current])
+        {
+            g.process.kill();
+            let _ = g.reap();
+        }
+    }
+
+    /// The current QEMU exited: end the others and return its status.
+    fn finish(self) -> Result<ExitStatus, SuperviseError> {
+        for g in self.pending {
+            // A target that never took over holds the lease socket: it must
+            // not keep the lease alive after the VM ended.
+            g.process.kill();
+            let _ = g.reap();
+        }
+        for g in self.retiring {
+            if !g.process.wait_exit(RETIRE_WAIT).unwrap_or(false) {
+                g.process.kill();
+            }
+            let _ = g.reap();
+        }
+        self.current.reap()
+    }
+}
+
+/// What one poll found ready.
+#[derive(Debug)]
+struct Ready {
+    signal: bool,
+    control: bool,
+    current: bool,
+    pending: Vec<bool>,
+    retiring: Vec<bool>,
+}
+
+/// Reaps the first child of `list` whose pidfd was ready (the others are
+/// reported again by the next poll).
+fn reap_first_exited(list: &mut Vec<Generation>, ready: &[bool], what: &str) {
+    let Some(at) = ready.iter().position(|&r| r) else {
+        return;
+    };
+    let g = list.swap_remove(at);
+    let pid = g.process.pid();
+    match g.reap() {
+        Ok(status) => log::info!("{what} (pid {pid}) exited: {status}"),
+        Err(e) => log::warn!("{what} (pid {pid}): {e}"),
+    }
+}
+
+/// The exit code for a QEMU status: its code, or 128 + signal as shells do.
+pub fn exit_code(status: ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1);
+    u8::try_from(code).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+
+    use super::*;
+    use crate::launch::control::call;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap()
+    }
+
+    #[test]
+    fn forwards_signals_and_returns_the_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let signals = block_forwarded_signals().unwrap();
+        let control = ControlServer::bind(&dir.path().join("c")).unwrap();
+        // Started like QEMU, so with the blocked signals unblocked.
+        let child = spawn(SpawnSpec {
+            program: "sleep".into(),
+            args: vec!["30".into()],
+            fds: vec![],
+            stdio: None,
+            process_group: None,
+        })
+        .unwrap();
+        let sup = Supervisor::new(child, signals, control, None).unwrap();
+        // Thread-directed, so only this thread (which blocks it) gets it.
+        // SAFETY: raise has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
+        let status = sup.run().unwrap();
+        assert_eq!(exit_code(status), 143);
+    }
+
+    #[test]
+    fn follows_a_committed_upgrade_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        let (signals, _keep_open) = pipe();
+        let control = ControlServer::bind(&path).unwrap();
+        // The first "QEMU" exits once told to (its stdin closes).
+        let (go_r, go_w) = pipe();
+        let first = Command::new("sh")
+            .args(["-c", "read x; exit 0"])
+            .stdin(std::fs::File::from(go_r))
+            .spawn()
+            .unwrap();
+        let sup = Supervisor::new(first, signals, control, None).unwrap();
+        let runner = std::thread::spawn(move || sup.run().unwrap());
+        let t = Duration::from_secs(5);
+        let (marker_r, marker_w) = pipe();
+        let spawn = ControlRequest::Spawn {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                "cat /proc/self/fd/40 >/dev/null; exit 5".into(),
+            ],
+            targets: vec![40],
+        };
+        let ControlReply::Spawned { process } =
+            call(&path, &spawn, &[marker_r.as_fd()], t).unwrap()
+        else {
+            panic!("not spawned")
+        };
+        // Unknown pids are refused; a second target can be aborted.
+        let reply = call(&path, &ControlRequest::Commit { pid: 1 }, &[], t).unwrap();
+        assert!(matches!(reply, ControlReply::Refused { .. }), "{reply:?}");
+        let spare = ControlRequest::Spawn {
+            program: "sleep".into(),
+            args: vec!["30".into()],
+            targets: vec![],
+        };
+        let ControlReply::Spawned { process: spare } = call(&path, &spare, &[], t).unwrap() else {
+            panic!("not spawned")
+        };
+        let abort = ControlRequest::Abort { pid: spare.pid };
+        assert_eq!(call(&path, &abort, &[], t).unwrap(), ControlReply::Done);
+        let commit = ControlRequest::Commit { pid: process.pid };
+        assert_eq!(call(&path, &commit, &[], t).unwrap(), ControlReply::Done);
+        // The old one exits: the launcher keeps going with the new one...
+        drop(go_w);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!runner.is_finished());
+        // ...and returns the new one's status.
+        drop(marker_w);
+        let status = runner.join().unwrap();
+        assert_eq!(exit_code(status), 5);
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code(ExitStatus::from_raw(0)), 0);
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 137);
+        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGTERM)), 143);
+    }
+}

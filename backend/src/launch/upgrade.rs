@@ -1,0 +1,605 @@
+//! `gmemctl upgrade`: live replacement of a VM's QEMU, moving only device
+//! state.
+//!
+//! 1. Takes the lease socket, main RAM and DIMM files from the running QEMU
+//!    (`pidfd_getfd`) and starts a second QEMU on the same files with
+//!    `-incoming defer`: as the launcher's child when the launcher lives
+//!    (it then follows the new QEMU), else detached, with the old QEMU's
+//!    stdio and process group.
+//! 2. Sets `x-ignore-shared` on both over QMP and migrates over a unix
+//!    socket. Shared file-backed RAM blocks are skipped: the new QEMU
+//!    already maps the very same pages, so only device state and the
+//!    little private RAM (firmware, ROMs) move.
+//! 3. Waits for the new QEMU to run the guest, ends the old one and moves
+//!    gmemctl's QMP socket path and the VM's record to the new QEMU.
+//!
+//! The new QEMU inherits the same lease socket, so the lease (its id and
+//! bindings) continues when the old QEMU exits. If anything fails before
+//! the switch, the new QEMU is killed and the VM runs on, on the old one.
+
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::launch::args::{ArgsError, QemuCommand};
+use crate::launch::attach::{attach, AttachError, Attached};
+use crate::launch::cmdline::AddedOptions;
+use crate::launch::control::{self, ControlError, ControlReply, ControlRequest};
+use crate::launch::launcher::next_qmp_path;
+use crate::launch::layout::RamRange;
+use crate::launch::process::{Process, ProcessError, ProcessId};
+use crate::launch::record::{check_socket_path, QemuRecord, RecordError};
+use crate::launch::spawn::{spawn, SpawnError, SpawnSpec};
+use crate::launch::{RunDir, DIMM_FD_BASE, LEASE_FD, RAM_FD};
+use crate::qmp::{MigrationInfo, QmpClient, QmpError};
+
+/// How long the old QEMU may take to quit before it is killed.
+const QUIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Errors of an upgrade.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// Finding the VM.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    /// The new QEMU arguments.
+    #[error(transparent)]
+    Args(#[from] ArgsError),
+    /// The new arguments would put RAM elsewhere.
+    #[error(
+        "the new QEMU arguments map RAM as {new:?}, the running VM as {old:?}: the guest \
+         cannot move between different layouts"
+    )]
+    Layout {
+        /// Running layout.
+        old: Vec<RamRange>,
+        /// New layout.
+        new: Vec<RamRange>,
+    },
+    /// The VM is in a state that cannot migrate.
+    #[error("VM {vm} is {state}: only a running or paused VM can be upgraded")]
+    State {
+        /// The VM.
+        vm: String,
+        /// QEMU's run state.
+        state: String,
+    },
+    /// A process handle failed.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// Starting the new QEMU here failed.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// Talking to the launcher failed.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The launcher refused to start the new QEMU.
+    #[error("the launcher refused to start the new QEMU: {0}")]
+    LauncherRefused(String),
+    /// The new QEMU exited before it answered on QMP.
+    #[error("the new QEMU (pid {pid}) exited before its QMP monitor answered (see its stderr)")]
+    TargetDied {
+        /// Its pid.
+        pid: u32,
+    },
+    /// A QMP command failed.
+    #[error("{which} QEMU: QMP failed")]
+    Qmp {
+        /// `old` or `new`.
+        which: &'static str,
+        /// Cause.
+        #[source]
+        source: QmpError,
+    },
+    /// The migration failed; the old QEMU runs on.
+    #[error("migration to the new QEMU failed; the VM keeps running on the old QEMU")]
+    Migration(#[source] QmpError),
+    /// The new QEMU is not in the state it should be.
+    #[error("the new QEMU is {state}, expected {expected}")]
+    TargetState {
+        /// Its state.
+        state: String,
+        /// What it should be.
+        expected: &'static str,
+    },
+    /// The record.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
+/// What to upgrade to.
+#[derive(Debug, Clone)]
+pub struct UpgradeOptions {
+    /// Where the VM's record lives.
+    pub run_dir: RunDir,
+    /// The VM.
+    pub vm: String,
+    /// A new QEMU command (program and arguments); default: the running one.
+    pub command: Option<Vec<String>>,
+    /// Only a new QEMU binary, same arguments.
+    pub qemu: Option<PathBuf>,
+    /// Bound on each step (lock, QEMU start, migration).
+    pub timeout: Duration,
+}
+
+/// What happened, with QEMU's own figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpgradeReport {
+    /// The VM.
+    pub vm: String,
+    /// Pid of the replaced QEMU.
+    pub old_pid: u32,
+    /// Pid of the QEMU running the VM now.
+    pub new_pid: u32,
+    /// Its generation (1 after the first upgrade).
+    pub generation: u32,
+    /// The lease, unchanged.
+    pub lease: u64,
+    /// Whether the launcher started the new QEMU and follows it.
+    pub supervised: bool,
+    /// QEMU's `total-time` of the migration, ms.
+    pub total_time_ms: Option<u64>,
+    /// QEMU's `downtime`: how long the guest was stopped, ms.
+    pub downtime_ms: Option<u64>,
+    /// QEMU's `setup-time`, ms.
+    pub setup_time_ms: Option<u64>,
+    /// RAM bytes sent (only non-shared RAM: firmware, ROMs).
+    pub ram_transferred_bytes: Option<u64>,
+    /// Bytes of the VM's shared RAM that stayed in place.
+    pub ram_in_place_bytes: u64,
+    /// From `migrate` to `completed`, measured here, ms.
+    pub handoff_ms: f64,
+    /// From starting the new QEMU to its QMP answering, ms.
+    pub start_ms: f64,
+    /// The whole command, ms.
+    pub elapsed_ms: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Replaces the VM's QEMU by a new one on the same memory.
+///
+/// # Errors
+/// [`UpgradeError`]; before the switch the VM stays on the old QEMU.
+pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
+    let t0 = Instant::now();
+    let mut att = attach(&opts.run_dir, &opts.vm, opts.timeout)?;
+    let rec = att.record.clone();
+    let command = new_command(opts, &rec.qemu)?;
+    let old_layout: Vec<RamRange> = rec.memory.bindings.iter().map(|b| b.range).collect();
+    let new_layout = command
+        .machine()?
+        .main_ram(rec.memory.size)
+        .map_err(ArgsError::from)?;
+    if new_layout != old_layout {
+        return Err(UpgradeError::Layout {
+            old: old_layout,
+            new: new_layout,
+        });
+    }
+    for file in command.truncating_log_files() {
+        log::warn!(
+            "{file}: the new QEMU truncates this file when it starts; use \
+             -chardev file,...,append=on to keep the log across upgrades"
+        );
+    }
+
+    let mut old = att.qmp(opts.timeout)?;
+    let state = old.query_status().map_err(qmp_err("old"))?;
+    if !matches!(
+        state.as_str(),
+        "running" | "paused" | "prelaunch" | "suspended"
+    ) {
+        return Err(UpgradeError::State {
+            vm: rec.vm.clone(),
+            state,
+        });
+    }
+
+    // Everything the new QEMU inherits comes from the old one.
+    let mut fds = vec![
+        (att.qemu.take_fd(LEASE_FD)?, LEASE_FD),
+        (att.qemu.take_fd(RAM_FD)?, RAM_FD),
+    ];
+    let mut dimms = Vec::new();
+    for (target, dimm) in (DIMM_FD_BASE..).zip(&rec.dimms) {
+        fds.push((att.qemu.take_fd(dimm.qemu_fd)?, target));
+        dimms.push((dimm.clone(), target));
+    }
+    let generation = rec.qemu.generation + 1;
+    let new_qmp = next_qmp_path(&rec.qemu.qmp, generation);
+    check_socket_path(&new_qmp)?;
+    let _ = std::fs::remove_file(&new_qmp);
+    let migration = opts.run_dir.migration(&rec.vm);
+    let _ = std::fs::remove_file(&migration);
+    let mut args = command.args.clone();
+    args.extend(
+        AddedOptions {
+            size: rec.memory.size,
+            max_memory: rec.memory.max_memory,
+            slots: rec.memory.slots,
+            ram_fd: RAM_FD,
+            qmp: &new_qmp,
+            dimms: &dimms,
+            incoming: true,
+        }
+        .to_args(),
+    );
+
+    let t_start = Instant::now();
+    let mut target = start_target(&att, &command.program, args, fds)?;
+    let mut new = connect_target(&target.process, &new_qmp, opts.timeout)?;
+    let start_ms = ms(t_start.elapsed());
+    let new_state = new.query_status().map_err(qmp_err("new"))?;
+    if new_state != "inmigrate" {
+        return Err(UpgradeError::TargetState {
+            state: new_state,
+            expected: "inmigrate",
+        });
+    }
+
+    let (info, handoff_ms) = migrate(&mut old, &mut new, &migration, opts.timeout)?;
+    // From here the new QEMU holds the VM's state: it is kept whatever
+    // happens next, and the old one (stopped, `postmigrate`) must not run.
+    let supervised = target.commit();
+    let running = if state == "running" {
+        wait_running(&mut new, opts.timeout)
+    } else {
+        Ok(())
+    };
+
+    // The switch is done: end the old QEMU.
+    let old_pid = att.qemu.pid();
+    if let Err(e) = old.quit() {
+        log::warn!("old QEMU did not take quit: {e}");
+    }
+    if !att.qemu.wait_exit(QUIT_WAIT).unwrap_or(false) {
+        log::warn!("old QEMU (pid {old_pid}) did not quit; killing it");
+        att.qemu.kill();
+    }
+    let mut qmp = rec.qemu.qmp.clone();
+    if let Err(e) = std::fs::rename(&new_qmp, &qmp) {
+        log::warn!(
+            "cannot move {} to {}: {e}; the VM's QMP socket is now {}",
+            new_qmp.display(),
+            qmp.display(),
+            new_qmp.display()
+        );
+        qmp = new_qmp;
+    }
+    att.record.qemu = QemuRecord {
+        process: target.process.id(),
+        generation,
+        program: command.program.clone(),
+        args: command.args.clone(),
+        qmp,
+        machine: rec.qemu.machine.clone(),
+    };
+    for (dimm, (_, fd)) in att.record.dimms.iter_mut().zip(&dimms) {
+        dimm.qemu_fd = *fd;
+        dimm.fdset = None;
+    }
+    att.save()?;
+    running?;
+    let in_place = rec.memory.size + rec.dimms.iter().map(|d| d.size).sum::<u64>();
+    Ok(UpgradeReport {
+        vm: rec.vm,
+        old_pid,
+        new_pid: target.process.pid(),
+        generation,
+        lease: rec.lease,
+        supervised,
+        total_time_ms: info.total_time_ms,
+        downtime_ms: info.downtime_ms,
+        setup_time_ms: info.setup_time_ms,
+        ram_transferred_bytes: info.ram_transferred_bytes,
+        ram_in_place_bytes: in_place,
+        handoff_ms,
+        start_ms,
+        elapsed_ms: ms(t0.elapsed()),
+    })
+}
+
+fn qmp_err(which: &'static str) -> impl Fn(QmpError) -> UpgradeError {
+    move |source| UpgradeError::Qmp { which, source }
+}
+
+/// The new QEMU command: the given one, or the running one (with
+/// `--qemu`'s binary), without `-incoming`.
+fn new_command(opts: &UpgradeOptions, running: &QemuRecord) -> Result<QemuCommand, ArgsError> {
+    let mut command = match &opts.command {
+        Some(argv) => QemuCommand::from_argv(argv)?,
+        None => QemuCommand {
+            program: running.program.clone(),
+            args: running.args.clone(),
+        },
+    };
+    if let Some(program) = &opts.qemu {
+        command.program = program.clone();
+    }
+    Ok(command.without_incoming())
+}
+
+/// The new QEMU, killed unless committed.
+#[derive(Debug)]
+struct Target {
+    process: Process,
+    /// The launcher's control socket, if the launcher started it.
+    control: Option<PathBuf>,
+    committed: bool,
+}
+
+impl Target {
+    /// Tells the launcher (if any) to follow the new QEMU. Returns whether
+    /// a launcher follows it.
+    fn commit(&mut self) -> bool {
+        self.committed = true;
+        let Some(path) = self.control.take() else {
+            return false;
+        };
+        let request = ControlRequest::Commit {
+            pid: self.process.pid(),
+        };
+        match control::call(&path, &request, &[], Duration::from_secs(5)) {
+            Ok(ControlReply::Done) => true,
+            Ok(other) => {
+                log::warn!("launcher did not take over the new QEMU: {other:?}");
+                false
+            }
+            Err(e) => {
+                log::warn!("launcher unreachable, the new QEMU runs unsupervised: {e}");
+                false
+            }
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        log::info!("killing the new QEMU (pid {})", self.process.pid());
+        if let Some(path) = &self.control {
+            let request = ControlRequest::Abort {
+                pid: self.process.pid(),
+            };
+            let _ = control::call(path, &request, &[], Duration::from_secs(5));
+        }
+        self.process.kill();
+    }
+}
+
+/// Starts the new QEMU through the launcher, or here if it is gone.
+fn start_target(
+    att: &Attached,
+    program: &Path,
+    args: Vec<String>,
+    fds: Vec<(OwnedFd, RawFd)>,
+) -> Result<Target, UpgradeError> {
+    if att.launcher().is_some() {
+        let path = &att.record.control;
+        let targets: Vec<RawFd> = fds.iter().map(|(_, t)| *t).collect();
+        let borrowed: Vec<_> = fds
+            .iter()
+            .map(|(fd, _)| std::os::fd::AsFd::as_fd(fd))
+            .collect();
+        let request = ControlRequest::Spawn {
+            program: program.to_owned(),
+            args: args.clone(),
+            targets,
+        };
+        match control::call(path, &request, &borrowed, Duration::from_secs(10)) {
+            Ok(ControlReply::Spawned { process }) => {
+                return Ok(Target {
+                    process: open_target(process)?,
+                    control: Some(path.clone()),
+                    committed: false,
+                })
+            }
+            Ok(ControlReply::Refused { message }) => {
+                return Err(UpgradeError::LauncherRefused(message))
+            }
+            Ok(ControlReply::Done) => {
+                return Err(UpgradeError::LauncherRefused("unexpected reply".into()))
+            }
+            Err(e) => log::warn!("{e}; starting the new QEMU here"),
+        }
+    }
+    // No launcher: the new QEMU gets the old one's stdio and, if it is in
+    // our session, its process group.
+    let stdio = [
+        att.qemu.take_fd(0)?,
+        att.qemu.take_fd(1)?,
+        att.qemu.take_fd(2)?,
+    ];
+    let pid = i32::try_from(att.qemu.pid())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    let same_session = pid.is_some_and(|p| {
+        rustix::process::getsid(Some(p)).ok() == rustix::process::getsid(None).ok()
+    });
+    let group = match pid {
+        Some(p) if same_session => rustix::process::getpgid(Some(p))
+            .ok()
+            .map(|g| g.as_raw_nonzero().get()),
+        _ => Some(0),
+    };
+    let child = spawn(SpawnSpec {
+        program: program.to_owned(),
+        args,
+        fds,
+        stdio: Some(stdio),
+        process_group: group,
+    })?;
+    let process = Process::of_child(&child)?;
+    // Not waited for: once this command exits, init reaps it.
+    drop(child);
+    Ok(Target {
+        process,
+        control: None,
+        committed: false,
+    })
+}
+
+fn open_target(id: ProcessId) -> Result<Process, UpgradeError> {
+    Process::open(id).map_err(|e| match e {
+        ProcessError::Gone { pid } => UpgradeError::TargetDied { pid },
+        e => e.into(),
+    })
+}
+
+/// Connects to the new QEMU's QMP, giving up early if it exits.
+fn connect_target(
+    target: &Process,
+    path: &Path,
+    timeout: Duration,
+) -> Result<QmpClient, UpgradeError> {
+    let deadline = Instant::now() + timeout;
+    let stream = loop {
+        match UnixStream::connect(path) {
+            Ok(stream) => break stream,
+            Err(_) if !target.is_alive() => {
+                return Err(UpgradeError::TargetDied { pid: target.pid() })
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(UpgradeError::Qmp {
+                    which: "new",
+                    source: QmpError::Connect {
+                        path: path.to_owned(),
+                        source: e,
+                    },
+                })
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    let mut qmp =
+        QmpClient::from_stream(stream, left.max(Duration::from_secs(1))).map_err(qmp_err("new"))?;
+    qmp.set_timeout(timeout);
+    Ok(qmp)
+}
+
+/// Runs the migration; returns the source's final figures and the wall
+/// time from `migrate` to `completed`.
+fn migrate(
+    old: &mut QmpClient,
+    new: &mut QmpClient,
+    socket: &Path,
+    timeout: Duration,
+) -> Result<(MigrationInfo, f64), UpgradeError> {
+    let caps = [("x-ignore-shared", true)];
+    old.migrate_set_capabilities(&caps)
+        .map_err(qmp_err("old"))?;
+    new.migrate_set_capabilities(&caps)
+        .map_err(qmp_err("new"))?;
+    let uri = format!("unix:{}", socket.display());
+    new.migrate_incoming(&uri).map_err(qmp_err("new"))?;
+    let t = Instant::now();
+    let result = old.migrate(&uri).and_then(|()| old.wait_migration(timeout));
+    let handoff = ms(t.elapsed());
+    let _ = std::fs::remove_file(socket);
+    match result {
+        Ok(info) => Ok((info, handoff)),
+        Err(e) => {
+            if let Err(cancel) = old.migrate_cancel() {
+                log::debug!("migrate_cancel: {cancel}");
+            }
+            Err(UpgradeError::Migration(e))
+        }
+    }
+}
+
+/// Waits until the new QEMU runs the guest (resuming it if it came up
+/// paused, as with `-S`).
+fn wait_running(new: &mut QmpClient, timeout: Duration) -> Result<(), UpgradeError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let state = new.query_status().map_err(qmp_err("new"))?;
+        match state.as_str() {
+            "running" => return Ok(()),
+            "paused" => new.cont().map_err(qmp_err("new"))?,
+            _ if Instant::now() >= deadline => {
+                return Err(UpgradeError::TargetState {
+                    state,
+                    expected: "running",
+                })
+            }
+            _ => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running() -> QemuRecord {
+        QemuRecord {
+            process: ProcessId {
+                pid: 1,
+                start_time: 1,
+            },
+            generation: 0,
+            program: "/usr/bin/qemu-system-x86_64".into(),
+            args: vec![
+                "-M".into(),
+                "q35".into(),
+                "-incoming".into(),
+                "tcp:0:4444".into(),
+            ],
+            qmp: "/run/vm.qmp".into(),
+            machine: "q35".into(),
+        }
+    }
+
+    fn opts() -> UpgradeOptions {
+        UpgradeOptions {
+            run_dir: RunDir::new("/nonexistent"),
+            vm: "vm".into(),
+            command: None,
+            qemu: None,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn new_command_defaults_to_the_running_one() {
+        let c = new_command(&opts(), &running()).unwrap();
+        assert_eq!(c.program, Path::new("/usr/bin/qemu-system-x86_64"));
+        assert_eq!(c.args, ["-M", "q35"]);
+        let o = UpgradeOptions {
+            qemu: Some("/opt/qemu/bin/qemu-system-x86_64".into()),
+            ..opts()
+        };
+        let c = new_command(&o, &running()).unwrap();
+        assert_eq!(c.program, Path::new("/opt/qemu/bin/qemu-system-x86_64"));
+        let o = UpgradeOptions {
+            command: Some(vec!["qemu-new".into(), "-M".into(), "pc".into()]),
+            ..opts()
+        };
+        let c = new_command(&o, &running()).unwrap();
+        assert_eq!((c.program.to_str().unwrap(), c.args.len()), ("qemu-new", 2));
+    }
+
+    #[test]
+    fn a_vm_that_is_not_running_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = UpgradeOptions {
+            run_dir: RunDir::new(dir.path()),
+            ..opts()
+        };
+        let err = upgrade(&o).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("VM vm is not running under gmemctl launch"),
+            "{err}"
+        );
+    }
+}
