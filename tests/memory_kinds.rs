@@ -5,77 +5,36 @@
 // An integration test file is a test module of its own.
 #![allow(clippy::tests_outside_test_module)]
 
-use std::path::Path;
-
 use gmem_protocol::wire::{BindRequest, MemoryKind};
-use gmem_tests::{name, vm, Daemon};
+use gmem_tests::{hugepages, name, vm, Daemon};
 use rustix::io::Errno;
-
-const HUGE_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
-
-fn read_count(file: &str) -> u64 {
-    std::fs::read_to_string(Path::new(HUGE_2M).join(file))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// Reserves `n` more 2 MiB pages for the test and gives them back on drop.
-struct HugepageReservation {
-    before: u64,
-}
-
-impl HugepageReservation {
-    fn add(n: u64) -> Option<Self> {
-        let before = read_count("nr_hugepages");
-        std::fs::write(
-            Path::new(HUGE_2M).join("nr_hugepages"),
-            (before + n).to_string(),
-        )
-        .ok()?;
-        (read_count("free_hugepages") >= n).then_some(HugepageReservation { before })
-    }
-}
-
-impl Drop for HugepageReservation {
-    fn drop(&mut self) {
-        let _ = std::fs::write(
-            Path::new(HUGE_2M).join("nr_hugepages"),
-            self.before.to_string(),
-        );
-    }
-}
 
 #[test]
 fn hugetlb_files_use_their_page_size_or_say_why_not() {
     let daemon = Daemon::start();
     let mut a = daemon.lease(vm("vm-a"));
-    if read_count("free_hugepages") == 0 {
-        let err = a
-            .create(&name("huge"), 4 << 20, MemoryKind::Hugetlb2M)
-            .unwrap_err();
-        assert_eq!(err.errno(), Some(Errno::NOMEM.raw_os_error()));
-        assert!(err.message().unwrap().contains("free 2048 KiB hugepages"));
-    }
     // Root may reserve pages; the CI runs as root.
-    let Some(_pages) = HugepageReservation::add(2) else {
-        assert!(
-            !gmem_tests::e2e::required(),
-            "cannot reserve 2 MiB hugepages"
-        );
-        eprintln!("SKIPPED: cannot reserve hugepages");
+    let Some(_pages) = hugepages::Reservation::take(2) else {
         return;
     };
+    // More than the pool has: a clear refusal that says what to raise.
+    let free = hugepages::free();
+    let err = a
+        .create(
+            &name("too-big"),
+            (free + 1) * (2 << 20),
+            MemoryKind::Hugetlb2M,
+        )
+        .unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::NOMEM.raw_os_error()));
+    assert!(err.message().unwrap().contains("free 2048 KiB hugepages"));
+    assert!(err.message().unwrap().contains("nr_hugepages"));
+
     let (fd, info) = a
         .create(&name("huge"), 4 << 20, MemoryKind::Hugetlb2M)
         .unwrap();
     assert_eq!((info.size, info.page_size), (4 << 20, 2 << 20));
-    assert_eq!(
-        read_count("free_hugepages"),
-        0,
-        "both pages allocated up front"
-    );
+    assert_eq!(hugepages::free(), free - 2, "both pages allocated up front");
     assert_eq!(
         rustix::fs::ftruncate(&fd, 2 << 20),
         Err(Errno::PERM),

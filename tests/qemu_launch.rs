@@ -232,27 +232,15 @@ fn memory_options_and_unmappable_kinds_are_refused_before_anything_starts() {
     }
 }
 
-/// Free 2 MiB huge pages on this host.
-fn free_huge_pages() -> u64 {
-    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
-fn a_guest_boots_from_hugetlb_memory_when_the_host_has_huge_pages() {
+fn a_guest_boots_from_hugetlb_memory() {
     if e2e::qemu().is_none() {
         return;
     }
-    // Huge pages are a host setting (vm.nr_hugepages), not a tool: skip
-    // without them even under GMEM_E2E=require, and say so.
-    if free_huge_pages() < 256 {
-        eprintln!(
-            "SKIPPED: needs 256 free 2 MiB huge pages (echo 256 > /proc/sys/vm/nr_hugepages)"
-        );
+    // 512 MiB of guest RAM on 2 MiB pages, reserved for this test.
+    let Some(_pages) = gmem_tests::hugepages::Reservation::take(256) else {
         return;
-    }
+    };
     let daemon = Daemon::start();
     let dir = tempfile::tempdir().unwrap();
     let mut spec = LaunchSpec::new("512M", "gmem.marker=huge");

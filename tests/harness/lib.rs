@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod e2e;
 pub mod guest;
+pub mod hugepages;
 pub mod process;
 pub mod qemu;
 

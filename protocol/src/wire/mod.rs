@@ -1,7 +1,7 @@
 //! Wire format: the message header, request codes and payload layouts.
 //!
 //! Every number on the wire is little-endian; the packed `Raw*` structs carry
-//! that in their field types ([`Le32`], [`Le64`]) so a struct can be copied
+//! that in their field types (`Le32`, `Le64` from vm-memory) so a struct can be copied
 //! to and from bytes without a manual byte-order step. Decoding checks syntax
 //! only (sizes, flag bits, name charset, checked arithmetic); what a request
 //! *means* is checked by the daemon. Nothing here does I/O or touches fds.
