@@ -42,39 +42,47 @@ fn main() {
 /// Requests per second over `clients` leases, each binding and unbinding
 /// its own file `rounds` times.
 fn gmemd_rate(daemon: &Daemon, clients: usize, rounds: usize) -> f64 {
-    let barrier = Arc::new(Barrier::new(clients + 1));
     let socket = daemon.socket();
-    let threads: Vec<_> = (0..clients)
-        .map(|i| {
-            let barrier = Arc::clone(&barrier);
-            let socket = socket.clone();
-            std::thread::spawn(move || {
-                let vm_name = format!("bench-{clients}-{i}");
-                let mut client = gmem_protocol::Client::connect(&socket, vm(&vm_name)).unwrap();
-                let file = name(&format!("{vm_name}-ram"));
-                client.create(&file, 1 << 20, MemoryKind::Memfd).unwrap();
-                let bind = BindRequest {
-                    slot: 0,
-                    gpa: 0,
-                    name: file.clone(),
-                    offset: 0,
-                    size: 1 << 20,
-                };
-                barrier.wait();
-                for _ in 0..rounds {
-                    client.bind(&bind).unwrap();
-                    client.unbind(0).unwrap();
-                }
-                client.destroy(&file).unwrap();
-            })
+    timed(clients, rounds * 2, |i, start| {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let vm_name = format!("bench-{clients}-{i}");
+            let mut client = gmem_protocol::Client::connect(&socket, vm(&vm_name)).unwrap();
+            let file = name(&format!("{vm_name}-ram"));
+            client.create(&file, 1 << 20, MemoryKind::Memfd).unwrap();
+            let bind = BindRequest {
+                slot: 0,
+                gpa: 0,
+                name: file.clone(),
+                offset: 0,
+                size: 1 << 20,
+            };
+            start.wait();
+            for _ in 0..rounds {
+                client.bind(&bind).unwrap();
+                client.unbind(0).unwrap();
+            }
+            client.destroy(&file).unwrap();
         })
-        .collect();
-    barrier.wait();
-    let start = Instant::now();
+    })
+}
+
+/// Starts `clients` threads with `spawn(index, start)`; each prepares, waits
+/// on `start`, then makes `requests` requests. Returns requests per second
+/// over the timed part.
+fn timed(
+    clients: usize,
+    requests: usize,
+    spawn: impl Fn(usize, Arc<Barrier>) -> std::thread::JoinHandle<()>,
+) -> f64 {
+    let start = Arc::new(Barrier::new(clients + 1));
+    let threads: Vec<_> = (0..clients).map(|i| spawn(i, Arc::clone(&start))).collect();
+    start.wait();
+    let began = Instant::now();
     for t in threads {
         t.join().unwrap();
     }
-    rate(clients * rounds * 2, start.elapsed())
+    rate(clients * requests, began.elapsed())
 }
 
 fn rate(requests: usize, elapsed: Duration) -> f64 {
@@ -116,26 +124,16 @@ impl EchoServer {
 }
 
 fn echo_rate(echo: &EchoServer, clients: usize, rounds: usize) -> f64 {
-    let barrier = Arc::new(Barrier::new(clients + 1));
-    let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            let barrier = Arc::clone(&barrier);
-            let path = echo.path.clone();
-            std::thread::spawn(move || {
-                let mut stream = UnixStream::connect(path).unwrap();
-                let mut reply = [0u8; REPLY_LEN];
-                barrier.wait();
-                for _ in 0..rounds * 2 {
-                    stream.write_all(&[1u8; REQUEST_LEN]).unwrap();
-                    stream.read_exact(&mut reply).unwrap();
-                }
-            })
+    timed(clients, rounds * 2, |_, start| {
+        let path = echo.path.clone();
+        std::thread::spawn(move || {
+            let mut stream = UnixStream::connect(path).unwrap();
+            let mut reply = [0u8; REPLY_LEN];
+            start.wait();
+            for _ in 0..rounds * 2 {
+                stream.write_all(&[1u8; REQUEST_LEN]).unwrap();
+                stream.read_exact(&mut reply).unwrap();
+            }
         })
-        .collect();
-    barrier.wait();
-    let start = Instant::now();
-    for t in threads {
-        t.join().unwrap();
-    }
-    rate(clients * rounds * 2, start.elapsed())
+    })
 }
