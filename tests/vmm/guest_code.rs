@@ -149,7 +149,7 @@ pub fn read_ticks(mem: &GuestMemoryMmap) -> Result<u64, GuestMemoryError> {
 }
 
 /// Sets both counters.
-#[allow(dead_code)] // for tests and the gmemd-backed VMM
+#[cfg(test)]
 pub fn write_counters(
     mem: &GuestMemoryMmap,
     counter: u64,

@@ -353,7 +353,7 @@ impl MiniVm {
     }
 
     /// Whether [`Self::run`] prints `GMEM-VMM: ...` lines on stdout (default on).
-    #[allow(dead_code)] // API for the gmemd-backed VMM; used by the tests
+    #[cfg(test)]
     pub fn set_echo(&mut self, echo: bool) {
         self.echo = echo;
     }
@@ -366,12 +366,6 @@ impl MiniVm {
     /// The first registered guest memory (for [`Self::with_guest_memfd`]: its shared view).
     pub fn guest_memory(&self) -> Option<&GuestMemoryMmap> {
         self.memory.first()
-    }
-
-    /// The guest_memfd created by [`Self::with_guest_memfd`].
-    #[allow(dead_code)] // API for the gmemd-backed VMM (deposit via SCM_RIGHTS)
-    pub fn guest_memfd(&self) -> Option<BorrowedFd<'_>> {
-        self.guest_memfd.as_ref().map(AsFd::as_fd)
     }
 
     /// A new fd (dup) for the guest_memfd, e.g. to deposit it with gmemd via `SCM_RIGHTS`.
