@@ -172,7 +172,7 @@ fn the_recorded_bindings_are_where_qemu_maps_ram() {
         recorded.sort_unstable();
         assert_eq!(recorded, mapped, "{machine:?} {memory}");
         eprintln!("{machine:?} -m {memory}: QEMU maps {mapped:x?} = gmemd bindings");
-        qmp.execute("quit", serde_json::json!({}));
+        qmp.quit();
         assert!(vm.wait_exit(Duration::from_secs(30)).success());
         wait_no_leases(&daemon);
         // Sparse, but counted against gmemd's memory limit.

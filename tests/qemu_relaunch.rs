@@ -101,6 +101,6 @@ fn sigkill_ends_the_lease_and_a_relaunch_gets_the_same_memory() {
     // And it boots again from there.
     qmp.execute("cont", serde_json::json!({}));
     vm.serial.wait_tick(0, BOOT_TIMEOUT, |_| true);
-    qmp.execute("quit", serde_json::json!({}));
+    qmp.quit();
     assert!(vm.wait_exit(Duration::from_secs(30)).success());
 }

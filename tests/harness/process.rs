@@ -5,7 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use rustix::process::{kill_process_group, Pid, Signal};
+use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOptions};
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout`.
 pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
@@ -91,7 +91,7 @@ impl ChildGuard {
         child.wait().expect("reap")
     }
 
-    /// Waits for the child to exit, up to `timeout`.
+    /// Waits for the child to exit, up to `timeout`, and reaps it.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let name = self.name.clone();
         let child = self.child.as_mut().expect("running");
@@ -101,23 +101,54 @@ impl ChildGuard {
     }
 
     /// Stops the process group: SIGTERM, SIGKILL after 5 s, then reap.
+    ///
+    /// The group is signalled only while its leader is alive or a zombie:
+    /// once the leader is reaped its pid, and so the group id, may belong to
+    /// a new process group (pids wrap at 32768 here), which must not be hit.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        if let Ok(Some(status)) = child.try_wait() {
-            kill_group(&child, Signal::KILL);
-            return Some(status);
-        }
-        kill_group(&child, Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                kill_group(&child, Signal::KILL);
-                return Some(status);
+        if leader_state(&child) == Leader::Running {
+            kill_group(&child, Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && leader_state(&child) == Leader::Running {
+                std::thread::sleep(Duration::from_millis(10));
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        kill_group(&child, Signal::KILL);
+        if leader_state(&child) == Leader::Running {
+            kill_group(&child, Signal::KILL);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && leader_state(&child) == Leader::Running {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if leader_state(&child) == Leader::Zombie {
+            // Stragglers of the group (a launcher's QEMU); the zombie leader
+            // still holds the group id.
+            kill_group(&child, Signal::KILL);
+        }
         child.wait().ok()
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Leader {
+    Running,
+    /// Exited, not yet reaped: its pid (the group id) is still reserved.
+    Zombie,
+    /// Reaped already: the group id may have been reused.
+    Reaped,
+}
+
+/// The leader's state, without reaping it (`waitid` with `WNOWAIT`).
+fn leader_state(child: &Child) -> Leader {
+    let Some(pid) = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0)) else {
+        return Leader::Reaped;
+    };
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    match waitid(WaitId::Pid(pid), options) {
+        Ok(Some(_)) => Leader::Zombie,
+        Ok(None) => Leader::Running,
+        Err(_) => Leader::Reaped,
     }
 }
 

@@ -372,10 +372,27 @@ impl Qmp {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("QMP: {e}: {line:?}"))
     }
 
+    /// Sends one command in a single write: QEMU acts on a complete JSON
+    /// object at once, so a command split over two writes (text, then the
+    /// newline) can find the socket closed by `quit` halfway.
+    fn send(&mut self, command: &str, arguments: Value) -> std::io::Result<()> {
+        let mut line = json!({"execute": command, "arguments": arguments}).to_string();
+        line.push('\n');
+        self.writer.write_all(line.as_bytes())
+    }
+
+    /// Asks QEMU to quit; the socket closing before or after the reply is
+    /// the expected outcome, not an error.
+    pub fn quit(&mut self) {
+        if self.send("quit", json!({})).is_ok() {
+            let mut line = String::new();
+            let _ = self.reader.read_line(&mut line);
+        }
+    }
+
     /// Runs a command; panics on an error reply.
     pub fn execute(&mut self, command: &str, arguments: Value) -> Value {
-        let msg = json!({"execute": command, "arguments": arguments});
-        writeln!(self.writer, "{msg}").expect("QMP write");
+        self.send(command, arguments).expect("QMP write");
         loop {
             let reply = self.read();
             if reply.get("event").is_some() {
