@@ -230,3 +230,40 @@ fn a_lease_that_revokes_itself_is_served_nothing_after() {
         "a request after the lease's own revoke was served"
     );
 }
+
+#[test]
+fn fds_handed_on_with_the_lease_keep_blocking_other_vms() {
+    let daemon = Daemon::start();
+    // A launcher stand-in: gets the file for vm-a, passes its lease socket to
+    // a child (as gmemctl launch does with QEMU) and exits.
+    let mut launcher = gmem_tests::ChildGuard::spawn_piped(
+        "launcher",
+        daemon.client_command("vm-a", &["--create", "ram:0x100000", "--handoff"]),
+    );
+    let out = launcher.wait_for_output("HANDOFF", Duration::from_secs(10));
+    let keeper: i32 = out
+        .split("HANDOFF ")
+        .nth(1)
+        .and_then(|t| t.trim().parse().ok())
+        .expect("keeper pid");
+    assert!(launcher.wait_exit(Duration::from_secs(10)).success());
+    let keeper = rustix::process::Pid::from_raw(keeper).unwrap();
+    let bind_b = BindRequest {
+        slot: 0,
+        gpa: 0,
+        name: name("ram"),
+        offset: 0,
+        size: MIB,
+    };
+    let mut b = daemon.lease(vm("vm-b"));
+    let err = b.bind(&bind_b).unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::BUSY.raw_os_error()));
+    assert!(err.message().unwrap().contains("is still open"), "{err}");
+    // The keeper goes: the lease ends, and vm-b may have the file.
+    rustix::process::kill_process(keeper, rustix::process::Signal::KILL).unwrap();
+    wait_until(Duration::from_secs(10), "vm-a's lease to end", || {
+        let leases = daemon.control().leases().unwrap();
+        (!leases.iter().any(|l| l.vm.name.as_str() == "vm-a")).then_some(())
+    });
+    b.bind(&bind_b).unwrap();
+}

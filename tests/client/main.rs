@@ -4,9 +4,11 @@
 //!
 //! ```text
 //! gmem-test-client --socket S --vm NAME [--create F:SIZE] [--open F]
-//!     [--write F:OFFSET:TEXT] [--bind F:SLOT:GPA:OFFSET:SIZE] [--hold]
+//!     [--write F:OFFSET:TEXT] [--bind F:SLOT:GPA:OFFSET:SIZE] [--hold | --handoff]
 //! ```
 //! Steps run in command-line order; `READY` is printed when all are done.
+//! `--handoff` then starts `sleep` with the lease socket as its stdin, as a
+//! launcher hands the lease to QEMU, prints `HANDOFF <pid>` and exits.
 
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -105,6 +107,17 @@ fn run() -> Result<(), String> {
     }
     println!("READY lease {}", client.lease());
     std::io::stdout().flush().map_err(|e| e.to_string())?;
+    if args.iter().any(|a| a == "--handoff") {
+        let socket = client.stream().try_clone().map_err(|e| e.to_string())?;
+        let keeper = std::process::Command::new("sleep")
+            .arg("600")
+            .stdin(OwnedFd::from(socket))
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        println!("HANDOFF {}", keeper.id());
+        std::io::stdout().flush().map_err(|e| e.to_string())?;
+        return Ok(());
+    }
     if args.iter().any(|a| a == "--hold") {
         loop {
             std::thread::park();

@@ -122,14 +122,20 @@ impl Daemon {
     /// Starts `gmem-test-client` (a VMM stand-in) as VM `vm_name` with
     /// `args` and waits until it has done them (`READY`).
     pub fn spawn_client(&self, vm_name: &str, args: &[&str]) -> ChildGuard {
+        let mut child =
+            ChildGuard::spawn_piped("gmem-test-client", self.client_command(vm_name, args));
+        child.wait_for_output("READY", Duration::from_secs(10));
+        child
+    }
+
+    /// The `gmem-test-client` command for VM `vm_name` with `args`.
+    pub fn client_command(&self, vm_name: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(crate::bin("gmem-test-client"));
         cmd.arg("--socket")
             .arg(self.socket())
             .args(["--vm", vm_name])
             .args(args);
-        let mut child = ChildGuard::spawn_piped("gmem-test-client", cmd);
-        child.wait_for_output("READY", Duration::from_secs(10));
-        child
+        cmd
     }
 
     /// Whether gmemd still runs.

@@ -257,8 +257,10 @@ pub struct FileRecord {
     pub owner: Option<Owner>,
     /// Bindings keyed by file offset: (lease, slot, size).
     ranges: BTreeMap<u64, (LeaseId, u32, u64)>,
-    /// Processes that received the fd, and the VM they received it for.
-    holders: BTreeMap<u32, Uuid>,
+    /// Processes that received the fd: the VM they received it for, and the
+    /// lease it came through (its socket may live on in a process the fds
+    /// were handed to, like the QEMU a launcher starts).
+    holders: BTreeMap<u32, (Uuid, Option<LeaseId>)>,
     /// The lease that created it, counted against that lease's file limit.
     creator: Option<LeaseId>,
 }
@@ -271,7 +273,7 @@ impl FileRecord {
 
     /// Pids recorded as having received the fd.
     pub fn holders(&self) -> impl Iterator<Item = (u32, Uuid)> + '_ {
-        self.holders.iter().map(|(pid, vm)| (*pid, *vm))
+        self.holders.iter().map(|(pid, (vm, _))| (*pid, *vm))
     }
 }
 
@@ -523,12 +525,43 @@ impl Ledger {
     /// # Errors
     /// [`LedgerError::UnknownFile`].
     pub fn add_holder(&mut self, name: &Name, pid: u32, vm: Uuid) -> LedgerResult<()> {
+        self.insert_holder(name, pid, vm, None)
+    }
+
+    /// Records that process `pid` received the file's fd for VM `vm` through
+    /// lease `lease`. Such a holder counts as alive while its process runs or
+    /// while its lease is open: whoever keeps the lease socket (a QEMU the
+    /// process started and handed the fds to) may hold the fds too.
+    ///
+    /// # Errors
+    /// [`LedgerError::UnknownFile`].
+    pub fn add_lease_holder(
+        &mut self,
+        name: &Name,
+        pid: u32,
+        vm: Uuid,
+        lease: LeaseId,
+    ) -> LedgerResult<()> {
+        self.insert_holder(name, pid, vm, Some(lease))
+    }
+
+    fn insert_holder(
+        &mut self,
+        name: &Name,
+        pid: u32,
+        vm: Uuid,
+        lease: Option<LeaseId>,
+    ) -> LedgerResult<()> {
         let file = self
             .files
             .get_mut(name)
             .ok_or(LedgerError::UnknownFile { name: name.clone() })?;
-        file.holders.insert(pid, vm);
+        file.holders.insert(pid, (vm, lease));
         Ok(())
+    }
+
+    fn lease_open(&self, lease: Option<LeaseId>) -> bool {
+        lease.is_some_and(|id| self.leases.contains_key(&id))
     }
 
     /// Forgets every process recorded for the file (after a scrub).
@@ -544,15 +577,22 @@ impl Ledger {
         Ok(())
     }
 
-    /// Forgets the holders `is_alive` reports gone, in every file.
+    /// Forgets the holders `is_alive` reports gone whose lease (if any) is
+    /// closed too, in every file.
     pub fn prune_holders(&mut self, is_alive: &mut dyn FnMut(u32) -> bool) {
+        let leases = &self.leases;
         for file in self.files.values_mut() {
-            file.holders.retain(|pid, _| is_alive(*pid));
+            file.holders.retain(|pid, (_, lease)| {
+                is_alive(*pid) || lease.is_some_and(|id| leases.contains_key(&id))
+            });
         }
     }
 
     /// Refuses VM `uuid` access to a file while another VM owns it, or while
-    /// a live process holds it for another VM (invariants 1 and 6).
+    /// a live process holds it for another VM (invariants 1 and 6). A holder
+    /// counts while its process runs (`is_alive`) or its lease is open. The
+    /// requesting process itself (`requester`, unless 0 = unknown) is not
+    /// shielded from: it already holds the fd.
     ///
     /// # Errors
     /// [`LedgerError::NotOwner`], [`LedgerError::HeldElsewhere`],
@@ -561,6 +601,7 @@ impl Ledger {
         &self,
         name: &Name,
         uuid: Uuid,
+        requester: u32,
         is_alive: &mut dyn FnMut(u32) -> bool,
     ) -> LedgerResult<()> {
         let file = self.file(name)?;
@@ -573,13 +614,23 @@ impl Ledger {
                 });
             }
         }
-        for (pid, holder_vm) in &file.holders {
-            if *holder_vm != uuid && is_alive(*pid) {
-                let holder = self
+        for (pid, (holder_vm, lease)) in &file.holders {
+            if *holder_vm == uuid || (*pid != 0 && *pid == requester) {
+                continue;
+            }
+            let process_alive = is_alive(*pid);
+            if process_alive || self.lease_open(*lease) {
+                let vm = self
                     .leases
                     .values()
                     .find(|l| l.vm.uuid == *holder_vm)
                     .map_or_else(|| format!("VM {holder_vm}"), |l| format!("VM {}", l.vm));
+                let holder = match lease {
+                    Some(id) if !process_alive => {
+                        format!("{vm}; it exited, but lease {id} it shared is still open")
+                    }
+                    _ => vm,
+                };
                 return Err(LedgerError::HeldElsewhere {
                     name: name.clone(),
                     pid: *pid,
@@ -604,7 +655,7 @@ impl Ledger {
     ) -> LedgerResult<bool> {
         let lease = self.leases.get(&id).ok_or(LedgerError::UnknownLease(id))?;
         let vm = &lease.vm;
-        self.check_access(&req.name, vm.uuid, is_alive)?;
+        self.check_access(&req.name, vm.uuid, lease.peer.pid, is_alive)?;
         let file = self.file(&req.name)?;
 
         let page_size = file.spec.page_size;

@@ -270,6 +270,39 @@ fn bindings_per_file_are_bounded() {
 }
 
 #[test]
+fn a_holder_counts_while_its_process_or_its_lease_lives() {
+    let mut l = setup();
+    l.open_lease(3, vm("c"), Peer { pid: 77, uid: 0 }).unwrap();
+    // pid 4242 got the fd through lease 1 (vm a), then handed the lease
+    // socket on (a launcher starting QEMU) and exited.
+    l.add_lease_holder(&name("f"), 4242, vm("a").uuid, 1)
+        .unwrap();
+    let err = l
+        .bind(2, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+        .unwrap_err();
+    assert!(
+        matches!(&err, LedgerError::HeldElsewhere { pid: 4242, holder, .. } if holder.contains("lease 1")),
+        "{err}"
+    );
+    // The requesting process itself is not shielded from.
+    assert!(l
+        .check_access(&name("f"), vm("c").uuid, 4242, &mut |_| true)
+        .is_ok());
+    l.prune_holders(&mut never_alive);
+    assert_eq!(
+        l.file(&name("f")).unwrap().holders().count(),
+        1,
+        "lease 1 is open"
+    );
+    l.close_lease(1).unwrap();
+    l.bind(2, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+        .unwrap();
+    l.prune_holders(&mut never_alive);
+    assert_eq!(l.file(&name("f")).unwrap().holders().count(), 0);
+    l.assert_consistent();
+}
+
+#[test]
 fn removal_rules() {
     let mut l = setup();
     l.bind(1, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)

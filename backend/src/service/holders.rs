@@ -19,29 +19,29 @@ impl Service {
         name: &Name,
         uuid: Uuid,
     ) -> ServiceResult<()> {
-        let mut live_other = Self::live_other_holders(&self.pidfds, session);
-        self.ledger.check_access(name, uuid, &mut live_other)?;
+        let pidfds = &self.pidfds;
+        self.ledger
+            .check_access(name, uuid, session.peer.pid, &mut |pid| {
+                pid_alive(pidfds, pid)
+            })?;
         Ok(())
     }
 
-    /// Whether a recorded pid is a live process other than the requester.
-    /// The requester itself is not a "process that had it for another VM"
-    /// it could be shielded from: it already holds the fd. Only the holders
-    /// of the file in question are polled.
-    pub(super) fn live_other_holders<'a>(
-        pidfds: &'a HashMap<u32, OwnedFd>,
-        session: &Session,
-    ) -> impl FnMut(u32) -> bool + 'a {
-        let requester = session.peer.pid;
-        move |pid| (pid == 0 || pid != requester) && pid_alive(pidfds, pid)
-    }
-
-    pub(super) fn record_holder(&mut self, name: &Name, pid: u32, vm: Uuid) {
+    /// Records that the session's process received `name` for VM `vm`,
+    /// through the session's lease.
+    pub(super) fn record_holder(&mut self, session: &Session, name: &Name, vm: Uuid) {
+        let pid = session.peer.pid;
+        let record = |ledger: &mut crate::ledger::Ledger| {
+            let _ = match session.lease() {
+                Some(lease) => ledger.add_lease_holder(name, pid, vm, lease),
+                None => ledger.add_holder(name, pid, vm),
+            };
+        };
         // pid 0: the peer lives in a pid namespace gmemd cannot see into, so
         // its exit cannot be observed. It is recorded anyway and counts as
         // alive until a scrub (see `pid_alive`): the safe side of invariant 6.
         let Some(raw) = Pid::from_raw(i32::try_from(pid).unwrap_or(0)) else {
-            let _ = self.ledger.add_holder(name, pid, vm);
+            record(&mut self.ledger);
             return;
         };
         if !self.is_alive(pid) {
@@ -49,13 +49,11 @@ impl Service {
                 Ok(fd) => {
                     self.pidfds.insert(pid, fd);
                 }
-                Err(e) => {
-                    debug!("pid {pid} gone before it could be tracked: {e}");
-                    return;
-                }
+                // Gone already; its lease, if any, still counts.
+                Err(e) => debug!("pid {pid} gone before it could be tracked: {e}"),
             }
         }
-        let _ = self.ledger.add_holder(name, pid, vm);
+        record(&mut self.ledger);
     }
 
     /// Whether the process behind a recorded pid still runs; a pidfd turns
@@ -87,6 +85,6 @@ fn pidfd_alive(fd: &OwnedFd) -> bool {
 
 /// Whether a recorded holder may still reach its file. Pid 0 (a peer in an
 /// unseen pid namespace) can't be watched, so it never counts as gone.
-fn pid_alive(pidfds: &HashMap<u32, OwnedFd>, pid: u32) -> bool {
+pub(super) fn pid_alive(pidfds: &HashMap<u32, OwnedFd>, pid: u32) -> bool {
     pid == 0 || pidfds.get(&pid).is_some_and(pidfd_alive)
 }

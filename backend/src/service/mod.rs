@@ -368,7 +368,7 @@ impl Service {
         created: bool,
     ) -> Response {
         if let Some(vm) = session.vm() {
-            self.record_holder(name, session.peer.pid, vm.uuid);
+            self.record_holder(session, name, vm.uuid);
         }
         let info = FileInfo {
             size: spec.size,
@@ -381,8 +381,10 @@ impl Service {
 
     fn bind(&mut self, session: &Session, req: &BindRequest) -> ServiceResult<Response> {
         let (lease, vm) = Self::require_lease(session, Request::Bind)?;
-        let mut live_other = Self::live_other_holders(&self.pidfds, session);
-        let sets_owner = self.ledger.bind(lease, req, &mut live_other)?;
+        let pidfds = &self.pidfds;
+        let sets_owner = self
+            .ledger
+            .bind(lease, req, &mut |pid| holders::pid_alive(pidfds, pid))?;
         info!(
             "lease {lease} (VM {}): bound slot {} gpa {:#x} -> {} +{:#x} size {:#x}{}",
             vm.name,
@@ -437,7 +439,7 @@ impl Service {
             self.guest_memfds.insert(req.name.clone(), lease);
         }
         if let Some(vm) = session.vm() {
-            self.record_holder(&req.name, session.peer.pid, vm.uuid);
+            self.record_holder(session, &req.name, vm.uuid);
         }
         info!(
             "deposited {} {} ({}) from {}",
