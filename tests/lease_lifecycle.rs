@@ -15,6 +15,17 @@ use rustix::io::Errno;
 
 const MIB: u64 = 1 << 20;
 
+/// Slot 0 at guest address 0: the first MiB of `file`.
+fn first_mib_of(file: &str) -> BindRequest {
+    BindRequest {
+        slot: 0,
+        gpa: 0,
+        name: name(file),
+        offset: 0,
+        size: MIB,
+    }
+}
+
 fn read_at(fd: &OwnedFd, offset: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     let n = rustix::io::pread(fd, &mut buf, offset).unwrap();
@@ -64,14 +75,7 @@ fn sigkill_ends_the_lease_and_keeps_the_memory() {
     let (fd, info) = b.open(&name("ram")).unwrap();
     assert_eq!(info.size, 4 * MIB);
     assert_eq!(read_at(&fd, 0x1000, 15), b"hello-from-vm-a");
-    b.bind(&BindRequest {
-        slot: 0,
-        gpa: 0,
-        name: name("ram"),
-        offset: 0,
-        size: MIB,
-    })
-    .unwrap();
+    b.bind(&first_mib_of("ram")).unwrap();
     assert!(daemon.log().contains("dropped binding slot 1"));
 }
 
@@ -121,15 +125,7 @@ fn revoke_ends_the_lease_and_destroys_only_that_vms_content() {
     rustix::io::pwrite(&a_fd, b"secret of a", 0).unwrap();
     rustix::io::pwrite(&b_fd, b"data of b", 0).unwrap();
     for (client, file) in [(&mut a, "a-ram"), (&mut b, "b-ram")] {
-        client
-            .bind(&BindRequest {
-                slot: 0,
-                gpa: 0,
-                name: name(file),
-                offset: 0,
-                size: MIB,
-            })
-            .unwrap();
+        client.bind(&first_mib_of(file)).unwrap();
     }
 
     let report = daemon
@@ -159,13 +155,7 @@ fn revoke_ends_the_lease_and_destroys_only_that_vms_content() {
 fn a_live_holder_blocks_other_vms_until_it_exits_or_a_scrub() {
     let daemon = Daemon::start();
     let mut holder = daemon.spawn_client("vm-a", &["--create", "ram:0x100000", "--hold"]);
-    let bind_b = BindRequest {
-        slot: 0,
-        gpa: 0,
-        name: name("ram"),
-        offset: 0,
-        size: MIB,
-    };
+    let bind_b = first_mib_of("ram");
     {
         // The lease of vm-a is still open here, but the file is unbound:
         // the refusal comes from the holder process alone.
@@ -248,13 +238,7 @@ fn fds_handed_on_with_the_lease_keep_blocking_other_vms() {
         .expect("keeper pid");
     assert!(launcher.wait_exit(Duration::from_secs(10)).success());
     let keeper = rustix::process::Pid::from_raw(keeper).unwrap();
-    let bind_b = BindRequest {
-        slot: 0,
-        gpa: 0,
-        name: name("ram"),
-        offset: 0,
-        size: MIB,
-    };
+    let bind_b = first_mib_of("ram");
     let mut b = daemon.lease(vm("vm-b"));
     let err = b.bind(&bind_b).unwrap_err();
     assert_eq!(err.errno(), Some(Errno::BUSY.raw_os_error()));
