@@ -122,7 +122,6 @@ impl Client {
                 vm,
             }),
             &[],
-            0,
         )?;
         client.hello = HelloReply::decode(&body.0)?;
         Ok(client)
@@ -230,7 +229,7 @@ impl Client {
         request: &RequestBody,
         fds: &[BorrowedFd<'_>],
     ) -> ClientResult<(OwnedFd, FileInfo)> {
-        let (body, mut received) = self.call(request, fds, 1)?;
+        let (body, mut received) = self.call(request, fds)?;
         let info = FileInfo::decode(&body)?;
         Ok((received.remove(0), info))
     }
@@ -243,8 +242,7 @@ impl Client {
     /// (alignment, empty), `ERANGE` (past the end of the file), `EEXIST`
     /// (slot taken), `EADDRINUSE` (guest range taken), `EOVERFLOW`.
     pub fn bind(&mut self, bind: &BindRequest) -> ClientResult<()> {
-        self.call(&RequestBody::Bind(bind.clone()), &[], 0)
-            .map(drop)
+        self.call(&RequestBody::Bind(bind.clone()), &[]).map(drop)
     }
 
     /// Removes the binding in `slot`.
@@ -252,7 +250,7 @@ impl Client {
     /// # Errors
     /// [`ClientError::Refused`] with `ENOENT` if the slot is not bound.
     pub fn unbind(&mut self, slot: u32) -> ClientResult<()> {
-        self.call(&RequestBody::Unbind { slot }, &[], 0).map(drop)
+        self.call(&RequestBody::Unbind { slot }, &[]).map(drop)
     }
 
     /// Hands a client-created memfd or guest_memfd to gmemd under `name`.
@@ -269,7 +267,7 @@ impl Client {
             name: name.clone(),
             kind,
         });
-        let (body, _) = self.call(&request, &[fd], 0)?;
+        let (body, _) = self.call(&request, &[fd])?;
         Ok(FileInfo::decode(&body)?)
     }
 
@@ -278,7 +276,7 @@ impl Client {
     /// # Errors
     /// [`ClientError::Refused`] with `ENOENT`, `EBUSY`, `EPERM`.
     pub fn destroy(&mut self, name: &Name) -> ClientResult<()> {
-        self.call(&RequestBody::Destroy(name.clone()), &[], 0)
+        self.call(&RequestBody::Destroy(name.clone()), &[])
             .map(drop)
     }
 
@@ -287,8 +285,7 @@ impl Client {
     /// # Errors
     /// [`ClientError::Refused`] with `ENOENT`, `EBUSY`, `EPERM`.
     pub fn scrub(&mut self, name: &Name) -> ClientResult<()> {
-        self.call(&RequestBody::Scrub(name.clone()), &[], 0)
-            .map(drop)
+        self.call(&RequestBody::Scrub(name.clone()), &[]).map(drop)
     }
 
     /// Operator: ends a VM's lease and destroys the content only it owned.
@@ -296,7 +293,7 @@ impl Client {
     /// # Errors
     /// [`ClientError::Refused`] with `EPERM` for non-admins, `ENOENT`.
     pub fn revoke(&mut self, vm: &VmSelector) -> ClientResult<RevokeReport> {
-        let (body, _) = self.call(&RequestBody::Revoke(vm.clone()), &[], 0)?;
+        let (body, _) = self.call(&RequestBody::Revoke(vm.clone()), &[])?;
         Ok(RevokeReport::decode(&body)?)
     }
 
@@ -325,7 +322,7 @@ impl Client {
         let mut start = 0;
         loop {
             let request = RequestBody::Status(StatusQuery { section, start });
-            let (body, _) = self.call(&request, &[], 0)?;
+            let (body, _) = self.call(&request, &[])?;
             let page = decode(&body)?;
             out.extend(page.entries);
             if page.next >= page.total {
@@ -344,7 +341,8 @@ impl Client {
 
     /// Sends any request and waits for its reply. Returns the reply body and
     /// the fds that came with it, after checking the reply answers this
-    /// request and carries exactly `reply_fds` fds on success.
+    /// request and carries exactly the fds its request code promises
+    /// ([`Request::reply_fds`]) on success.
     ///
     /// # Errors
     /// [`ClientError::Refused`] for an error status, or transport errors.
@@ -352,9 +350,9 @@ impl Client {
         &mut self,
         request: &RequestBody,
         fds: &[BorrowedFd<'_>],
-        reply_fds: usize,
     ) -> ClientResult<(Vec<u8>, Vec<OwnedFd>)> {
         let code = request.request();
+        let reply_fds = code.reply_fds();
         let payload = request.encode();
         send_message(
             self.stream.as_fd(),

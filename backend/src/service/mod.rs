@@ -71,11 +71,6 @@ impl Service {
         &self.ledger
     }
 
-    /// The fd of a memory file.
-    pub fn file_fd(&self, name: &Name) -> Option<&OwnedFd> {
-        self.fds.get(name)
-    }
-
     /// Starts a session for a new connection.
     pub fn open_session(&self, id: SessionId, peer: Peer) -> Session {
         let session = Session {
