@@ -98,12 +98,50 @@ impl ProcessId {
 
 /// Field 22 (`starttime`) of `/proc/PID/stat`.
 fn start_time(pid: u32) -> Option<u64> {
+    stat_field(pid, 22)?.parse().ok()
+}
+
+/// Field `field` (1-based, as in proc(5)) of `/proc/PID/stat`, for fields
+/// after the command name.
+fn stat_field(pid: u32, field: usize) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: the
     // fields after it start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
-    // `rest` starts with field 3 (state); starttime is field 22.
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+    // `rest` starts with field 3 (state).
+    rest.split_whitespace()
+        .nth(field.checked_sub(3)?)
+        .map(str::to_owned)
+}
+
+/// A process's session and process group, as this pid namespace sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobControl {
+    /// Process group id (field 5 of `/proc/PID/stat`); 0 when its leader
+    /// lives outside this pid namespace.
+    pub group: i32,
+    /// Session id (field 6); 0 when its leader lives outside this pid
+    /// namespace, as in a container started inside another session.
+    pub session: i32,
+}
+
+impl JobControl {
+    /// Read from `/proc` rather than `getsid`/`getpgid`: those return 0 for
+    /// a leader outside our pid namespace, which rustix's `Pid` cannot hold
+    /// (it panics in debug builds).
+    pub fn of(pid: u32) -> Option<Self> {
+        Some(JobControl {
+            group: stat_field(pid, 5)?.parse().ok()?,
+            session: stat_field(pid, 6)?.parse().ok()?,
+        })
+    }
+
+    /// The process group a process spawned by us may join to sit beside
+    /// `self`'s process: its group if it is in our session and visible to
+    /// us, else `None` (a group can only be joined within one's session).
+    pub fn joinable_group(self, ours: JobControl) -> Option<i32> {
+        (self.session != 0 && self.session == ours.session && self.group != 0).then_some(self.group)
+    }
 }
 
 /// A pidfd on a process whose identity was checked when it was opened.
@@ -242,9 +280,38 @@ impl Process {
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
 
     use super::*;
+
+    #[test]
+    fn job_control_of_ourselves_and_a_child() {
+        let ours = JobControl::of(std::process::id()).unwrap();
+        let mut child = Command::new("sleep")
+            .arg("10")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let theirs = JobControl::of(child.id()).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(theirs.group, i32::try_from(child.id()).unwrap());
+        assert_eq!(theirs.session, ours.session);
+        if ours.session != 0 {
+            assert_eq!(theirs.joinable_group(ours), Some(theirs.group));
+        }
+        let outside = JobControl {
+            group: 0,
+            session: 0,
+        };
+        assert_eq!(outside.joinable_group(outside), None);
+        let other_session = JobControl {
+            group: 7,
+            session: ours.session + 1,
+        };
+        assert_eq!(other_session.joinable_group(ours), None);
+    }
 
     #[test]
     fn identity_and_liveness() {

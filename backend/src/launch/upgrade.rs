@@ -30,7 +30,7 @@ use crate::launch::cmdline::AddedOptions;
 use crate::launch::control::{self, ControlError, ControlReply, ControlRequest};
 use crate::launch::launcher::next_qmp_path;
 use crate::launch::layout::RamRange;
-use crate::launch::process::{Process, ProcessError, ProcessId};
+use crate::launch::process::{JobControl, Process, ProcessError, ProcessId};
 use crate::launch::record::{check_socket_path, QemuRecord, RecordError};
 use crate::launch::spawn::{spawn, SpawnError, SpawnSpec};
 use crate::launch::{RunDir, DIMM_FD_BASE, LEASE_FD, RAM_FD};
@@ -418,24 +418,19 @@ fn start_target(
         att.qemu.take_fd(1)?,
         att.qemu.take_fd(2)?,
     ];
-    let pid = i32::try_from(att.qemu.pid())
-        .ok()
-        .and_then(rustix::process::Pid::from_raw);
-    let same_session = pid.is_some_and(|p| {
-        rustix::process::getsid(Some(p)).ok() == rustix::process::getsid(None).ok()
-    });
-    let group = match pid {
-        Some(p) if same_session => rustix::process::getpgid(Some(p))
-            .ok()
-            .map(|g| g.as_raw_nonzero().get()),
-        _ => Some(0),
+    let group = match (
+        JobControl::of(att.qemu.pid()),
+        JobControl::of(std::process::id()),
+    ) {
+        (Some(theirs), Some(ours)) => theirs.joinable_group(ours).unwrap_or(0),
+        _ => 0,
     };
     let child = spawn(SpawnSpec {
         program: program.to_owned(),
         args,
         fds,
         stdio: Some(stdio),
-        process_group: group,
+        process_group: Some(group),
     })?;
     let process = Process::of_child(&child)?;
     // Not waited for: once this command exits, init reaps it.
