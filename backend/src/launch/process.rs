@@ -98,20 +98,21 @@ impl ProcessId {
 
 /// Field 22 (`starttime`) of `/proc/PID/stat`.
 fn start_time(pid: u32) -> Option<u64> {
-    stat_field(pid, 22)?.parse().ok()
+    stat_field(&read_stat(pid)?, 22)?.parse().ok()
 }
 
-/// Field `field` (1-based, as in proc(5)) of `/proc/PID/stat`, for fields
-/// after the command name.
-fn stat_field(pid: u32, field: usize) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+fn read_stat(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+}
+
+/// Field `field` (1-based, as in proc(5)) of a `/proc/PID/stat` text, for
+/// fields after the command name.
+fn stat_field(stat: &str, field: usize) -> Option<&str> {
     // The command name (field 2) may contain spaces and parentheses: the
     // fields after it start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     // `rest` starts with field 3 (state).
-    rest.split_whitespace()
-        .nth(field.checked_sub(3)?)
-        .map(str::to_owned)
+    rest.split_whitespace().nth(field.checked_sub(3)?)
 }
 
 /// A process's session and process group, as this pid namespace sees them.
@@ -130,9 +131,10 @@ impl JobControl {
     /// a leader outside our pid namespace, which rustix's `Pid` cannot hold
     /// (it panics in debug builds).
     pub fn of(pid: u32) -> Option<Self> {
+        let stat = read_stat(pid)?;
         Some(JobControl {
-            group: stat_field(pid, 5)?.parse().ok()?,
-            session: stat_field(pid, 6)?.parse().ok()?,
+            group: stat_field(&stat, 5)?.parse().ok()?,
+            session: stat_field(&stat, 6)?.parse().ok()?,
         })
     }
 
@@ -284,6 +286,16 @@ mod tests {
     use std::process::{Command, Stdio};
 
     use super::*;
+
+    #[test]
+    fn stat_fields_after_a_command_name_with_parentheses() {
+        let stat = "42 (qemu (x) 1) S 7 40 30 0 -1";
+        assert_eq!(stat_field(stat, 3), Some("S"));
+        assert_eq!(stat_field(stat, 5), Some("40"));
+        assert_eq!(stat_field(stat, 6), Some("30"));
+        assert_eq!(stat_field(stat, 2), None);
+        assert_eq!(stat_field(stat, 22), None);
+    }
 
     #[test]
     fn job_control_of_ourselves_and_a_child() {
