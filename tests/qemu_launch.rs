@@ -154,7 +154,7 @@ fn the_recorded_bindings_are_where_qemu_maps_ram() {
         spec.test_qmp = true;
         let mut vm = Vm::launch(&daemon, dir.path(), &vm_name, &spec);
         let mut qmp = vm.qmp();
-        let mapped = mtree_ram(&qmp.hmp("info mtree"));
+        let mapped = mtree_ram(&qmp.human_monitor_command("info mtree").unwrap());
         let status = gmemctl_json(&daemon, &["status"]);
         let ram_file = format!("{vm_name}.ram");
         let mut recorded: Vec<(u64, u64, u64)> = file(&status, &ram_file)["bindings"]
@@ -172,7 +172,7 @@ fn the_recorded_bindings_are_where_qemu_maps_ram() {
         recorded.sort_unstable();
         assert_eq!(recorded, mapped, "{machine:?} {memory}");
         eprintln!("{machine:?} -m {memory}: QEMU maps {mapped:x?} = gmemd bindings");
-        qmp.quit();
+        qmp.quit().unwrap();
         assert!(vm.wait_exit(Duration::from_secs(30)).success());
         wait_no_leases(&daemon);
         // Sparse, but counted against gmemd's memory limit.

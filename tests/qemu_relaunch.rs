@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use gmem_tests::qemu::{find_bytes, gmemctl_json, launch_command, LaunchSpec, Vm, BOOT_TIMEOUT};
+use gmem_tests::qemu::{
+    find_bytes, gmemctl_json, launch_command, read_guest, LaunchSpec, Vm, BOOT_TIMEOUT,
+};
 use gmem_tests::{e2e, name, wait_until, ChildGuard, Daemon};
 use rustix::process::{kill_process, Pid, Signal};
 
@@ -90,7 +92,7 @@ fn sigkill_ends_the_lease_and_a_relaunch_gets_the_same_memory() {
     again.test_qmp = true;
     let mut vm = Vm::launch(&daemon, dir.path(), "kill-vm", &again);
     let mut qmp = vm.qmp();
-    let seen = qmp.read_guest(at, needle.len());
+    let seen = read_guest(&mut qmp, at, needle.len());
     assert_eq!(String::from_utf8_lossy(&seen), needle);
     let status = gmemctl_json(&daemon, &["status"]);
     assert_eq!(status["leases"][0]["name"], "kill-vm", "{status}");
@@ -99,8 +101,8 @@ fn sigkill_ends_the_lease_and_a_relaunch_gets_the_same_memory() {
     eprintln!("relaunch: marker at gpa {at:#x} seen by the new QEMU before the guest ran");
 
     // And it boots again from there.
-    qmp.execute("cont", serde_json::json!({}));
+    qmp.cont().unwrap();
     vm.serial.wait_tick(0, BOOT_TIMEOUT, |_| true);
-    qmp.quit();
+    qmp.quit().unwrap();
     assert!(vm.wait_exit(Duration::from_secs(30)).success());
 }

@@ -21,8 +21,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gmem_tests::guest::guest;
-use gmem_tests::qemu::{gmemctl_json, LaunchSpec, Qmp, SerialLog, Vm};
+use gmem_tests::qemu::{gmemctl_json, LaunchSpec, SerialLog, Vm};
 use gmem_tests::{e2e, name, ChildGuard, Daemon};
+use gmemctl::qmp::QmpClient;
 use serde_json::{json, Value};
 
 /// Upgrades per size (the median is reported).
@@ -51,7 +52,7 @@ fn median(mut xs: Vec<Figures>) -> Figures {
 /// A QEMU without gmemd, for the copying-migration baseline.
 struct PlainQemu {
     _guard: ChildGuard,
-    qmp: Qmp,
+    qmp: QmpClient,
     serial: SerialLog,
 }
 
@@ -75,7 +76,7 @@ impl PlainQemu {
         let guard = ChildGuard::spawn(tag, cmd);
         PlainQemu {
             _guard: guard,
-            qmp: Qmp::connect(&qmp, Duration::from_secs(60)),
+            qmp: QmpClient::connect(&qmp, Duration::from_secs(60)).expect("QEMU's QMP socket"),
             serial: SerialLog::new(serial),
         }
     }
@@ -85,15 +86,24 @@ impl PlainQemu {
 fn copy_migration(dir: &Path, tag: &str, gib: u64, params: &str, src: &mut PlainQemu) -> Figures {
     let mut dst = PlainQemu::start(dir, tag, gib, params, true);
     let uri = format!("unix:{}", dir.join(format!("{tag}.mig")).display());
-    src.qmp.execute(
-        "migrate-set-parameters",
-        json!({"max-bandwidth": 64u64 << 30}),
-    );
-    dst.qmp.execute("migrate-incoming", json!({"uri": uri}));
+    src.qmp
+        .execute(
+            "migrate-set-parameters",
+            Some(json!({"max-bandwidth": 64u64 << 30})),
+        )
+        .expect("migrate-set-parameters");
+    dst.qmp
+        .execute("migrate-incoming", Some(json!({"uri": uri})))
+        .expect("migrate-incoming");
     let t = Instant::now();
-    src.qmp.execute("migrate", json!({"uri": uri}));
+    src.qmp
+        .execute("migrate", Some(json!({"uri": uri})))
+        .expect("migrate");
     let info = loop {
-        let info = src.qmp.execute("query-migrate", json!({}));
+        let info = src
+            .qmp
+            .execute("query-migrate", None)
+            .expect("query-migrate");
         match info["status"].as_str() {
             Some("completed") => break info,
             Some("failed" | "cancelled") => panic!("copying migration failed: {info}"),
@@ -176,13 +186,13 @@ fn main() {
 
         // Measure each side alone on the machine: the other guest paused
         // or gone.
-        plain.qmp.execute("stop", json!({}));
+        plain.qmp.execute("stop", None).expect("stop");
         let upgrades: Vec<Figures> = (0..UPGRADES).map(|_| upgrade(&daemon, &vm_name)).collect();
         let last = vm.serial.last_tick().map_or(0, |t| t.n);
         vm.serial.wait_tick(last, Duration::from_secs(60), |_| true);
         eprintln!("  gmemctl upgrade x{UPGRADES}: {upgrades:?}");
         drop(vm);
-        plain.qmp.execute("cont", json!({}));
+        plain.qmp.execute("cont", None).expect("cont");
         // The first migration of a freshly filled TCG guest is several
         // times slower than the next one; report the faster of two (there
         // and on), the baseline least favourable to gmemd.

@@ -1,22 +1,21 @@
 //! Helpers of the QEMU end-to-end tests: a VM started with `gmemctl launch`
 //! (killed with its whole process group on drop, its console and launcher
 //! log printed if the test failed), the guest's serial console and tick
-//! lines, a small QMP client for the test's own monitor, and a scan of a
-//! memory file.
+//! lines, guest memory read over QMP (gmemctl's own client), and a scan of
+//! a memory file.
 //!
 //! Every VM runs under TCG (`-accel kvm` does not boot Linux on the
 //! development machine) with a `-chardev file,…,append=on` console, so the
 //! log of a VM survives upgrades: the new QEMU appends where the old one
 //! stopped.
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use gmemctl::qmp::QmpClient;
+use serde_json::Value;
 
 use crate::guest::guest;
 use crate::{wait_until, ChildGuard, Daemon};
@@ -321,8 +320,8 @@ impl Vm {
     }
 
     /// The test's own QMP monitor (`LaunchSpec::test_qmp`).
-    pub fn qmp(&self) -> Qmp {
-        Qmp::connect(&self.test_qmp, Duration::from_secs(30))
+    pub fn qmp(&self) -> QmpClient {
+        QmpClient::connect(&self.test_qmp, Duration::from_secs(30)).expect("the test's QMP socket")
     }
 }
 
@@ -340,90 +339,17 @@ impl Drop for Vm {
     }
 }
 
-/// A minimal QMP client for the test's own monitor.
-#[derive(Debug)]
-pub struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Qmp {
-    /// Connects (retrying until `timeout`) and enters command mode.
-    pub fn connect(path: &Path, timeout: Duration) -> Qmp {
-        let stream = wait_until(timeout, "QEMU's QMP socket", || {
-            UnixStream::connect(path).ok()
-        });
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        let mut qmp = Qmp {
-            reader: BufReader::new(stream.try_clone().expect("dup")),
-            writer: stream,
-        };
-        let greeting = qmp.read();
-        assert!(greeting.get("QMP").is_some(), "{greeting}");
-        qmp.execute("qmp_capabilities", json!({}));
-        qmp
-    }
-
-    fn read(&mut self) -> Value {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("QMP read");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("QMP: {e}: {line:?}"))
-    }
-
-    /// Sends one command in a single write: QEMU acts on a complete JSON
-    /// object at once, so a command split over two writes (text, then the
-    /// newline) can find the socket closed by `quit` halfway.
-    fn send(&mut self, command: &str, arguments: Value) -> std::io::Result<()> {
-        let mut line = json!({"execute": command, "arguments": arguments}).to_string();
-        line.push('\n');
-        self.writer.write_all(line.as_bytes())
-    }
-
-    /// Asks QEMU to quit; the socket closing before or after the reply is
-    /// the expected outcome, not an error.
-    pub fn quit(&mut self) {
-        if self.send("quit", json!({})).is_ok() {
-            let mut line = String::new();
-            let _ = self.reader.read_line(&mut line);
-        }
-    }
-
-    /// Runs a command; panics on an error reply.
-    pub fn execute(&mut self, command: &str, arguments: Value) -> Value {
-        self.send(command, arguments).expect("QMP write");
-        loop {
-            let reply = self.read();
-            if reply.get("event").is_some() {
-                continue;
-            }
-            assert!(reply.get("error").is_none(), "{command}: {reply}");
-            return reply["return"].clone();
-        }
-    }
-
-    /// A human monitor command's output.
-    pub fn hmp(&mut self, command_line: &str) -> String {
-        self.execute(
-            "human-monitor-command",
-            json!({"command-line": command_line}),
-        )
-        .as_str()
-        .expect("HMP output is a string")
-        .to_owned()
-    }
-
-    /// Reads `len` bytes of guest-physical memory at `gpa` (HMP `xp`).
-    pub fn read_guest(&mut self, gpa: u64, len: usize) -> Vec<u8> {
-        let out = self.hmp(&format!("xp /{len}xb {gpa:#x}"));
-        // Lines: "0000000001234000: 0x47 0x4d ...".
-        out.lines()
-            .filter_map(|l| l.split_once(':').map(|(_, bytes)| bytes))
-            .flat_map(str::split_whitespace)
-            .map(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).expect("hex byte"))
-            .collect()
-    }
+/// Reads `len` bytes of guest-physical memory at `gpa` (HMP `xp`).
+pub fn read_guest(qmp: &mut QmpClient, gpa: u64, len: usize) -> Vec<u8> {
+    let out = qmp
+        .human_monitor_command(&format!("xp /{len}xb {gpa:#x}"))
+        .expect("xp");
+    // Lines: "0000000001234000: 0x47 0x4d ...".
+    out.lines()
+        .filter_map(|l| l.split_once(':').map(|(_, bytes)| bytes))
+        .flat_map(str::split_whitespace)
+        .map(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).expect("hex byte"))
+        .collect()
 }
 
 /// How long something took, for the figures the tests print.

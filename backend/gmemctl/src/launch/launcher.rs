@@ -25,7 +25,6 @@ use std::time::Duration;
 use gmem_protocol::wire::{BindRequest, MemoryKind, Name, VmId};
 use gmem_protocol::{Client, ClientError};
 
-use crate::config::format_size;
 use crate::launch::args::{ArgsError, QemuCommand};
 use crate::launch::cmdline::AddedOptions;
 use crate::launch::control::{ControlError, ControlServer};
@@ -38,6 +37,7 @@ use crate::launch::record::{
 use crate::launch::spawn::{spawn, SpawnError, SpawnSpec};
 use crate::launch::supervise::{block_forwarded_signals, exit_code, SuperviseError, Supervisor};
 use crate::launch::{LEASE_FD, MAIN_SLOT, RAM_FD};
+use gmemd::size::format_size;
 
 /// Hotplug slots when `--max-memory` is given without `--slots`.
 pub const DEFAULT_SLOTS: u32 = 8;

@@ -11,10 +11,10 @@
 //!
 //! ```no_run
 //! # use std::time::Duration;
-//! # use gmemd::qmp::QmpClient;
+//! # use gmemctl::qmp::QmpClient;
 //! let mut qmp = QmpClient::connect("/run/vm0/qmp.sock", Duration::from_secs(5))?;
 //! assert_eq!(qmp.query_status()?, "running");
-//! # Ok::<(), gmemd::qmp::QmpError>(())
+//! # Ok::<(), gmemctl::qmp::QmpError>(())
 //! ```
 
 mod client;

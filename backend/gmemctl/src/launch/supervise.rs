@@ -6,7 +6,7 @@
 //! It holds a copy of the lease socket the whole time, so the lease ends
 //! only when both the launcher and every QEMU holding the socket are gone.
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, ExitStatus};
 use std::time::Duration;
 
@@ -14,7 +14,6 @@ use gmem_protocol::Client;
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::process::Signal;
-use vmm_sys_util::signal::create_sigset;
 
 use crate::launch::control::{ControlReply, ControlRequest, ControlServer, Incoming};
 use crate::launch::process::{Process, ProcessError};
@@ -47,24 +46,7 @@ pub enum SuperviseError {
 /// # Errors
 /// [`SuperviseError::Signals`].
 pub fn block_forwarded_signals() -> Result<OwnedFd, SuperviseError> {
-    let set = create_sigset(&FORWARDED)
-        .map_err(|e| SuperviseError::Signals(std::io::Error::from_raw_os_error(e.errno())))?;
-    // SAFETY: `set` is an initialized sigset that outlives the call; the
-    // old mask is not asked for (null). Blocking twice is harmless.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(SuperviseError::Signals(std::io::Error::from_raw_os_error(
-            rc,
-        )));
-    }
-    // SAFETY: `set` is an initialized sigset that lives across the call; -1
-    // asks for a new fd, which the kernel returns or fails.
-    let raw = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
-    if raw < 0 {
-        return Err(SuperviseError::Signals(std::io::Error::last_os_error()));
-    }
-    // SAFETY: `raw` is the new signalfd returned just above; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    gmemd::signals::signal_fd(&FORWARDED).map_err(SuperviseError::Signals)
 }
 
 /// One QEMU child.
@@ -179,7 +161,7 @@ impl Supervisor {
     }
 
     fn forward_signal(&self) {
-        let signo = crate::signals::read_signal(self.signals.as_fd());
+        let signo = gmemd::signals::read_signal(self.signals.as_fd());
         let Some(signal) = i32::try_from(signo).ok().and_then(Signal::from_named_raw) else {
             return;
         };

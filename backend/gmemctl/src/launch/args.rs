@@ -10,8 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::parse_size;
 use crate::launch::layout::{LayoutError, Machine};
+use gmemd::size::parse_size;
 
 /// Errors found in the QEMU arguments.
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +68,8 @@ pub enum ArgsError {
         what: String,
     },
     /// A size that does not parse.
-    #[error("max-ram-below-4g: {0}")]
-    BadSize(String),
+    #[error("max-ram-below-4g")]
+    BadSize(#[source] gmemd::size::SizeError),
     /// The machine type has no known layout.
     #[error(transparent)]
     Layout(#[from] LayoutError),
@@ -299,7 +299,7 @@ impl MachineOpts {
 
 enum KeyError {
     MemoryBackend,
-    Size(String),
+    Size(gmemd::size::SizeError),
 }
 
 #[cfg(test)]

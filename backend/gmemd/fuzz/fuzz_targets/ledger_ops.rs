@@ -5,4 +5,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| gmem_fuzz::ledger_ops::check_ledger(data));
+fuzz_target!(|data: &[u8]| gmemd_fuzz::ledger_ops::check_ledger(data));

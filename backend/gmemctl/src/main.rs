@@ -7,11 +7,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use gmem_protocol::wire::{MemoryKind, Name, Uuid, VmId, VmSelector};
 use gmem_protocol::Client;
-use gmemd::config::{default_socket, format_size, parse_size};
-use gmemd::launch::{
+use gmemctl::launch::{
     HotplugOptions, HotplugReport, LaunchOptions, RunDir, UnplugOptions, UnplugReport,
     UpgradeOptions, UpgradeReport,
 };
+use gmemd::config::default_socket;
+use gmemd::size::{format_size, parse_size};
 
 /// Operate gmemd: inspect, create and destroy memory, revoke VMs.
 #[derive(Debug, Parser)]
@@ -169,7 +170,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("gmemctl: {}", gmemd::error_chain(e.as_ref()));
+            eprintln!("gmemctl: {}", gmemctl::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -187,9 +188,9 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let files = client.files()?;
             let leases = client.leases()?;
             if json {
-                println!("{}", gmemd::report::status_json(&files, &leases));
+                println!("{}", gmemctl::report::status_json(&files, &leases));
             } else {
-                print!("{}", gmemd::report::status_table(&files, &leases));
+                print!("{}", gmemctl::report::status_table(&files, &leases));
             }
         }
         Command::Create { name, size, kind } => {
@@ -216,7 +217,7 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             );
         }
         Command::Caps { json } => {
-            let caps = gmemd::caps::probe();
+            let caps = gmemctl::caps::probe();
             if json {
                 println!("{}", serde_json::to_string_pretty(&caps)?);
             } else {
@@ -250,7 +251,7 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 qmp,
                 command,
             };
-            let code = gmemd::launch::launch(&opts, |r| {
+            let code = gmemctl::launch::launch(&opts, |r| {
                 eprintln!(
                     "gmemctl: VM {} running: QEMU pid {}, lease {}, memory {} ({} {}), QMP {}",
                     r.vm,
@@ -271,7 +272,7 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             json,
             command,
         } => {
-            let report = gmemd::launch::upgrade(&UpgradeOptions {
+            let report = gmemctl::launch::upgrade(&UpgradeOptions {
                 run_dir,
                 vm,
                 command: (!command.is_empty()).then_some(command),
@@ -289,7 +290,7 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             timeout,
             json,
         } => {
-            let report = gmemd::launch::hotplug(&HotplugOptions {
+            let report = gmemctl::launch::hotplug(&HotplugOptions {
                 run_dir,
                 vm,
                 size,
@@ -307,7 +308,7 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             timeout,
             json,
         } => {
-            let report = gmemd::launch::unplug(&UnplugOptions {
+            let report = gmemctl::launch::unplug(&UnplugOptions {
                 run_dir,
                 vm,
                 id,

@@ -78,71 +78,9 @@ pub fn default_socket() -> PathBuf {
     default_state_dir().join("gmemd.sock")
 }
 
-/// Parses sizes like `4096`, `64K`, `512M`, `1G`, `2GiB`.
-///
-/// # Errors
-/// A message naming the bad input.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits_end);
-    let value: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}: expected a number with K, M, G or T"))?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => return Err(format!("invalid size unit in {text:?}: use K, M, G or T")),
-    };
-    value
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("size {text:?} overflows"))
-}
-
-/// Formats a byte count for people: `512 MiB`, `1.5 GiB`, `23.5 GiB`.
-pub fn format_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut unit = 0;
-    while unit < UNITS.len() - 1 && bytes >= 1u64 << (10 * (unit + 1)) {
-        unit += 1;
-    }
-    let scale = 1u64 << (10 * unit);
-    if bytes % scale == 0 {
-        return format!("{} {}", bytes / scale, UNITS[unit]);
-    }
-    // Display only: the precision lost above 2^53 bytes does not matter.
-    #[allow(clippy::cast_precision_loss)]
-    let value = bytes as f64 / scale as f64;
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert!(parse_size("1X").is_err());
-        assert!(parse_size("G").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
-
-    #[test]
-    fn sizes_format() {
-        assert_eq!(format_size(512 << 20), "512 MiB");
-        assert_eq!(format_size(1 << 30), "1 GiB");
-        assert_eq!(format_size(1536 << 20), "1.5 GiB");
-        assert_eq!(format_size(100), "100 B");
-        assert_eq!(format_size(24_105 << 20), "23.5 GiB");
-    }
 
     #[test]
     fn defaults_are_sane() {

@@ -13,6 +13,7 @@ use gmem_protocol::wire::{MemoryKind, Name};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 use rustix::io::Errno;
 
+use crate::hugepages;
 use crate::ledger::FileSpec;
 
 /// Errors of creating and checking memory files.
@@ -21,7 +22,7 @@ pub enum MemoryError {
     /// Size is zero or not a multiple of the page size.
     #[error(
         "size {size:#x} is not a non-zero multiple of the {} page size of {kind}",
-        crate::config::format_size(*page_size)
+        crate::size::format_size(*page_size)
     )]
     BadSize {
         /// Requested size.
@@ -125,7 +126,7 @@ pub fn create(name: &Name, size: u64, kind: MemoryKind) -> MemoryResult<OwnedFd>
                 (MemfdFlags::HUGE_1GB, 1_048_576)
             };
             let needed = size / page_size;
-            let free = free_hugepages(page_kib);
+            let free = hugepages::free_pages(page_size);
             if free < needed {
                 return Err(MemoryError::NoHugepages {
                     page_kib,
@@ -145,7 +146,7 @@ pub fn create(name: &Name, size: u64, kind: MemoryKind) -> MemoryResult<OwnedFd>
                 if e == Errno::NOSPC || e == Errno::NOMEM {
                     MemoryError::NoHugepages {
                         page_kib,
-                        free: free_hugepages(page_kib),
+                        free: hugepages::free_pages(page_size),
                         needed,
                     }
                 } else {
@@ -156,7 +157,7 @@ pub fn create(name: &Name, size: u64, kind: MemoryKind) -> MemoryResult<OwnedFd>
             Ok(fd)
         }
         MemoryKind::Secret => {
-            let fd = memfd_secret()?;
+            let fd = secret_fd().map_err(MemoryError::SecretUnavailable)?;
             rustix::fs::ftruncate(&fd, size).map_err(syscall("ftruncate", kind))?;
             Ok(fd)
         }
@@ -183,25 +184,19 @@ fn seal(fd: &OwnedFd, kind: MemoryKind) -> MemoryResult<()> {
         .map_err(syscall("F_ADD_SEALS", kind))
 }
 
-/// Free hugepages of a size, 0 when the size is not configured.
-pub fn free_hugepages(page_kib: u64) -> u64 {
-    fs::read_to_string(format!(
-        "/sys/kernel/mm/hugepages/hugepages-{page_kib}kB/free_hugepages"
-    ))
-    .ok()
-    .and_then(|s| s.trim().parse().ok())
-    .unwrap_or(0)
-}
-
-fn memfd_secret() -> MemoryResult<OwnedFd> {
+/// A new `memfd_secret(2)` file of size 0, close-on-exec.
+///
+/// # Errors
+/// The syscall's failure: `ENOSYS` where the kernel lacks it or was booted
+/// without `secretmem.enable=1`.
+pub fn secret_fd() -> io::Result<OwnedFd> {
     // SAFETY: memfd_secret takes one integer flags argument and returns a new
     // fd or -1; it touches no memory of ours.
     let ret = unsafe { libc::syscall(libc::SYS_memfd_secret, libc::O_CLOEXEC) };
     if ret < 0 {
-        return Err(MemoryError::SecretUnavailable(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
-    let raw = i32::try_from(ret)
-        .map_err(|_| MemoryError::SecretUnavailable(io::Error::other("fd out of range")))?;
+    let raw = i32::try_from(ret).map_err(|_| io::Error::other("fd out of range"))?;
     // SAFETY: `raw` is a fresh fd returned by the kernel just above and owned
     // by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
@@ -367,7 +362,7 @@ mod tests {
 
     #[test]
     fn hugetlb_without_pages_says_so() {
-        if free_hugepages(1_048_576) > 0 {
+        if hugepages::free_pages(1 << 30) > 0 {
             return; // the host has 1 GiB pages: nothing to refuse
         }
         let err = create(&name("t"), 1 << 30, MemoryKind::Hugetlb1G).unwrap_err();

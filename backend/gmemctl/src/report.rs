@@ -3,7 +3,7 @@
 use gmem_protocol::wire::{FileStatus, LeaseStatus};
 use serde_json::{json, Value};
 
-use crate::config::format_size;
+use gmemd::size::format_size;
 
 /// The JSON document of `gmemctl status --json`.
 pub fn status_json(files: &[FileStatus], leases: &[LeaseStatus]) -> Value {

@@ -27,9 +27,10 @@ pub(crate) use error::ServiceResult;
 use session::SessionState;
 pub use session::{Session, SessionHandler, SessionId};
 
-use crate::config::{format_size, Config};
+use crate::config::Config;
 use crate::ledger::{FileSpec, LeaseId, Ledger, LedgerError, Peer};
 use crate::memory;
+use crate::size::format_size;
 
 /// The memory files and their ledger.
 #[derive(Debug)]

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gmemd::config::{default_state_dir, parse_size, Config, Limits};
+use gmemd::config::{default_state_dir, Config, Limits};
 use gmemd::event_loop::EventLoop;
 use gmemd::service::Service;
+use gmemd::size::{format_size, parse_size};
 
 /// Owns guest RAM for KVM VMs and hands it to VMMs over a Unix socket.
 #[derive(Debug, Parser)]
@@ -73,7 +74,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         state_dir.display(),
         config.allowed_uids,
         config.admin_uids,
-        gmemd::config::format_size(config.limits.max_total_memory)
+        format_size(config.limits.max_total_memory)
     );
 
     let mut event_loop = EventLoop::bind(&socket, Service::new(config))?;

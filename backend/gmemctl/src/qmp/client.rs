@@ -534,6 +534,18 @@ impl QmpClient {
             .ok_or_else(|| QmpError::Protocol(format!("query-status without status: {v}")))
     }
 
+    /// `human-monitor-command`: runs an HMP command line (`info mtree`,
+    /// `xp /8xb 0x1000`) and returns its output.
+    pub fn human_monitor_command(&mut self, command_line: &str) -> Result<String, QmpError> {
+        let v = self.execute(
+            "human-monitor-command",
+            Some(json!({ "command-line": command_line })),
+        )?;
+        v.as_str().map(str::to_owned).ok_or_else(|| {
+            QmpError::Protocol(format!("human-monitor-command returned a non-string: {v}"))
+        })
+    }
+
     /// `cont`: resumes the guest.
     pub fn cont(&mut self) -> Result<(), QmpError> {
         self.execute("cont", None).map(drop)
@@ -549,6 +561,15 @@ impl QmpClient {
     pub fn quit(&mut self) -> Result<(), QmpError> {
         let res = match self.execute("quit", None) {
             Ok(_) | Err(QmpError::Closed) => Ok(()),
+            // QEMU may close the socket while the command is still going out.
+            Err(QmpError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         };
         self.closed = true;

@@ -20,7 +20,7 @@
 //! about 1 TiB); that case is not modelled. Other machine types (`microvm`,
 //! `isapc`) are refused.
 
-use crate::config::format_size;
+use gmemd::size::format_size;
 
 const GIB: u64 = 1 << 30;
 /// Where RAM above the 32-bit PCI hole starts.

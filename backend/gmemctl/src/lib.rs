@@ -1,0 +1,18 @@
+//! gmemctl: the operator CLI of gmemd, as a library its binary and the
+//! end-to-end tests share.
+//!
+//! - [`launch`]: unmodified QEMU on gmemd memory: `launch`, `upgrade`,
+//!   `hotplug`, `unplug`.
+//! - [`qmp`]: a blocking QMP client (QEMU Machine Protocol) with fd passing.
+//! - [`caps`]: what this host offers (KVM, guest_memfd, hugepages, secretmem).
+//! - [`report`]: `gmemctl status` as a table or JSON.
+//!
+//! Sizes, the default socket path, signalfds, hugepage pools and
+//! `memfd_secret` come from the daemon's crate, so both programs agree.
+
+pub mod caps;
+pub mod launch;
+pub mod qmp;
+pub mod report;
+
+pub use gmem_protocol::error_chain;

@@ -1,0 +1,25 @@
+//! gmemd: the host daemon that owns guest RAM for KVM virtual machines.
+//!
+//! The daemon's parts:
+//! - [`ledger`]: files, leases, bindings and owners; pure data and invariants.
+//! - [`service`]: the policy that applies requests to the ledger and owns the
+//!   memory fds.
+//! - [`memory`]: creating memory files of each kind, checking deposits, scrubbing.
+//! - [`event_loop`]: epoll, sockets and frames; no policy.
+//! - [`config`]: who may connect, who is an operator, limits, default paths.
+//!
+//! Host helpers the daemon uses and `gmemctl` shares, so both programs agree
+//! on them: [`size`] (sizes in and out), [`signals`] (signalfd),
+//! [`hugepages`] (the hugetlb pools), [`memory::secret_fd`] and
+//! [`config::default_socket`].
+
+pub mod config;
+pub mod event_loop;
+pub mod hugepages;
+pub mod ledger;
+pub mod memory;
+pub mod service;
+pub mod signals;
+pub mod size;
+
+pub use gmem_protocol::error_chain;
