@@ -13,11 +13,9 @@ use gmem_tests::qemu::{
     fd_target, gmemctl_json, pid_alive, LaunchSpec, SerialLog, Tick, Vm, BOOT_TIMEOUT,
 };
 use gmem_tests::{e2e, wait_until, Daemon};
+use gmemctl::launch::LEASE_FD;
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::Value;
-
-/// fd of the lease socket inside QEMU (gmemd::launch::LEASE_FD).
-const LEASE_FD: i32 = 200;
 
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))

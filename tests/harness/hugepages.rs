@@ -5,23 +5,15 @@
 //! the tests that do, so one's restore never undoes another's reservation.
 
 use std::fs::File;
-use std::path::Path;
 
+use gmemd::hugepages::{free_pages, pool_dir, total_pages};
 use rustix::fs::{flock, FlockOperation};
 
-const POOL: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
-
-/// Free and total pages of the 2 MiB pool.
-fn count(file: &str) -> u64 {
-    std::fs::read_to_string(Path::new(POOL).join(file))
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0)
-}
+const PAGE: u64 = 2 << 20;
 
 /// Free 2 MiB hugepages now.
 pub fn free() -> u64 {
-    count("free_hugepages")
+    free_pages(PAGE)
 }
 
 /// A reservation of 2 MiB hugepages, released on drop.
@@ -38,9 +30,9 @@ impl Reservation {
     pub fn take(pages: u64) -> Option<Self> {
         let lock = File::create(std::env::temp_dir().join("gmem-tests-hugepages.lock")).ok()?;
         flock(&lock, FlockOperation::LockExclusive).ok()?;
-        let before = count("nr_hugepages");
+        let before = total_pages(PAGE);
         let wanted = before + pages;
-        let done = std::fs::write(Path::new(POOL).join("nr_hugepages"), wanted.to_string()).is_ok()
+        let done = std::fs::write(pool_dir(PAGE).join("nr_hugepages"), wanted.to_string()).is_ok()
             && free() >= pages;
         let reservation = Reservation {
             before,
@@ -61,9 +53,6 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let _ = std::fs::write(
-            Path::new(POOL).join("nr_hugepages"),
-            self.before.to_string(),
-        );
+        let _ = std::fs::write(pool_dir(PAGE).join("nr_hugepages"), self.before.to_string());
     }
 }
