@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use gmem_protocol::conn::{send_message, ConnError, FrameReader};
+use gmem_protocol::wire::GuestAddress;
 use gmem_protocol::wire::{
     Features, Header, Hello, MemoryKind, Reply, Request, RequestBody, HEADER_SIZE,
 };
@@ -50,7 +51,7 @@ fn hello(stream: &UnixStream, vm_name: &str) {
         features: Features::all(),
         vm: Some(vm(vm_name)),
     });
-    send(stream, Request::Hello as u32, &body.encode(), &[]);
+    send(stream, Request::Hello.code(), &body.encode(), &[]);
     assert_eq!(reply(stream).status, 0);
 }
 
@@ -154,7 +155,7 @@ fn unknown_codes_early_requests_and_garbage_get_error_replies() {
     let stream = connect(&daemon);
     // Nothing but HELLO before HELLO.
     let open = RequestBody::Open(name("x"));
-    send(&stream, Request::Open as u32, &open.encode(), &[]);
+    send(&stream, Request::Open.code(), &open.encode(), &[]);
     assert_refused(&reply(&stream), Errno::PROTO, "before HELLO");
     hello(&stream, "vm-a");
     // A second HELLO.
@@ -162,15 +163,15 @@ fn unknown_codes_early_requests_and_garbage_get_error_replies() {
         features: Features::empty(),
         vm: None,
     });
-    send(&stream, Request::Hello as u32, &again.encode(), &[]);
+    send(&stream, Request::Hello.code(), &again.encode(), &[]);
     assert_refused(&reply(&stream), Errno::PROTO, "already");
     // Unknown request codes.
-    for code in [0, 11, 0x7fff_ffff, u32::MAX] {
+    for code in [0, 12, 0x7fff_ffff, u32::MAX] {
         send(&stream, code, &[1, 2, 3], &[]);
         assert_refused(&reply(&stream), Errno::OPNOTSUPP, "unknown request code");
     }
     // Wrong payload lengths.
-    send(&stream, Request::Bind as u32, &[0; 95], &[]);
+    send(&stream, Request::Bind.code(), &[0; 95], &[]);
     assert_refused(&reply(&stream), Errno::INVAL, "must be 96 bytes");
     // BIND with garbage: random bytes (bad name), then wild numbers.
     let mut garbage = [0u8; 96];
@@ -181,16 +182,16 @@ fn unknown_codes_early_requests_and_garbage_get_error_replies() {
         x ^= x << 17;
         *b = x.to_le_bytes()[0];
     }
-    send(&stream, Request::Bind as u32, &garbage, &[]);
+    send(&stream, Request::Bind.code(), &garbage, &[]);
     assert_refused(&reply(&stream), Errno::INVAL, "");
-    let wild = RequestBody::Bind(gmem_protocol::BindRequest {
-        slot: u32::MAX,
-        gpa: u64::MAX,
-        name: name("probe"),
-        offset: u64::MAX,
-        size: u64::MAX,
-    });
-    send(&stream, Request::Bind as u32, &wild.encode(), &[]);
+    let wild = RequestBody::Bind(gmem_protocol::BindRequest::new(
+        u32::MAX,
+        GuestAddress(u64::MAX),
+        name("probe"),
+        u64::MAX,
+        u64::MAX,
+    ));
+    send(&stream, Request::Bind.code(), &wild.encode(), &[]);
     assert!(reply(&stream).status < 0);
     // The REPLY flag on a request.
     let status = RequestBody::Status(gmem_protocol::wire::StatusQuery {
@@ -200,14 +201,14 @@ fn unknown_codes_early_requests_and_garbage_get_error_replies() {
     let payload = status.encode();
     send_message(
         stream.as_fd(),
-        Header::reply(Request::Status as u32, payload.len()),
+        Header::reply(Request::Status.code(), payload.len()),
         &payload,
         &[],
     )
     .unwrap();
     assert_refused(&reply(&stream), Errno::INVAL, "REPLY flag");
     // The same connection still works for a good request.
-    send(&stream, Request::Status as u32, &payload, &[]);
+    send(&stream, Request::Status.code(), &payload, &[]);
     assert_eq!(reply(&stream).status, 0);
     still_serving(&mut daemon);
     // Nothing was created or bound by any of it.
@@ -227,14 +228,14 @@ fn unwanted_fds_are_closed_and_missing_fds_refused() {
     .encode();
     let junk = memfd();
     // Warm up, so the probe file and lazily opened fds don't count as leaks.
-    send(&stream, Request::Status as u32, &status, &[junk.as_fd()]);
+    send(&stream, Request::Status.code(), &status, &[junk.as_fd()]);
     reply(&stream);
     still_serving(&mut daemon);
     let before = daemon.fd_count();
     for _ in 0..1000 {
         send(
             &stream,
-            Request::Status as u32,
+            Request::Status.code(),
             &status,
             &[junk.as_fd(), junk.as_fd()],
         );
@@ -246,13 +247,13 @@ fn unwanted_fds_are_closed_and_missing_fds_refused() {
         name: name("dep"),
         kind: MemoryKind::Memfd,
     });
-    send(&stream, Request::Deposit as u32, &deposit.encode(), &[]);
+    send(&stream, Request::Deposit.code(), &deposit.encode(), &[]);
     assert_refused(&reply(&stream), Errno::BADF, "exactly 1 fd");
     // DEPOSIT of something that is not a memfd.
     let file: OwnedFd = tempfile::tempfile().unwrap().into();
     send(
         &stream,
-        Request::Deposit as u32,
+        Request::Deposit.code(),
         &deposit.encode(),
         &[file.as_fd()],
     );

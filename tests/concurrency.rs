@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
+use gmem_protocol::wire::GuestAddress;
 use gmem_protocol::wire::{BindRequest, MemoryKind};
 use gmem_tests::{name, vm, Daemon};
 use rustix::io::Errno;
@@ -49,13 +50,7 @@ fn two_hundred_clients_bind_and_unbind_concurrently() {
                 let mut shared_wins = 0;
                 for round in 0..ROUNDS {
                     let offset = (round as u64 % 16) * 65536;
-                    let bind = BindRequest {
-                        slot: 0,
-                        gpa: 0,
-                        name: own.clone(),
-                        offset,
-                        size: 65536,
-                    };
+                    let bind = BindRequest::new(0, GuestAddress(0), own.clone(), offset, 65536);
                     client.bind(&bind).expect("own file always binds");
                     // The same slot again, elsewhere in the file: always refused.
                     let again = BindRequest {
@@ -67,13 +62,8 @@ fn two_hundred_clients_bind_and_unbind_concurrently() {
                     client.unbind(0).expect("own unbind");
                     count += 3;
 
-                    let shared = BindRequest {
-                        slot: 1,
-                        gpa: 1 << 30,
-                        name: name("shared"),
-                        offset: 0,
-                        size: 1 << 20,
-                    };
+                    let shared =
+                        BindRequest::new(1, GuestAddress(1 << 30), name("shared"), 0, 1 << 20);
                     count += 1;
                     match client.bind(&shared) {
                         Ok(()) => {

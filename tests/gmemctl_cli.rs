@@ -7,6 +7,7 @@
 use std::process::Output;
 
 use gmem_protocol::wire::BindRequest;
+use gmem_protocol::wire::GuestAddress;
 use gmem_tests::{name, vm, Daemon};
 use serde_json::Value;
 
@@ -29,13 +30,13 @@ fn status_create_destroy_and_json_shape() {
     let daemon = Daemon::start();
     assert!(ok(&daemon, &["create", "ram0", "--size", "64M"]).contains("64 MiB memfd"));
     let mut a = daemon.lease(vm("vm-a"));
-    a.bind(&BindRequest {
-        slot: 2,
-        gpa: 0x1_0000_0000,
-        name: name("ram0"),
-        offset: 0,
-        size: 1 << 20,
-    })
+    a.bind(&BindRequest::new(
+        2,
+        GuestAddress(0x1_0000_0000),
+        name("ram0"),
+        0,
+        1 << 20,
+    ))
     .unwrap();
 
     let json: Value = serde_json::from_str(&ok(&daemon, &["status", "--json"])).unwrap();
@@ -50,7 +51,7 @@ fn status_create_destroy_and_json_shape() {
     assert_eq!(file["bindings"][0]["offset"], 0);
     assert_eq!(file["bindings"][0]["size"], 1 << 20);
     let lease = &json["leases"][0];
-    assert_eq!(lease["id"], a.lease());
+    assert_eq!(lease["id"], a.lease().unwrap().get());
     assert_eq!(lease["name"], "vm-a");
     assert_eq!(lease["pid"], std::process::id());
     assert_eq!(lease["uid"], 0);
@@ -73,7 +74,7 @@ fn errors_are_clear_and_exit_nonzero() {
     let daemon = Daemon::start();
     for (args, text) in [
         (&["destroy", "nope"][..], "no memory file named nope"),
-        (&["revoke", "ghost"][..], "no open lease for VM name ghost"),
+        (&["revoke", "ghost"][..], "no open lease for VM ghost"),
         (
             &["create", "x", "--size", "100"][..],
             "not a non-zero multiple",
@@ -108,13 +109,13 @@ fn revoke_and_scrub_from_the_cli() {
     let mut a = daemon.lease(vm("vm-a"));
     a.create(&name("ram"), 1 << 20, gmem_protocol::MemoryKind::Memfd)
         .unwrap();
-    a.bind(&BindRequest {
-        slot: 0,
-        gpa: 0,
-        name: name("ram"),
-        offset: 0,
-        size: 1 << 20,
-    })
+    a.bind(&BindRequest::new(
+        0,
+        GuestAddress(0),
+        name("ram"),
+        0,
+        1 << 20,
+    ))
     .unwrap();
     let out = ok(&daemon, &["revoke", "vm-a"]);
     assert!(

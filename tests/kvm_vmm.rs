@@ -194,19 +194,19 @@ fn guest_memory_from_gmemd_fds_is_the_daemons_file() {
         RegionSpec {
             fd: fd.as_fd(),
             file_offset: 0,
-            gpa: 0,
+            gpa: GuestAddress(0),
             size: 1 << 20,
         },
         RegionSpec {
             fd: fd.as_fd(),
             file_offset: 4 << 20,
-            gpa: 1 << 30,
+            gpa: GuestAddress(1 << 30),
             size: 2 << 20,
         },
         RegionSpec {
             fd: fd.as_fd(),
             file_offset: 2 << 20,
-            gpa: 4 << 30,
+            gpa: GuestAddress(4 << 30),
             size: 1 << 20,
         },
     ])
@@ -258,7 +258,7 @@ fn kvm_and_the_ledger_never_disagree() {
     let mem = guest_memory(&[RegionSpec {
         fd: fd.as_fd(),
         file_offset: 0,
-        gpa: 0,
+        gpa: GuestAddress(0),
         size: 1 << 20,
     }])
     .unwrap();
@@ -289,7 +289,7 @@ fn kvm_and_the_ledger_never_disagree() {
     let mem2 = guest_memory(&[RegionSpec {
         fd: fd.as_fd(),
         file_offset: 1 << 20,
-        gpa: 16 << 20,
+        gpa: GuestAddress(16 << 20),
         size: 1 << 20,
     }])
     .unwrap();

@@ -9,6 +9,7 @@
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
+use gmem_protocol::wire::GuestAddress;
 use gmem_protocol::wire::{BindRequest, MemoryKind, VmSelector};
 use gmem_tests::{name, vm, wait_until, Daemon};
 use rustix::io::Errno;
@@ -17,13 +18,7 @@ const MIB: u64 = 1 << 20;
 
 /// Slot 0 at guest address 0: the first MiB of `file`.
 fn first_mib_of(file: &str) -> BindRequest {
-    BindRequest {
-        slot: 0,
-        gpa: 0,
-        name: name(file),
-        offset: 0,
-        size: MIB,
-    }
+    BindRequest::new(0, GuestAddress(0), name(file), 0, MIB)
 }
 
 fn read_at(fd: &OwnedFd, offset: u64, len: usize) -> Vec<u8> {
@@ -186,7 +181,7 @@ fn a_live_holder_blocks_other_vms_until_it_exits_or_a_scrub() {
 }
 
 #[test]
-fn a_lease_that_revokes_itself_is_served_nothing_after() {
+fn a_lease_that_revokes_itself_is_served_nothing_after_but_answered() {
     use std::io::Write;
     use std::os::fd::AsFd;
 
@@ -197,7 +192,7 @@ fn a_lease_that_revokes_itself_is_served_nothing_after() {
     let mut op = daemon.lease(vm("operator-vm"));
     op.create(&name("op-ram"), MIB, MemoryKind::Memfd).unwrap();
     let stream = op.stream().try_clone().unwrap();
-    // REVOKE of itself and a CREATE pipelined behind it, in one write.
+    // REVOKE of itself and a STATUS pipelined behind it, in one write.
     let mut bytes = Vec::new();
     for body in [
         RequestBody::Revoke(VmSelector::Name(name("operator-vm"))),
@@ -213,11 +208,21 @@ fn a_lease_that_revokes_itself_is_served_nothing_after() {
     (&stream).write_all(&bytes).unwrap();
     let mut reader = FrameReader::new();
     let first = reader.read_frame(stream.as_fd()).unwrap().unwrap();
-    assert_eq!(first.header.code, Request::Revoke as u32);
+    assert_eq!(first.header.code, Request::Revoke.code());
     assert_eq!(Reply::decode(&first.payload).unwrap().status, 0);
+    // The STATUS behind it is answered, not served, and the connection ends.
+    let second = reader.read_frame(stream.as_fd()).unwrap().unwrap();
+    assert_eq!(second.header.code, Request::Status.code());
+    let reply = Reply::decode(&second.payload).unwrap();
+    assert_eq!(
+        reply.status,
+        -Errno::CONNABORTED.raw_os_error(),
+        "{reply:?}"
+    );
+    assert!(reply.text.contains("revoked"), "{}", reply.text);
     assert!(
         reader.read_frame(stream.as_fd()).is_err(),
-        "a request after the lease's own revoke was served"
+        "the connection of a revoked lease stays open"
     );
 }
 

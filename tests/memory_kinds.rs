@@ -5,6 +5,7 @@
 // An integration test file is a test module of its own.
 #![allow(clippy::tests_outside_test_module)]
 
+use gmem_protocol::wire::GuestAddress;
 use gmem_protocol::wire::{BindRequest, MemoryKind};
 use gmem_tests::{hugepages, name, vm, Daemon};
 use rustix::io::Errno;
@@ -40,13 +41,7 @@ fn hugetlb_files_use_their_page_size_or_say_why_not() {
         Err(Errno::PERM),
         "sealed"
     );
-    let bind = |offset, size| BindRequest {
-        slot: 0,
-        gpa: 0,
-        name: name("huge"),
-        offset,
-        size,
-    };
+    let bind = |offset, size| BindRequest::new(0, GuestAddress(0), name("huge"), offset, size);
     let err = a.bind(&bind(4096, 2 << 20)).unwrap_err();
     assert!(
         err.message().unwrap().contains("2097152-byte page size"),

@@ -5,6 +5,7 @@
 // An integration test file is a test module of its own.
 #![allow(clippy::tests_outside_test_module)]
 
+use gmem_protocol::wire::GuestAddress;
 use gmem_protocol::wire::{BindRequest, MemoryKind};
 use gmem_protocol::{ClientError, FileStatus};
 use gmem_tests::{name, vm, Daemon};
@@ -13,13 +14,7 @@ use rustix::io::Errno;
 const MIB: u64 = 1 << 20;
 
 fn bind(file: &str, slot: u32, gpa: u64, offset: u64, size: u64) -> BindRequest {
-    BindRequest {
-        slot,
-        gpa,
-        name: name(file),
-        offset,
-        size,
-    }
+    BindRequest::new(slot, GuestAddress(gpa), name(file), offset, size)
 }
 
 fn errno_of(err: &ClientError) -> Errno {
@@ -47,7 +42,7 @@ fn first_bind_owns_second_vm_refused_last_unbind_frees() {
     a.bind(&bind("ram", 1, 0x10_0000, MIB, MIB)).unwrap();
     let owner = file_status(&daemon, "ram").owner.expect("owned");
     assert_eq!(owner.vm.name.as_str(), "vm-a");
-    assert_eq!(owner.lease, a.lease());
+    assert_eq!(Some(owner.lease), a.lease());
 
     let err = b.bind(&bind("ram", 0, 0, 2 * MIB, MIB)).unwrap_err();
     assert_eq!(errno_of(&err), Errno::BUSY);

@@ -97,7 +97,7 @@ fn upgrade_keeps_the_guest_running_and_moves_no_ram() {
     let report = upgrade(&daemon, "up-vm", &vm.serial);
     assert_eq!(u(&report["old_pid"]), u64::from(first));
     assert_eq!(report["supervised"], true, "{report}");
-    assert_eq!(u(&report["lease"]), lease);
+    assert_eq!(u(&report["lease"]), lease.get());
     let second = vm.qemu_pid();
     assert_eq!(u64::from(second), u(&report["new_pid"]));
     // The ledger: the same lease, now held by the new QEMU, same binding.

@@ -5,8 +5,8 @@
 
 use gmem_protocol::wire::{
     encode_status_page, BindingStatus, CreateFlags, CreateRequest, Features, FileInfo, FileStatus,
-    Header, Hello, HelloReply, MemoryKind, Name, OwnerStatus, Reply, Request, RequestBody,
-    StatusQuery, StatusSection, VmId, VERSION,
+    GuestAddress, Header, Hello, HelloReply, LeaseId, MemoryKind, Name, OwnerStatus, Reply,
+    Request, RequestBody, StatusQuery, StatusSection, VmId, VERSION,
 };
 
 /// Prints one frame: the 12 header bytes on one line, then the payload in
@@ -61,7 +61,7 @@ fn main() {
         &Reply::ok(
             HelloReply {
                 features: Features::all(),
-                lease: 1,
+                lease: Some(LeaseId::FIRST),
                 version: VERSION,
             }
             .encode(),
@@ -111,11 +111,11 @@ fn main() {
         kind: MemoryKind::Memfd,
         owner: Some(OwnerStatus {
             vm: vm.clone(),
-            lease: 1,
+            lease: LeaseId::FIRST,
         }),
         bindings: vec![BindingStatus {
             slot: 0,
-            gpa: 0,
+            gpa: GuestAddress(0),
             offset: 0,
             size: 2 << 20,
         }],

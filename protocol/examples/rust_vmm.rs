@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 
 use gmem_protocol::guest_memory::{guest_memory, RegionSpec};
 use gmem_protocol::kvm::bind_region;
-use gmem_protocol::{Client, MemoryKind, Name, VmId};
+use gmem_protocol::{Client, GuestAddress, MemoryKind, Name, VmId};
 use vm_memory::GuestMemoryBackend;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,7 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mem = guest_memory(&[RegionSpec {
         fd: fd.as_fd(),
         file_offset: 0,
-        gpa: 0,
+        gpa: GuestAddress(0),
         size: info.size,
     }])?;
     let vm = kvm_ioctls::Kvm::new()?.create_vm()?;

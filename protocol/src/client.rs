@@ -8,8 +8,9 @@ use std::time::Duration;
 use crate::conn::{send_message, ConnError, FrameReader};
 use crate::wire::{
     BindRequest, CreateFlags, CreateRequest, DepositRequest, Features, FileInfo, FileStatus,
-    Header, Hello, HelloReply, LeaseStatus, MemoryKind, Name, Reply, Request, RequestBody,
-    RevokeReport, StatusPage, StatusQuery, StatusSection, VmId, VmSelector, WireError,
+    HandoffReply, Header, Hello, HelloReply, LeaseId, LeaseStatus, MemoryKind, Name, Reply,
+    Request, RequestBody, RevokeReport, StatusPage, StatusQuery, StatusSection, VmId, VmSelector,
+    WireError,
 };
 
 /// Errors of the client.
@@ -111,7 +112,7 @@ impl Client {
             reader: FrameReader::new(),
             hello: HelloReply {
                 features: Features::empty(),
-                lease: 0,
+                lease: None,
                 version: 0,
             },
             vm: vm.clone(),
@@ -131,7 +132,7 @@ impl Client {
     /// example a lease socket shared with a running VMM (taken with
     /// `pidfd_getfd`), to send BIND/UNBIND on that VM's lease. The caller
     /// must make sure nobody else talks on the socket meanwhile.
-    pub fn resume(stream: UnixStream, vm: Option<VmId>, lease: u64) -> Self {
+    pub fn resume(stream: UnixStream, vm: Option<VmId>, lease: Option<LeaseId>) -> Self {
         Client {
             stream,
             reader: FrameReader::new(),
@@ -154,8 +155,8 @@ impl Client {
             .map_err(ClientError::Socket)
     }
 
-    /// The lease id (0 for a control session).
-    pub fn lease(&self) -> u64 {
+    /// The lease id (`None` for a control session).
+    pub fn lease(&self) -> Option<LeaseId> {
         self.hello.lease
     }
 
@@ -269,6 +270,18 @@ impl Client {
         });
         let (body, _) = self.call(&request, &[fd])?;
         Ok(FileInfo::decode(&body)?)
+    }
+
+    /// Tells gmemd that the process of `pidfd` now holds this lease's
+    /// socket (a launcher that handed it to QEMU); gmemd checks that it
+    /// does, and STATUS shows that process from then on. Returns its pid.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `EPERM` (not a lease, or the process
+    /// does not hold the socket), `ESRCH`, `EINVAL`.
+    pub fn handoff(&mut self, pidfd: BorrowedFd<'_>) -> ClientResult<u32> {
+        let (body, _) = self.call(&RequestBody::Handoff, &[pidfd])?;
+        Ok(HandoffReply::decode(&body)?.pid)
     }
 
     /// Forgets a memory file.

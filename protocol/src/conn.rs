@@ -317,7 +317,7 @@ mod tests {
         )
         .unwrap();
         let frame = FrameReader::new().read_frame(b.as_fd()).unwrap().unwrap();
-        assert_eq!(frame.header.code, Request::Deposit as u32);
+        assert_eq!(frame.header.code, Request::Deposit.code());
         assert_eq!(frame.payload, vec![1, 2, 3]);
         assert_eq!(frame.fds.len(), 1);
         let flags = rustix::io::fcntl_getfd(&frame.fds[0]).unwrap();

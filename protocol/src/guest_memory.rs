@@ -55,7 +55,7 @@ pub struct RegionSpec<'fd> {
     /// Offset into the file.
     pub file_offset: u64,
     /// Guest-physical address.
-    pub gpa: u64,
+    pub gpa: GuestAddress,
     /// Bytes.
     pub size: u64,
 }
@@ -74,7 +74,7 @@ pub fn map_region(spec: RegionSpec<'_>) -> Result<GuestRegionMmap, GuestMemoryEr
     );
     let region = MmapRegion::from_file(FileOffset::new(file, spec.file_offset), len)
         .map_err(GuestMemoryError::Map)?;
-    GuestRegionMmap::new(region, GuestAddress(spec.gpa)).ok_or(GuestMemoryError::BadSize(spec.size))
+    GuestRegionMmap::new(region, spec.gpa).ok_or(GuestMemoryError::BadSize(spec.size))
 }
 
 /// Builds guest memory from several regions (any order, no overlaps).
@@ -135,13 +135,13 @@ mod tests {
             RegionSpec {
                 fd: fd.as_fd(),
                 file_offset: 0,
-                gpa: 0,
+                gpa: GuestAddress(0),
                 size: 1 << 20,
             },
             RegionSpec {
                 fd: fd.as_fd(),
                 file_offset: 2 << 20,
-                gpa: 0x1_0000_0000,
+                gpa: GuestAddress(0x1_0000_0000),
                 size: 2 << 20,
             },
         ])
@@ -163,7 +163,7 @@ mod tests {
         let past = RegionSpec {
             fd: fd.as_fd(),
             file_offset: 4096,
-            gpa: 0,
+            gpa: GuestAddress(0),
             size: 1 << 20,
         };
         assert!(matches!(
@@ -185,7 +185,7 @@ mod tests {
         let spec = RegionSpec {
             fd: unsealed.as_fd(),
             file_offset: 0,
-            gpa: 0,
+            gpa: GuestAddress(0),
             size: 4096,
         };
         assert!(matches!(map_region(spec), Err(GuestMemoryError::NotSealed)));
@@ -193,13 +193,13 @@ mod tests {
             RegionSpec {
                 fd: fd.as_fd(),
                 file_offset: 0,
-                gpa: 0,
+                gpa: GuestAddress(0),
                 size: 8192,
             },
             RegionSpec {
                 fd: fd.as_fd(),
                 file_offset: 0,
-                gpa: 4096,
+                gpa: GuestAddress(4096),
                 size: 8192,
             },
         ];

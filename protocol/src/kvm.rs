@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use kvm_bindings::{kvm_userspace_memory_region2, KVM_MEM_GUEST_MEMFD};
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestMemoryRegion, GuestRegionMmap};
+use vm_memory::{GuestAddress, GuestMemoryRegion, GuestRegionMmap};
 
 use crate::client::{Client, ClientError};
 use crate::wire::{BindRequest, Name};
@@ -88,24 +88,18 @@ pub unsafe fn bind_region(
     file: &Name,
     guest_memfd: Option<GuestMemfdRange<'_>>,
 ) -> Result<(), KvmBindError> {
-    let gpa = region.start_addr().0;
+    let gpa = region.start_addr();
     let file_offset = region
         .file_offset()
-        .ok_or(KvmBindError::NotFileBacked(gpa))?
+        .ok_or(KvmBindError::NotFileBacked(gpa.0))?
         .start();
-    let bind = BindRequest {
-        slot,
-        gpa,
-        name: file.clone(),
-        offset: file_offset,
-        size: region.len(),
-    };
+    let bind = BindRequest::new(slot, gpa, file.clone(), file_offset, region.len());
     client
         .bind(&bind)
         .map_err(|source| KvmBindError::Refused { slot, source })?;
     let mut memslot = kvm_userspace_memory_region2 {
         slot,
-        guest_phys_addr: gpa,
+        guest_phys_addr: gpa.0,
         memory_size: region.len(),
         userspace_addr: region.as_ptr() as u64,
         ..Default::default()
@@ -125,7 +119,10 @@ pub unsafe fn bind_region(
             source,
         });
     }
-    log::debug!("memslot {slot}: gpa {gpa:#x} = {file} +{file_offset:#x}");
+    log::debug!(
+        "memslot {slot}: gpa {:#x} = {file} +{file_offset:#x}",
+        gpa.0
+    );
     Ok(())
 }
 
@@ -137,11 +134,11 @@ pub fn unbind_region(
     vm: &VmFd,
     client: &mut Client,
     slot: u32,
-    gpa: u64,
+    gpa: GuestAddress,
 ) -> Result<(), KvmBindError> {
     let memslot = kvm_userspace_memory_region2 {
         slot,
-        guest_phys_addr: gpa,
+        guest_phys_addr: gpa.0,
         memory_size: 0,
         ..Default::default()
     };

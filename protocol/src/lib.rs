@@ -24,8 +24,8 @@ pub mod wire;
 
 pub use client::{Client, ClientError, ClientResult};
 pub use wire::{
-    BindRequest, FileInfo, FileStatus, LeaseStatus, MemoryKind, Name, RevokeReport, Uuid, VmId,
-    VmSelector,
+    BindRequest, FileInfo, FileStatus, GuestAddress, LeaseId, LeaseStatus, MemoryKind, Name,
+    RevokeReport, Uuid, VmId, VmSelector,
 };
 
 /// Formats an error and its sources as one line, `a: b: c`, the way the

@@ -1,10 +1,11 @@
-//! Server side of the protocol, without I/O: turns a received [`Frame`] into
-//! a call on a [`Handler`] and the handler's answer into a reply frame.
+//! Server side of the protocol, without I/O: a received [`Frame`] checked
+//! and decoded into a request, and a [`Response`] encoded into a reply frame.
 //!
 //! Syntax problems a framed message can have (unknown code, bad length,
-//! wrong fd count, a reply where a request belongs) are answered here with an
-//! error reply and never reach the handler. Fds of a refused message are
-//! dropped, which closes them.
+//! wrong fd count, a reply where a request belongs) come back as a
+//! [`FrameError`] the daemon answers with; fds of a refused message are
+//! dropped, which closes them. What a request means, and who may send it,
+//! is the daemon's to decide.
 
 use std::os::fd::OwnedFd;
 
@@ -13,15 +14,13 @@ use rustix::io::Errno;
 use crate::conn::Frame;
 use crate::wire::{Header, Reply, Request, RequestBody};
 
-/// What a handler returns for one request.
+/// What the daemon answers one request with.
 #[derive(Debug)]
 pub struct Response {
     /// Status, text and body.
     pub reply: Reply,
     /// Fds to send with the reply (only on success).
     pub fds: Vec<OwnedFd>,
-    /// Close the connection once the reply is sent.
-    pub close: bool,
 }
 
 impl Response {
@@ -30,7 +29,6 @@ impl Response {
         Response {
             reply: Reply::ok(body),
             fds: Vec::new(),
-            close: false,
         }
     }
 
@@ -39,7 +37,6 @@ impl Response {
         Response {
             reply: Reply::ok(body),
             fds,
-            close: false,
         }
     }
 
@@ -48,28 +45,37 @@ impl Response {
         Response {
             reply: Reply::error(errno.raw_os_error(), text),
             fds: Vec::new(),
-            close: false,
         }
     }
 }
 
-/// Applies decoded requests. Implemented by the daemon, one value per connection.
-pub trait Handler {
-    /// Called first for every message, well-formed or not: `Some(response)`
-    /// refuses it outright (a peer that may not talk to the daemon at all).
-    fn admit(&mut self) -> Option<Response> {
-        None
-    }
-
-    /// Handles one syntactically valid request with exactly the fds it must carry.
-    fn handle(&mut self, request: RequestBody, fds: Vec<OwnedFd>) -> Response;
-
-    /// Told about a request refused before it reached [`Handler::handle`],
-    /// so the daemon can log it.
-    fn refused(&mut self, code: u32, reply: &Reply);
+/// A frame that is not a request the daemon can act on, with the errno and
+/// text of the reply that answers it (PROTOCOL.md §4).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text}")]
+pub struct FrameError {
+    /// The reply's errno.
+    pub errno: Errno,
+    /// What is wrong with the frame.
+    pub text: String,
 }
 
-/// A reply ready to be queued: header, payload, fds, and whether to close after.
+impl FrameError {
+    fn new(errno: Errno, text: String) -> Self {
+        FrameError { errno, text }
+    }
+}
+
+/// A decoded request with exactly the fds it must carry.
+#[derive(Debug)]
+pub struct DecodedRequest {
+    /// The request.
+    pub body: RequestBody,
+    /// Its fds ([`Request::request_fds`] of them).
+    pub fds: Vec<OwnedFd>,
+}
+
+/// A reply ready to be queued: header, payload and fds.
 #[derive(Debug)]
 pub struct OutgoingReply {
     /// Reply header.
@@ -78,29 +84,46 @@ pub struct OutgoingReply {
     pub payload: Vec<u8>,
     /// Fds to attach.
     pub fds: Vec<OwnedFd>,
-    /// Close the connection after sending.
-    pub close: bool,
 }
 
-/// Checks a frame, calls the handler, and encodes the reply.
-pub fn handle_frame<H: Handler>(handler: &mut H, frame: Frame) -> OutgoingReply {
-    let code = frame.header.code;
-    let admission = handler.admit();
-    let response = if let Some(refusal) = admission {
-        refusal
-    } else {
-        match check_frame(&frame) {
-            Ok(request) => handler.handle(request, frame.fds),
-            Err(response) => {
-                drop(frame.fds);
-                handler.refused(code, &response.reply);
-                response
-            }
-        }
-    };
+/// Checks a frame's syntax and decodes its request.
+///
+/// # Errors
+/// [`FrameError`]: a reply flag (`EINVAL`), an unknown code
+/// (`EOPNOTSUPP`), the wrong number of fds (`EBADF`), a payload that does
+/// not decode (`EINVAL`). The frame's fds are closed then.
+pub fn decode_request(frame: Frame) -> Result<DecodedRequest, FrameError> {
+    if frame.header.is_reply {
+        return Err(FrameError::new(
+            Errno::INVAL,
+            "REPLY flag set on a message sent to the daemon".to_owned(),
+        ));
+    }
+    let request = Request::try_from(frame.header.code)
+        .map_err(|e| FrameError::new(Errno::OPNOTSUPP, e.to_string()))?;
+    let expected = request.request_fds();
+    if frame.fds.len() != expected {
+        return Err(FrameError::new(
+            Errno::BADF,
+            format!(
+                "{request} carries exactly {expected} fd(s), got {}",
+                frame.fds.len()
+            ),
+        ));
+    }
+    let body = RequestBody::decode(frame.header.code, &frame.payload)
+        .map_err(|e| FrameError::new(Errno::INVAL, e.to_string()))?;
+    Ok(DecodedRequest {
+        body,
+        fds: frame.fds,
+    })
+}
+
+/// Encodes the reply to a request of `code`. An error reply never carries
+/// fds (PROTOCOL.md): any in `response` are closed.
+pub fn encode_reply(code: u32, response: Response) -> OutgoingReply {
     let mut fds = response.fds;
     if response.reply.status != 0 {
-        // An error reply never carries fds (PROTOCOL.md).
         fds.clear();
     }
     let payload = response.reply.encode();
@@ -108,53 +131,13 @@ pub fn handle_frame<H: Handler>(handler: &mut H, frame: Frame) -> OutgoingReply 
         header: Header::reply(code, payload.len()),
         payload,
         fds,
-        close: response.close,
     }
-}
-
-fn check_frame(frame: &Frame) -> Result<RequestBody, Response> {
-    if frame.header.is_reply {
-        return Err(Response::error(
-            Errno::INVAL,
-            "REPLY flag set on a message sent to the daemon",
-        ));
-    }
-    let request = Request::try_from(frame.header.code)
-        .map_err(|e| Response::error(Errno::OPNOTSUPP, &e.to_string()))?;
-    let expected = request.request_fds();
-    if frame.fds.len() != expected {
-        return Err(Response::error(
-            Errno::BADF,
-            &format!(
-                "{request} carries exactly {expected} fd(s), got {}",
-                frame.fds.len()
-            ),
-        ));
-    }
-    RequestBody::decode(frame.header.code, &frame.payload)
-        .map_err(|e| Response::error(Errno::INVAL, &e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::Name;
-
-    #[derive(Default)]
-    struct Recorder {
-        handled: Vec<RequestBody>,
-        refused: Vec<(u32, i32)>,
-    }
-
-    impl Handler for Recorder {
-        fn handle(&mut self, request: RequestBody, _fds: Vec<OwnedFd>) -> Response {
-            self.handled.push(request);
-            Response::ok(vec![])
-        }
-        fn refused(&mut self, code: u32, reply: &Reply) {
-            self.refused.push((code, reply.status));
-        }
-    }
 
     fn frame(code: u32, payload: Vec<u8>, fds: Vec<OwnedFd>) -> Frame {
         Frame {
@@ -173,40 +156,48 @@ mod tests {
     }
 
     #[test]
-    fn valid_request_reaches_handler() {
-        let mut h = Recorder::default();
+    fn a_valid_request_decodes_with_its_fds() {
         let body = RequestBody::Open(Name::new("f").unwrap());
-        let out = handle_frame(&mut h, frame(3, body.encode(), vec![]));
-        assert_eq!(h.handled, vec![body]);
+        let decoded = decode_request(frame(3, body.encode(), vec![])).unwrap();
+        assert_eq!(decoded.body, body);
+        assert!(decoded.fds.is_empty());
+        let out = encode_reply(3, Response::ok(vec![]));
         assert!(out.header.is_reply);
+        assert_eq!(out.header.code, 3);
         assert_eq!(Reply::decode(&out.payload).unwrap().status, 0);
     }
 
     #[test]
-    fn syntax_errors_are_answered_without_the_handler() {
-        let mut h = Recorder::default();
+    fn each_syntax_error_has_its_errno() {
         let open = RequestBody::Open(Name::new("f").unwrap()).encode();
+        let mut reply_flagged = frame(3, open.clone(), vec![]);
+        reply_flagged.header.is_reply = true;
         let cases = vec![
             (frame(77, vec![], vec![]), Errno::OPNOTSUPP),
             (frame(3, vec![0; 3], vec![]), Errno::INVAL),
-            (frame(3, open.clone(), vec![memfd()]), Errno::BADF),
+            (frame(3, open, vec![memfd()]), Errno::BADF),
             (frame(6, vec![0; 72], vec![]), Errno::BADF),
+            (reply_flagged, Errno::INVAL),
         ];
         for (f, errno) in cases {
-            let out = handle_frame(&mut h, f);
-            let reply = Reply::decode(&out.payload).unwrap();
-            assert_eq!(reply.status, -errno.raw_os_error());
-            assert!(!reply.text.is_empty());
-            assert!(out.fds.is_empty());
+            let err = decode_request(f).unwrap_err();
+            assert_eq!(err.errno, errno, "{err}");
+            assert!(!err.text.is_empty());
         }
-        let mut reply_flagged = frame(3, open, vec![]);
-        reply_flagged.header.is_reply = true;
-        let out = handle_frame(&mut h, reply_flagged);
+    }
+
+    #[test]
+    fn error_replies_carry_no_fds() {
+        let mut response = Response::error(Errno::BUSY, "busy");
+        response.fds.push(memfd());
+        let out = encode_reply(2, response);
+        assert!(out.fds.is_empty());
+        let reply = Reply::decode(&out.payload).unwrap();
         assert_eq!(
-            Reply::decode(&out.payload).unwrap().status,
-            -Errno::INVAL.raw_os_error()
+            (reply.status, reply.text.as_str()),
+            (-Errno::BUSY.raw_os_error(), "busy")
         );
-        assert!(h.handled.is_empty());
-        assert_eq!(h.refused.len(), 5);
+        let out = encode_reply(2, Response::ok_with_fds(vec![], vec![memfd()]));
+        assert_eq!(out.fds.len(), 1);
     }
 }

@@ -9,6 +9,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use gmem_protocol::wire::GuestAddress;
 use gmem_protocol::wire::{BindRequest, MemoryKind, HEADER_SIZE};
 use gmem_tests::{name, vm, Daemon};
 
@@ -50,13 +51,7 @@ fn gmemd_rate(daemon: &Daemon, clients: usize, rounds: usize) -> f64 {
             let mut client = gmem_protocol::Client::connect(&socket, vm(&vm_name)).unwrap();
             let file = name(&format!("{vm_name}-ram"));
             client.create(&file, 1 << 20, MemoryKind::Memfd).unwrap();
-            let bind = BindRequest {
-                slot: 0,
-                gpa: 0,
-                name: file.clone(),
-                offset: 0,
-                size: 1 << 20,
-            };
+            let bind = BindRequest::new(0, GuestAddress(0), file.clone(), 0, 1 << 20);
             start.wait();
             for _ in 0..rounds {
                 client.bind(&bind).unwrap();

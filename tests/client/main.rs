@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
 
 use gmem_protocol::guest_memory::{guest_memory, RegionSpec};
-use gmem_protocol::wire::{BindRequest, MemoryKind, Name, VmId};
+use gmem_protocol::wire::{BindRequest, LeaseId, MemoryKind, Name, VmId};
 use gmem_protocol::Client;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -89,13 +89,13 @@ fn run() -> Result<(), String> {
                     return Err("--bind F:SLOT:GPA:OFFSET:SIZE".into());
                 }
                 let slot = u32::try_from(parse_num(parts[1])?).map_err(|e| e.to_string())?;
-                let bind = BindRequest {
-                    name: name(parts[0])?,
+                let bind = BindRequest::new(
                     slot,
-                    gpa: parse_num(parts[2])?,
-                    offset: parse_num(parts[3])?,
-                    size: parse_num(parts[4])?,
-                };
+                    GuestAddress(parse_num(parts[2])?),
+                    name(parts[0])?,
+                    parse_num(parts[3])?,
+                    parse_num(parts[4])?,
+                );
                 client.bind(&bind).map_err(|e| e.to_string())?;
             }
             _ => {
@@ -105,7 +105,7 @@ fn run() -> Result<(), String> {
         }
         i += 2;
     }
-    println!("READY lease {}", client.lease());
+    println!("READY lease {}", client.lease().map_or(0, LeaseId::get));
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     if args.iter().any(|a| a == "--handoff") {
         let socket = client.stream().try_clone().map_err(|e| e.to_string())?;
@@ -131,7 +131,7 @@ fn write_through_mapping(fd: &OwnedFd, size: u64, offset: u64, bytes: &[u8]) -> 
     let memory = guest_memory(&[RegionSpec {
         fd: fd.as_fd(),
         file_offset: 0,
-        gpa: 0,
+        gpa: GuestAddress(0),
         size,
     }])
     .map_err(|e| e.to_string())?;

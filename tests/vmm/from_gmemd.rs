@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 
 use gmem_protocol::guest_memory::{guest_memory, RegionSpec};
 use gmem_protocol::kvm::{bind_region, unbind_region, GuestMemfdRange};
-use gmem_protocol::wire::{MemoryKind, Name, VmId};
+use gmem_protocol::wire::{GuestAddress, LeaseId, MemoryKind, Name, VmId};
 use gmem_protocol::Client;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
@@ -72,7 +72,7 @@ pub fn run_shared(opts: &Options) -> Result<(), VmmError> {
     let (fd, info) = client.create_or_open(&opts.file, opts.size, MemoryKind::Memfd)?;
     println!(
         "GMEM-VMM: lease {} for VM {}, file {} ({} bytes, created: {})",
-        client.lease(),
+        client.lease().map_or(0, LeaseId::get),
         opts.vm,
         opts.file,
         info.size,
@@ -81,7 +81,7 @@ pub fn run_shared(opts: &Options) -> Result<(), VmmError> {
     let mem = guest_memory(&[RegionSpec {
         fd: fd.as_fd(),
         file_offset: 0,
-        gpa: 0,
+        gpa: GuestAddress(0),
         size: info.size,
     }])?;
     guest_code::load(&mem)?;
@@ -96,7 +96,7 @@ pub fn run_shared(opts: &Options) -> Result<(), VmmError> {
         info.size
     );
     run_and_report(&mut vm, &mem, opts)?;
-    unbind_region(vm.vm_fd(), &mut client, RAM_SLOT, 0)?;
+    unbind_region(vm.vm_fd(), &mut client, RAM_SLOT, GuestAddress(0))?;
     println!("GMEM-VMM: unbound slot {RAM_SLOT}");
     Ok(())
 }
@@ -122,7 +122,7 @@ pub fn run_private(opts: &Options) -> Result<(), VmmError> {
     let mem = guest_memory(&[RegionSpec {
         fd: gmem.as_fd(),
         file_offset: 0,
-        gpa: 0,
+        gpa: GuestAddress(0),
         size: info.size,
     }])?;
     guest_code::load(&mem)?;
@@ -152,7 +152,7 @@ pub fn run_private(opts: &Options) -> Result<(), VmmError> {
         ),
     }
     run_and_report(&mut vm, &mem, opts)?;
-    unbind_region(vm.vm_fd(), &mut client, RAM_SLOT, 0)?;
+    unbind_region(vm.vm_fd(), &mut client, RAM_SLOT, GuestAddress(0))?;
     Ok(())
 }
 

@@ -60,7 +60,8 @@ enum Command {
     /// End a VM's lease and destroy the content only it owned.
     Revoke {
         /// VM name or UUID.
-        vm: String,
+        #[arg(value_parser = parse_vm_selector)]
+        vm: VmSelector,
     },
     /// What this host supports: KVM, guest_memfd, memfd_secret, hugepages.
     Caps {
@@ -105,7 +106,7 @@ enum Command {
     /// Replace a VM's QEMU live; only device state moves, RAM stays in place.
     Upgrade {
         /// VM name.
-        vm: String,
+        vm: Name,
         /// New QEMU binary, same arguments.
         #[arg(long)]
         qemu: Option<PathBuf>,
@@ -122,7 +123,7 @@ enum Command {
     /// Plug new gmemd memory into a running VM as a DIMM.
     Hotplug {
         /// VM name.
-        vm: String,
+        vm: Name,
         /// Size, e.g. 128M or 1G.
         #[arg(value_parser = parse_size)]
         size: u64,
@@ -145,7 +146,7 @@ enum Command {
     /// Unplug a DIMM (the guest must release it) and destroy its memory.
     Unplug {
         /// VM name.
-        vm: String,
+        vm: Name,
         /// DIMM id.
         id: String,
         /// Keep the memory file in gmemd.
@@ -162,6 +163,16 @@ enum Command {
 
 fn parse_uuid(text: &str) -> Result<Uuid, String> {
     Uuid::parse(text).ok_or_else(|| format!("invalid UUID {text:?}"))
+}
+
+/// A VM by UUID (the 8-4-4-4-12 form) or else by name.
+fn parse_vm_selector(text: &str) -> Result<VmSelector, String> {
+    match Uuid::parse(text) {
+        Some(uuid) => Ok(VmSelector::Uuid(uuid)),
+        None => Name::new(text)
+            .map(VmSelector::Name)
+            .map_err(|e| format!("{text:?} is neither a VM UUID nor a VM name: {e}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -206,13 +217,9 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!("scrubbed {name}: content destroyed, holders forgotten");
         }
         Command::Revoke { vm } => {
-            let selector = match Uuid::parse(&vm) {
-                Some(uuid) => VmSelector::Uuid(uuid),
-                None => VmSelector::Name(Name::new(&vm)?),
-            };
-            let report = connect()?.revoke(&selector)?;
+            let report = connect()?.revoke(&vm)?;
             println!(
-                "revoked {vm}: {} lease(s) ended, {} binding(s) dropped, {} file(s) scrubbed",
+                "revoked VM {vm}: {} lease(s) ended, {} binding(s) dropped, {} file(s) scrubbed",
                 report.leases, report.bindings, report.scrubbed
             );
         }

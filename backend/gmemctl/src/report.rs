@@ -13,16 +13,16 @@ pub fn status_json(files: &[FileStatus], leases: &[LeaseStatus]) -> Value {
             json!({
                 "name": f.name.as_str(),
                 "size": f.size,
-                "kind": f.kind.as_str(),
+                "kind": f.kind.name(),
                 "page_size": f.page_size,
                 "owner": f.owner.as_ref().map(|o| json!({
                     "uuid": o.vm.uuid.to_string(),
                     "name": o.vm.name.as_str(),
-                    "lease": o.lease,
+                    "lease": o.lease.get(),
                 })),
                 "bindings": f.bindings.iter().map(|b| json!({
                     "slot": b.slot,
-                    "gpa": b.gpa,
+                    "gpa": b.gpa.0,
                     "offset": b.offset,
                     "size": b.size,
                 })).collect::<Vec<_>>(),
@@ -33,7 +33,7 @@ pub fn status_json(files: &[FileStatus], leases: &[LeaseStatus]) -> Value {
         .iter()
         .map(|l| {
             json!({
-                "id": l.lease,
+                "id": l.lease.get(),
                 "uuid": l.vm.uuid.to_string(),
                 "name": l.vm.name.as_str(),
                 "pid": l.pid,
@@ -67,7 +67,7 @@ pub fn status_table(files: &[FileStatus], leases: &[LeaseStatus]) -> String {
                     format!(
                         "{} {:#x} +{:#x} {}",
                         b.slot,
-                        b.gpa,
+                        b.gpa.0,
                         b.offset,
                         format_size(b.size)
                     )
@@ -79,7 +79,7 @@ pub fn status_table(files: &[FileStatus], leases: &[LeaseStatus]) -> String {
             "{:<24} {:>10} {:<12} {:<24} {}\n",
             f.name.as_str(),
             format_size(f.size),
-            f.kind.as_str(),
+            f.kind.name(),
             owner,
             bindings
         ));
@@ -111,7 +111,9 @@ pub fn status_table(files: &[FileStatus], leases: &[LeaseStatus]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use gmem_protocol::wire::{BindingStatus, MemoryKind, Name, OwnerStatus, VmId};
+    use gmem_protocol::wire::{
+        BindingStatus, GuestAddress, LeaseId, MemoryKind, Name, OwnerStatus, VmId,
+    };
 
     use super::*;
 
@@ -125,17 +127,17 @@ mod tests {
             kind: MemoryKind::Memfd,
             owner: Some(OwnerStatus {
                 vm: vm.clone(),
-                lease: 3,
+                lease: LeaseId::new(3).unwrap(),
             }),
             bindings: vec![BindingStatus {
                 slot: 1,
-                gpa: 0,
+                gpa: GuestAddress(0),
                 offset: 0,
                 size: 4096,
             }],
         }];
         let leases = vec![LeaseStatus {
-            lease: 3,
+            lease: LeaseId::new(3).unwrap(),
             vm,
             pid: 9,
             uid: 0,

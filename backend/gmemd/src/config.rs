@@ -2,13 +2,16 @@
 
 use std::path::PathBuf;
 
+use crate::service::Admission;
+
 /// Resource limits. Each one refused with a clear error when reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Bytes of all memory files together.
     pub max_total_memory: u64,
-    /// Files a lease may create or deposit (and still have).
-    pub max_files_per_lease: usize,
+    /// Files one VM may create or deposit (and still have), across all its
+    /// leases.
+    pub max_files_per_vm: usize,
     /// Connections served at once.
     pub max_connections: usize,
 }
@@ -17,7 +20,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_total_memory: physical_memory().unwrap_or(1 << 30),
-            max_files_per_lease: 64,
+            max_files_per_vm: 64,
             max_connections: 4096,
         }
     }
@@ -26,10 +29,11 @@ impl Default for Limits {
 /// Everything the service needs to decide on a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Uids allowed to connect at all.
+    /// Uids allowed to connect as clients. Operators are always allowed
+    /// too, whether listed here or not.
     pub allowed_uids: Vec<u32>,
-    /// Uids allowed operator requests (REVOKE, SCRUB, DESTROY of a bound
-    /// file, control-session CREATE/OPEN that hand out fds).
+    /// Uids allowed operator requests (REVOKE, SCRUB, DESTROY of another
+    /// VM's file, control-session CREATE/OPEN that hand out fds).
     pub admin_uids: Vec<u32>,
     /// Limits.
     pub limits: Limits,
@@ -48,6 +52,32 @@ impl Default for Config {
             admin_uids: uids,
             limits: Limits::default(),
         }
+    }
+}
+
+impl Config {
+    /// What a peer of `uid` may do: the one place that decides it.
+    pub fn admission(&self, uid: u32) -> Admission {
+        if self.admin_uids.contains(&uid) {
+            Admission::Operator
+        } else if self.allowed_uids.contains(&uid) {
+            Admission::Client
+        } else {
+            Admission::Refused
+        }
+    }
+
+    /// Every uid that may connect: the allowed ones and the operators.
+    pub fn connecting_uids(&self) -> Vec<u32> {
+        let mut uids: Vec<u32> = self
+            .allowed_uids
+            .iter()
+            .chain(&self.admin_uids)
+            .copied()
+            .collect();
+        uids.sort_unstable();
+        uids.dedup();
+        uids
     }
 }
 
@@ -81,6 +111,20 @@ pub fn default_socket() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operators_are_always_admitted() {
+        let c = Config {
+            allowed_uids: vec![1000],
+            admin_uids: vec![0, 7],
+            limits: Limits::default(),
+        };
+        assert_eq!(c.admission(0), Admission::Operator);
+        assert_eq!(c.admission(7), Admission::Operator);
+        assert_eq!(c.admission(1000), Admission::Client);
+        assert_eq!(c.admission(1001), Admission::Refused);
+        assert_eq!(c.connecting_uids(), vec![0, 7, 1000]);
+    }
 
     #[test]
     fn defaults_are_sane() {

@@ -5,6 +5,10 @@
 //! [`FRAMES_PER_WAKEUP`] requests served per wakeup, and no new request is
 //! read from it while its replies are still queued, so a client that floods
 //! or never reads cannot stall the others or grow the daemon's memory.
+//!
+//! When a REVOKE ends a lease, that lease's connection is closed; the
+//! requests it already sent (up to [`MAX_ABORTED_REPLIES`]) are answered
+//! `ECONNABORTED` first, and it may send no more.
 
 use std::collections::HashMap;
 use std::io;
@@ -14,15 +18,19 @@ use std::path::{Path, PathBuf};
 
 use epoll::{ControlOptions, Event, Events};
 use gmem_protocol::conn::{FrameReader, FrameWriter};
-use gmem_protocol::server::handle_frame;
+use gmem_protocol::wire::LeaseId;
 use log::{debug, error, info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::ledger::{LeaseId, Peer};
-use crate::service::{Service, Session, SessionHandler, SessionId};
+use crate::peer;
+use crate::service::{Served, Service, Session, SessionId};
 
 /// Requests served for one client before the loop turns to the others.
 pub const FRAMES_PER_WAKEUP: usize = 64;
+
+/// Requests of a revoked lease still in flight that get an `ECONNABORTED`
+/// reply before its connection closes; any beyond see the connection close.
+pub const MAX_ABORTED_REPLIES: usize = 1024;
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -275,11 +283,12 @@ impl EventLoop {
             )));
         }
         stream.set_nonblocking(true)?;
-        let peer = peer_of(&stream)?;
+        let peer = peer::peer_of(&stream)?;
+        let inode = peer::socket_inode(stream.as_fd())?;
         let id = self.next_id;
         self.next_id += 1;
         self.add(stream.as_raw_fd(), Token::Conn(id), read_events())?;
-        let session = self.service.open_session(id, peer);
+        let session = self.service.open_session(id, peer, inode);
         self.conns.insert(
             id,
             Connection {
@@ -298,26 +307,65 @@ impl EventLoop {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let result = serve_connection(conn, &mut self.service, flags);
-        for lease in self.service.take_revoked() {
-            self.close_lease_connection(lease);
+        let mut ended = Vec::new();
+        let result = serve_connection(conn, &mut self.service, flags, &mut ended);
+        // Revoked leases are cut off before the REVOKE's reply goes out, so
+        // the operator never sees a revoked VMM still being served.
+        for lease in ended {
+            self.close_revoked(lease);
         }
         match result {
-            Ok(true) => self.update_interest(id),
-            Ok(false) => self.drop_conn(id, "closed by gmemd after its reply".to_owned()),
+            Ok(()) => self.flush(id),
             Err(reason) => self.drop_conn(id, reason),
         }
     }
 
-    fn close_lease_connection(&mut self, lease: LeaseId) {
-        let found = self
-            .conns
-            .iter()
-            .find(|(_, c)| c.session.lease() == Some(lease))
-            .map(|(id, _)| *id);
-        if let Some(id) = found {
-            self.drop_conn(id, "lease revoked".to_owned());
+    /// Sends what is queued; closes a closing connection once it is out,
+    /// else waits for writability while replies remain.
+    fn flush(&mut self, id: SessionId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match conn.writer.flush(conn.stream.as_fd()) {
+            Ok(true) if conn.closing => {
+                self.drop_conn(id, "closed by gmemd after its reply".to_owned())
+            }
+            Ok(_) => self.update_interest(id),
+            Err(e) => self.drop_conn(id, format!("send failed: {e}")),
         }
+    }
+
+    /// Closes the connection of a revoked lease: what it already sent is
+    /// answered `ECONNABORTED` (bounded), it may send nothing more, and the
+    /// connection goes once those replies are out.
+    fn close_revoked(&mut self, lease: LeaseId) {
+        let Some((&id, conn)) = self
+            .conns
+            .iter_mut()
+            .find(|(_, c)| c.session.lease() == Some(lease))
+        else {
+            return;
+        };
+        conn.session.revoke();
+        let fd = conn.stream.as_fd();
+        let mut answered = 0;
+        while answered < MAX_ABORTED_REPLIES {
+            match conn.reader.read_frame(fd) {
+                Ok(Some(frame)) => {
+                    let Served { reply, .. } = self.service.serve(&mut conn.session, frame);
+                    conn.writer.push(reply.header, &reply.payload, reply.fds);
+                    answered += 1;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if answered > 0 {
+            info!("lease {lease} revoked: {answered} request(s) in flight answered ECONNABORTED");
+        }
+        // Further writes of the client fail (EPIPE) instead of piling up.
+        let _ = conn.stream.shutdown(std::net::Shutdown::Read);
+        conn.closing = true;
+        self.flush(id);
     }
 
     fn drop_conn(&mut self, id: SessionId, reason: String) {
@@ -345,10 +393,13 @@ impl EventLoop {
             return;
         }
         conn.wants_out = wants_out;
-        let events = if wants_out {
-            Events::EPOLLOUT | Events::EPOLLRDHUP
-        } else {
-            read_events()
+        let events = match (wants_out, conn.closing) {
+            // Its read side is shut (or it is going anyway): a hangup
+            // shows as EPOLLHUP and a failed send, so RDHUP, which would
+            // stay ready, is not asked for.
+            (true, true) => Events::EPOLLOUT,
+            (true, false) => Events::EPOLLOUT | Events::EPOLLRDHUP,
+            (false, _) => read_events(),
         };
         self.rearm(id, events);
     }
@@ -383,87 +434,53 @@ fn read_events() -> Events {
     Events::EPOLLIN | Events::EPOLLRDHUP
 }
 
-/// Serves one readiness event of a connection. `Ok(false)`: close it
-/// quietly; `Err(reason)`: close it and say why.
+/// Serves one readiness event of a connection: reads and serves requests
+/// while its replies flow; `Err(reason)` closes it. Leases its requests
+/// ended are added to `ended`, and serving stops there.
 fn serve_connection(
     conn: &mut Connection,
     service: &mut Service,
     flags: Events,
-) -> Result<bool, String> {
+    ended: &mut Vec<LeaseId>,
+) -> Result<(), String> {
     let fd = conn.stream.as_fd();
-    if !conn.closing && conn.writer.is_empty() {
-        for _ in 0..FRAMES_PER_WAKEUP {
-            match conn.reader.read_frame(fd) {
-                Ok(Some(frame)) => {
-                    let mut handler = SessionHandler {
-                        service,
-                        session: &mut conn.session,
-                    };
-                    let reply = handle_frame(&mut handler, frame);
-                    conn.writer.push(reply.header, &reply.payload, reply.fds);
-                    // A lease revoked by this very request (an operator VM
-                    // revoking itself) is served nothing after it.
-                    let revoked = conn.session.lease().is_some_and(|l| service.is_revoked(l));
-                    if reply.close || revoked {
-                        conn.closing = true;
-                        break;
-                    }
-                    // Stop reading while replies are queued: backpressure.
-                    if !conn
-                        .writer
-                        .flush(fd)
-                        .map_err(|e| format!("send failed: {e}"))?
-                    {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) if e.is_hangup() => return Err("client closed the connection".to_owned()),
-                Err(e) => return Err(format!("protocol error: {}", crate::error_chain(&e))),
-            }
+    if conn.closing || !conn.writer.is_empty() {
+        if flags.intersects(Events::EPOLLERR | Events::EPOLLHUP | Events::EPOLLRDHUP)
+            && !conn.closing
+        {
+            return Err("client hung up with replies unread".to_owned());
         }
-    } else if flags.intersects(Events::EPOLLERR | Events::EPOLLHUP | Events::EPOLLRDHUP) {
-        return Err("client hung up with replies unread".to_owned());
+        return Ok(());
     }
-    let flushed = conn
-        .writer
-        .flush(fd)
-        .map_err(|e| format!("send failed: {e}"))?;
-    if conn.closing && flushed {
-        return Ok(false);
+    for _ in 0..FRAMES_PER_WAKEUP {
+        match conn.reader.read_frame(fd) {
+            Ok(Some(frame)) => {
+                let served = service.serve(&mut conn.session, frame);
+                conn.writer
+                    .push(served.reply.header, &served.reply.payload, served.reply.fds);
+                if served.close {
+                    conn.closing = true;
+                    return Ok(());
+                }
+                if !served.ended.is_empty() {
+                    ended.extend(served.ended);
+                    return Ok(());
+                }
+                // Stop reading while replies are queued: backpressure.
+                if !conn
+                    .writer
+                    .flush(fd)
+                    .map_err(|e| format!("send failed: {e}"))?
+                {
+                    return Ok(());
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_hangup() => return Err("client closed the connection".to_owned()),
+            Err(e) => return Err(format!("protocol error: {}", crate::error_chain(&e))),
+        }
     }
-    Ok(true)
-}
-
-/// SO_PEERCRED of a connection. Read through libc: the kernel reports pid 0
-/// for a peer in a pid namespace gmemd cannot see, which rustix's `UCred`
-/// (whose pid is non-zero by type) cannot represent.
-fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len =
-        libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>()).map_err(io::Error::other)?;
-    // SAFETY: `cred` and `len` are live locals, valid for writes of the size
-    // passed in `len`; the fd is an open socket owned by `stream`.
-    let ret = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            std::ptr::addr_of_mut!(cred).cast(),
-            &mut len,
-        )
-    };
-    if ret != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(Peer {
-        pid: u32::try_from(cred.pid).unwrap_or(0),
-        uid: cred.uid,
-    })
+    Ok(())
 }
 
 /// Makes the socket directory and binds the listener.

@@ -6,6 +6,7 @@
 //!   memory fds.
 //! - [`memory`]: creating memory files of each kind, checking deposits, scrubbing.
 //! - [`event_loop`]: epoll, sockets and frames; no policy.
+//! - [`peer`]: what the kernel says about the process on the other end.
 //! - [`config`]: who may connect, who is an operator, limits, default paths.
 //!
 //! Host helpers the daemon uses and `gmemctl` shares, so both programs agree
@@ -18,6 +19,7 @@ pub mod event_loop;
 pub mod hugepages;
 pub mod ledger;
 pub mod memory;
+pub mod peer;
 pub mod service;
 pub mod signals;
 pub mod size;

@@ -19,21 +19,30 @@ struct Args {
     /// Runtime directory [default: $XDG_RUNTIME_DIR/gmemd, /run/gmemd for root].
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// Uids allowed to connect (repeatable) [default: gmemd's uid and root].
+    /// Uids allowed to connect as clients (repeatable) [default: gmemd's uid
+    /// and root]. Operators are always allowed as well.
     #[arg(long = "allow-uid")]
     allow_uids: Vec<u32>,
     /// Uids allowed operator requests (repeatable) [default: gmemd's uid and root].
     #[arg(long = "admin-uid")]
     admin_uids: Vec<u32>,
-    /// Limit on all memory files together, e.g. 64G [default: host RAM].
+    /// Limit on all memory files together, e.g. 64G or 1.5T [default: host RAM].
     #[arg(long, value_parser = parse_size)]
     max_memory: Option<u64>,
-    /// Files one lease may create or deposit.
-    #[arg(long, default_value_t = Limits::default().max_files_per_lease)]
-    max_files_per_lease: usize,
-    /// Connections served at once.
-    #[arg(long, default_value_t = Limits::default().max_connections)]
-    max_connections: usize,
+    /// Files one VM may create or deposit, across all its leases.
+    #[arg(
+        long,
+        alias = "max-files-per-lease",
+        default_value_t = Limits::default().max_files_per_vm
+    )]
+    max_files_per_vm: usize,
+    /// Connections served at once (at least 1).
+    #[arg(
+        long,
+        default_value_t = u32::try_from(Limits::default().max_connections).unwrap_or(u32::MAX),
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    max_connections: u32,
 }
 
 fn main() -> ExitCode {
@@ -65,16 +74,19 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(max) = args.max_memory {
         config.limits.max_total_memory = max;
     }
-    config.limits.max_files_per_lease = args.max_files_per_lease;
-    config.limits.max_connections = args.max_connections;
+    config.limits.max_files_per_vm = args.max_files_per_vm;
+    config.limits.max_connections = usize::try_from(args.max_connections)?;
     raise_fd_limit();
     log::info!(
-        "gmemd {}: state dir {}, allowed uids {:?}, operators {:?}, memory limit {}",
+        "gmemd {}: state dir {}, clients may connect from uids {:?} (operators {:?} always \
+         may), memory limit {}, {} file(s) per VM, {} connection(s)",
         env!("CARGO_PKG_VERSION"),
         state_dir.display(),
-        config.allowed_uids,
+        config.connecting_uids(),
         config.admin_uids,
-        format_size(config.limits.max_total_memory)
+        format_size(config.limits.max_total_memory),
+        config.limits.max_files_per_vm,
+        config.limits.max_connections,
     );
 
     let mut event_loop = EventLoop::bind(&socket, Service::new(config))?;

@@ -167,7 +167,10 @@ pub fn create(name: &Name, size: u64, kind: MemoryKind) -> MemoryResult<OwnedFd>
 
 /// Checks that `size` is a non-zero multiple of the kind's page size and
 /// returns that page size.
-fn check_size(size: u64, kind: MemoryKind) -> MemoryResult<u64> {
+///
+/// # Errors
+/// [`MemoryError::BadSize`].
+pub fn check_size(size: u64, kind: MemoryKind) -> MemoryResult<u64> {
     let page_size = kind.page_size();
     if size == 0 || size % page_size != 0 {
         return Err(MemoryError::BadSize {

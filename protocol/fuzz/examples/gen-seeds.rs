@@ -15,13 +15,17 @@ use gmem_fuzz::seeds::{numbered, write_seeds};
 use gmem_fuzz::{frames, replies, requests};
 use gmem_protocol::wire::{
     encode_status_page, BindRequest, BindingStatus, CreateFlags, CreateRequest, DepositRequest,
-    Features, FileInfo, FileStatus, Header, Hello, HelloReply, LeaseStatus, MemoryKind, Name,
-    OwnerStatus, Reply, Request, RequestBody, RevokeReport, StatusQuery, StatusSection, VmId,
-    VmSelector, VERSION,
+    Features, FileInfo, FileStatus, GuestAddress, Header, Hello, HelloReply, LeaseId, LeaseStatus,
+    MemoryKind, Name, OwnerStatus, Reply, Request, RequestBody, RevokeReport, StatusQuery,
+    StatusSection, VmId, VmSelector, VERSION,
 };
 
 fn name(s: &str) -> Name {
     Name::new(s).expect("valid name")
+}
+
+fn lease(raw: u64) -> LeaseId {
+    LeaseId::new(raw).expect("non-zero lease id")
 }
 
 fn requests() -> Vec<(&'static str, RequestBody)> {
@@ -53,13 +57,13 @@ fn requests() -> Vec<(&'static str, RequestBody)> {
         ("open", RequestBody::Open(name("ram0"))),
         (
             "bind",
-            RequestBody::Bind(BindRequest {
-                slot: 3,
-                gpa: 0x1_0000_0000,
-                name: name("ram0"),
-                offset: 4096,
-                size: 8192,
-            }),
+            RequestBody::Bind(BindRequest::new(
+                3,
+                GuestAddress(0x1_0000_0000),
+                name("ram0"),
+                4096,
+                8192,
+            )),
         ),
         ("unbind", RequestBody::Unbind { slot: 7 }),
         (
@@ -104,17 +108,20 @@ fn files() -> Vec<FileStatus> {
             size: 4 << 20,
             page_size: 2 << 20,
             kind: MemoryKind::Hugetlb2M,
-            owner: Some(OwnerStatus { vm, lease: 3 }),
+            owner: Some(OwnerStatus {
+                vm,
+                lease: lease(3),
+            }),
             bindings: vec![
                 BindingStatus {
                     slot: 0,
-                    gpa: 0,
+                    gpa: GuestAddress(0),
                     offset: 0,
                     size: 2 << 20,
                 },
                 BindingStatus {
                     slot: 1,
-                    gpa: 1 << 32,
+                    gpa: GuestAddress(1 << 32),
                     offset: 2 << 20,
                     size: 2 << 20,
                 },
@@ -133,7 +140,7 @@ fn files() -> Vec<FileStatus> {
 
 fn leases() -> Vec<LeaseStatus> {
     vec![LeaseStatus {
-        lease: 3,
+        lease: lease(3),
         vm: VmId::from_name(name("vm-a")),
         pid: 4242,
         uid: 1000,
@@ -154,7 +161,7 @@ fn replies() -> Vec<(&'static str, Vec<u8>)> {
     .encode();
     let hello = HelloReply {
         features: Features::all(),
-        lease: 3,
+        lease: Some(lease(3)),
         version: VERSION,
     }
     .encode();

@@ -10,15 +10,16 @@
 //! Property: the frames and the final error are exactly those of a plain
 //! reference parser of the stream, whatever the chunking; nothing panics;
 //! every frame has `payload.len() == header.size`. Each frame also goes
-//! through the daemon's `server::handle_frame`, whose reply must decode.
+//! through the daemon's `server::decode_request` and `encode_reply`, whose
+//! reply must decode.
 
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
 use gmem_protocol::conn::{ConnError, Frame, FrameReader};
-use gmem_protocol::server::{handle_frame, Handler, Response};
-use gmem_protocol::wire::{Header, Reply, RequestBody, WireError, HEADER_SIZE};
+use gmem_protocol::server::{decode_request, encode_reply, Response};
+use gmem_protocol::wire::{Header, Reply, WireError, HEADER_SIZE};
 
 /// Most chunk sizes an input can give.
 pub const MAX_CHUNKS: usize = 15;
@@ -149,20 +150,13 @@ fn drain(
     }
 }
 
-/// Handler that accepts everything.
-struct Accept;
-
-impl Handler for Accept {
-    fn handle(&mut self, _request: RequestBody, _fds: Vec<OwnedFd>) -> Response {
-        Response::ok(Vec::new())
-    }
-
-    fn refused(&mut self, _code: u32, _reply: &Reply) {}
-}
-
 fn check_server(frame: Frame) {
     let code = frame.header.code;
-    let out = handle_frame(&mut Accept, frame);
+    let response = match decode_request(frame) {
+        Ok(_) => Response::ok(Vec::new()),
+        Err(refusal) => Response::error(refusal.errno, &refusal.text),
+    };
+    let out = encode_reply(code, response);
     assert!(out.header.is_reply);
     assert_eq!(out.header.code, code);
     assert_eq!(out.header.size as usize, out.payload.len());

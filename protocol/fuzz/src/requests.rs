@@ -4,10 +4,8 @@
 //! Input layout: bytes 0..4 are the request code (little-endian), the rest is
 //! the payload. The first 12 bytes are also decoded as a message header.
 
-use std::os::fd::OwnedFd;
-
 use gmem_protocol::conn::Frame;
-use gmem_protocol::server::{handle_frame, Handler, Response};
+use gmem_protocol::server::{decode_request, encode_reply, Response};
 use gmem_protocol::wire::{Header, Reply, Request, RequestBody, HEADER_SIZE, MAX_PAYLOAD};
 
 /// Bytes of the HELLO payload that hold the feature bits (masked on decode,
@@ -17,7 +15,7 @@ const HELLO_FEATURES: std::ops::Range<usize> = 0..8;
 
 /// The fuzz input for one request: code then payload.
 pub fn request_input(body: &RequestBody) -> Vec<u8> {
-    let mut out = (body.request() as u32).to_le_bytes().to_vec();
+    let mut out = body.request().code().to_le_bytes().to_vec();
     out.extend_from_slice(&body.encode());
     out
 }
@@ -57,7 +55,7 @@ fn check_header(bytes: &[u8; HEADER_SIZE]) {
 
 fn check_round_trip(code: u32, payload: &[u8], body: &RequestBody) {
     let request = body.request();
-    assert_eq!(request as u32, code, "{body:?} decoded from code {code}");
+    assert_eq!(request.code(), code, "{body:?} decoded from code {code}");
     let encoded = body.encode();
     assert_eq!(
         encoded.len(),
@@ -77,26 +75,6 @@ fn check_round_trip(code: u32, payload: &[u8], body: &RequestBody) {
     assert_eq!(ours, theirs, "{request} accepted a non-canonical payload");
 }
 
-/// Handler that accepts everything and remembers whether it was called.
-#[derive(Default)]
-struct Probe {
-    handled: Option<RequestBody>,
-    refused: bool,
-}
-
-impl Handler for Probe {
-    fn handle(&mut self, request: RequestBody, fds: Vec<OwnedFd>) -> Response {
-        assert_eq!(fds.len(), request.request().request_fds());
-        self.handled = Some(request);
-        Response::ok(Vec::new())
-    }
-
-    fn refused(&mut self, _code: u32, reply: &Reply) {
-        assert!(reply.status < 0, "refusal with status {}", reply.status);
-        self.refused = true;
-    }
-}
-
 /// The request as the daemon would see it in a frame without fds: it reaches
 /// the handler exactly when it decodes and needs no fd, and every answer is a
 /// well-formed reply.
@@ -113,15 +91,32 @@ fn check_server(code: u32, payload: &[u8], decodes: bool) {
         payload: payload.to_vec(),
         fds: Vec::new(),
     };
-    let mut probe = Probe::default();
-    let out = handle_frame(&mut probe, frame);
     let needs_fd = Request::try_from(code).is_ok_and(|r| r.request_fds() > 0);
-    assert_eq!(probe.handled.is_some(), decodes && !needs_fd);
-    assert_eq!(probe.refused, probe.handled.is_none());
+    let response = match decode_request(frame) {
+        Ok(decoded) => {
+            assert_eq!(decoded.fds.len(), decoded.body.request().request_fds());
+            assert!(
+                decodes && !needs_fd,
+                "{:?} decoded from an invalid frame",
+                decoded.body
+            );
+            Response::ok(Vec::new())
+        }
+        Err(refusal) => {
+            assert!(
+                !(decodes && !needs_fd),
+                "a valid request was refused: {refusal}"
+            );
+            assert!(refusal.errno.raw_os_error() > 0 && !refusal.text.is_empty());
+            Response::error(refusal.errno, &refusal.text)
+        }
+    };
+    let accepted = response.reply.status == 0;
+    let out = encode_reply(code, response);
     assert!(out.header.is_reply);
     assert_eq!(out.header.code, code);
     assert_eq!(out.header.size as usize, out.payload.len());
     assert!(out.fds.is_empty());
     let reply = Reply::decode(&out.payload).expect("server reply decodes");
-    assert_eq!(reply.status == 0, probe.handled.is_some());
+    assert_eq!(reply.status == 0, accepted);
 }

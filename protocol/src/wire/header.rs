@@ -20,51 +20,39 @@ bitflags! {
     }
 }
 
-/// Request codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum Request {
-    /// Handshake: features and the VM identity; opens the lease.
-    Hello = 1,
-    /// Create a named memory file (or open it with `OPEN_EXISTING`); reply carries its fd.
-    Create = 2,
-    /// Open an existing named memory file; reply carries its fd.
-    Open = 3,
-    /// Record a binding of a file range at a guest-physical address.
-    Bind = 4,
-    /// Remove the binding in a slot.
-    Unbind = 5,
-    /// Hand a client-created memfd or kernel guest_memfd to gmemd (1 fd).
-    Deposit = 6,
-    /// Forget a memory file and release gmemd's copy of it.
-    Destroy = 7,
-    /// One page of the files or leases table.
-    Status = 8,
-    /// Operator: end a VM's lease and destroy the content it owned.
-    Revoke = 9,
-    /// Destroy a file's content (punch the whole file) and forget its holders.
-    Scrub = 10,
+wire_enum! {
+    /// Request codes.
+    pub enum Request (unknown: WireError::UnknownRequest) {
+        /// Handshake: features and the VM identity; opens the lease.
+        Hello = 1 => "HELLO",
+        /// Create a named memory file (or open it with `OPEN_EXISTING`); reply carries its fd.
+        Create = 2 => "CREATE",
+        /// Open an existing named memory file; reply carries its fd.
+        Open = 3 => "OPEN",
+        /// Record a binding of a file range at a guest-physical address.
+        Bind = 4 => "BIND",
+        /// Remove the binding in a slot.
+        Unbind = 5 => "UNBIND",
+        /// Hand a client-created memfd or kernel guest_memfd to gmemd (1 fd).
+        Deposit = 6 => "DEPOSIT",
+        /// Forget a memory file and release gmemd's copy of it.
+        Destroy = 7 => "DESTROY",
+        /// One page of the files or leases table.
+        Status = 8 => "STATUS",
+        /// Operator: end a VM's lease and destroy the content it owned.
+        Revoke = 9 => "REVOKE",
+        /// Destroy a file's content (punch the whole file) and forget its holders.
+        Scrub = 10 => "SCRUB",
+        /// Tell gmemd which process holds the lease socket now (1 fd: its pidfd).
+        Handoff = 11 => "HANDOFF",
+    }
 }
 
 impl Request {
-    /// Every request code, in numeric order.
-    pub const ALL: [Request; 10] = [
-        Request::Hello,
-        Request::Create,
-        Request::Open,
-        Request::Bind,
-        Request::Unbind,
-        Request::Deposit,
-        Request::Destroy,
-        Request::Status,
-        Request::Revoke,
-        Request::Scrub,
-    ];
-
     /// Number of fds the request must carry.
     pub fn request_fds(self) -> usize {
         match self {
-            Request::Deposit => 1,
+            Request::Deposit | Request::Handoff => 1,
             _ => 0,
         }
     }
@@ -88,40 +76,8 @@ impl Request {
             Request::Deposit => RawDeposit::SIZE,
             Request::Status => RawStatusQuery::SIZE,
             Request::Revoke => RawVmSelector::SIZE,
+            Request::Handoff => RawHandoff::SIZE,
         }
-    }
-
-    /// Spec name of the request.
-    pub fn name(self) -> &'static str {
-        match self {
-            Request::Hello => "HELLO",
-            Request::Create => "CREATE",
-            Request::Open => "OPEN",
-            Request::Bind => "BIND",
-            Request::Unbind => "UNBIND",
-            Request::Deposit => "DEPOSIT",
-            Request::Destroy => "DESTROY",
-            Request::Status => "STATUS",
-            Request::Revoke => "REVOKE",
-            Request::Scrub => "SCRUB",
-        }
-    }
-}
-
-impl fmt::Display for Request {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl TryFrom<u32> for Request {
-    type Error = WireError;
-
-    fn try_from(code: u32) -> WireResult<Self> {
-        Request::ALL
-            .into_iter()
-            .find(|r| *r as u32 == code)
-            .ok_or(WireError::UnknownRequest(code))
     }
 }
 
@@ -135,6 +91,8 @@ bitflags! {
         const SCRUB = 1 << 1;
         /// REVOKE by an operator.
         const REVOKE = 1 << 2;
+        /// HANDOFF: the process holding a lease socket is shown in STATUS.
+        const HANDOFF = 1 << 3;
     }
 }
 
@@ -169,7 +127,7 @@ impl Header {
     /// A request header for `request` with `size` payload bytes.
     pub fn request(request: Request, size: usize) -> Self {
         Header {
-            code: request as u32,
+            code: request.code(),
             is_reply: false,
             size: wire_len(size),
         }

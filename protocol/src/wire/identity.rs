@@ -1,4 +1,4 @@
-//! Names, UUIDs and VM identities.
+//! Names, UUIDs, VM identities and lease ids.
 
 use std::fmt;
 
@@ -154,6 +154,17 @@ impl fmt::Display for Uuid {
     }
 }
 
+impl std::str::FromStr for Uuid {
+    type Err = WireError;
+
+    fn from_str(s: &str) -> WireResult<Self> {
+        Uuid::parse(s).ok_or(WireError::BadName {
+            field: "uuid",
+            reason: "not a UUID of the 8-4-4-4-12 hex form",
+        })
+    }
+}
+
 impl fmt::Debug for Uuid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
@@ -182,5 +193,54 @@ impl VmId {
 impl fmt::Display for VmId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({})", self.name, self.uuid)
+    }
+}
+
+/// A lease's id: one per VM connection, never reused while the daemon runs.
+/// Never 0: the wire uses 0 for "no lease" (a control session, a file
+/// without owner).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseId(std::num::NonZeroU64);
+
+impl LeaseId {
+    /// The id for a raw value; `None` for 0.
+    pub const fn new(raw: u64) -> Option<Self> {
+        match std::num::NonZeroU64::new(raw) {
+            Some(id) => Some(LeaseId(id)),
+            None => None,
+        }
+    }
+
+    /// The first id a daemon hands out.
+    pub const FIRST: LeaseId = LeaseId(std::num::NonZeroU64::MIN);
+
+    /// The raw value (never 0).
+    pub const fn get(self) -> u64 {
+        self.0.get()
+    }
+
+    /// The id after this one.
+    ///
+    /// # Panics
+    /// After 2^64 - 1 leases, which a daemon cannot live to see.
+    pub fn next(self) -> Self {
+        LeaseId(self.0.checked_add(1).expect("lease ids exhausted"))
+    }
+
+    /// Decodes a field that must hold a lease id.
+    pub(super) fn from_field(raw: u64, field: &'static str) -> WireResult<Self> {
+        LeaseId::new(raw).ok_or(WireError::UnknownValue { field, value: 0 })
+    }
+}
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<LeaseId> for u64 {
+    fn from(id: LeaseId) -> u64 {
+        id.get()
     }
 }

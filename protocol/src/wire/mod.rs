@@ -152,6 +152,59 @@ macro_rules! raw_struct {
     };
 }
 
+/// An enum carried on the wire as a `u32`: its codes, its names (spec or
+/// CLI) and its decoding come from one table, so they cannot disagree.
+/// `unknown` builds the error for a code with no variant.
+macro_rules! wire_enum {
+    (
+        $(#[$doc:meta])*
+        pub enum $name:ident (unknown: $unknown:expr) {
+            $($(#[$vdoc:meta])* $variant:ident = $code:literal => $text:literal,)+
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u32)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant = $code,)+
+        }
+
+        impl $name {
+            /// Every value, in code order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The name the spec (or the CLI) uses.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The code on the wire.
+            pub const fn code(self) -> u32 {
+                self as u32
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl TryFrom<u32> for $name {
+            type Error = WireError;
+
+            fn try_from(code: u32) -> WireResult<Self> {
+                match code {
+                    $($code => Ok($name::$variant),)+
+                    other => Err(($unknown)(other)),
+                }
+            }
+        }
+    };
+}
+
 mod header;
 mod identity;
 mod kind;
@@ -163,16 +216,18 @@ mod status;
 mod tests;
 
 pub use header::{Features, Header, HeaderFlags, RawHeader, Request};
-pub use identity::{Name, Uuid, VmId};
+pub use identity::{LeaseId, Name, Uuid, VmId};
 pub use kind::{MemoryKind, StatusSection};
 pub use raw::*;
-pub use reply::{FileInfo, HelloReply, Reply, RevokeReport};
+pub use reply::{FileInfo, HandoffReply, HelloReply, Reply, RevokeReport};
 pub use request::{
     BindRequest, CreateRequest, DepositRequest, Hello, RequestBody, StatusQuery, VmSelector,
 };
 pub use status::{
     encode_status_page, BindingStatus, FileStatus, LeaseStatus, OwnerStatus, StatusPage,
 };
+/// Guest-physical addresses are vm-memory's, as in every rust-vmm VMM.
+pub use vm_memory::GuestAddress;
 
 fn zero_pad(value: Le32, field: &'static str) -> WireResult<()> {
     if value.to_native() != 0 {

@@ -106,6 +106,24 @@ raw_struct!(
 });
 
 raw_struct!(
+    /// HANDOFF request payload (the pidfd travels beside it).
+    RawHandoff, 8, {
+    /// Zero.
+    flags: Le32,
+    /// Zero.
+    pad: Le32,
+});
+
+raw_struct!(
+    /// HANDOFF reply body.
+    RawHandoffReply, 8, {
+    /// The pid gmemd now shows for the lease.
+    pid: Le32,
+    /// Zero.
+    pad: Le32,
+});
+
+raw_struct!(
     /// STATUS request payload.
     RawStatusQuery, 8, {
     /// [`StatusSection`].

@@ -28,7 +28,7 @@ impl FileInfo {
         RawFileReply {
             size: self.size.into(),
             page_size: self.page_size.into(),
-            kind: (self.kind as u32).into(),
+            kind: self.kind.code().into(),
             flags: flags.bits().into(),
         }
         .as_slice()
@@ -53,8 +53,8 @@ impl FileInfo {
 pub struct HelloReply {
     /// Negotiated features.
     pub features: Features,
-    /// Lease id (0 for control sessions).
-    pub lease: u64,
+    /// Lease id (`None` for control sessions, 0 on the wire).
+    pub lease: Option<LeaseId>,
     /// Daemon protocol version.
     pub version: u32,
 }
@@ -64,7 +64,7 @@ impl HelloReply {
     pub fn encode(&self) -> Vec<u8> {
         RawHelloReply {
             features: self.features.bits().into(),
-            lease: self.lease.into(),
+            lease: self.lease.map_or(0, LeaseId::get).into(),
             version: self.version.into(),
             pad: 0.into(),
         }
@@ -77,7 +77,7 @@ impl HelloReply {
         let raw: RawHelloReply = read_exact(body)?;
         Ok(HelloReply {
             features: Features::from_bits_truncate(raw.features.to_native()),
-            lease: raw.lease.to_native(),
+            lease: LeaseId::new(raw.lease.to_native()),
             version: raw.version.to_native(),
         })
     }
@@ -114,6 +114,33 @@ impl RevokeReport {
             leases: raw.leases.to_native(),
             bindings: raw.bindings.to_native(),
             scrubbed: raw.scrubbed.to_native(),
+        })
+    }
+}
+
+/// HANDOFF reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandoffReply {
+    /// The pid gmemd now shows as the lease's process.
+    pub pid: u32,
+}
+
+impl HandoffReply {
+    /// Encodes a reply body.
+    pub fn encode(&self) -> Vec<u8> {
+        RawHandoffReply {
+            pid: self.pid.into(),
+            pad: 0.into(),
+        }
+        .as_slice()
+        .to_vec()
+    }
+
+    /// Decodes a reply body.
+    pub fn decode(body: &[u8]) -> WireResult<Self> {
+        let raw: RawHandoffReply = read_exact(body)?;
+        Ok(HandoffReply {
+            pid: raw.pid.to_native(),
         })
     }
 }

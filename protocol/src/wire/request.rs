@@ -34,13 +34,26 @@ pub struct BindRequest {
     /// Memslot.
     pub slot: u32,
     /// Guest-physical address.
-    pub gpa: u64,
+    pub gpa: GuestAddress,
     /// File.
     pub name: Name,
     /// Offset in the file.
     pub offset: u64,
     /// Bytes.
     pub size: u64,
+}
+
+impl BindRequest {
+    /// Binds `size` bytes of `name` from `offset` at `gpa` in memslot `slot`.
+    pub fn new(slot: u32, gpa: GuestAddress, name: Name, offset: u64, size: u64) -> Self {
+        BindRequest {
+            slot,
+            gpa,
+            name,
+            offset,
+            size,
+        }
+    }
 }
 
 /// DEPOSIT (the fd travels beside the payload).
@@ -73,8 +86,8 @@ pub enum VmSelector {
 impl fmt::Display for VmSelector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            VmSelector::Uuid(u) => write!(f, "uuid {u}"),
-            VmSelector::Name(n) => write!(f, "name {n}"),
+            VmSelector::Uuid(u) => u.fmt(f),
+            VmSelector::Name(n) => n.fmt(f),
         }
     }
 }
@@ -105,6 +118,8 @@ pub enum RequestBody {
     Revoke(VmSelector),
     /// SCRUB.
     Scrub(Name),
+    /// HANDOFF (the pidfd travels beside the payload).
+    Handoff,
 }
 
 impl RequestBody {
@@ -121,6 +136,7 @@ impl RequestBody {
             RequestBody::Status(_) => Request::Status,
             RequestBody::Revoke(_) => Request::Revoke,
             RequestBody::Scrub(_) => Request::Scrub,
+            RequestBody::Handoff => Request::Handoff,
         }
     }
 
@@ -186,7 +202,7 @@ impl RequestBody {
                 zero_pad(raw.flags, "BIND flags")?;
                 RequestBody::Bind(BindRequest {
                     slot: raw.slot.to_native(),
-                    gpa: raw.gpa.to_native(),
+                    gpa: GuestAddress(raw.gpa.to_native()),
                     name: Name::from_field(&raw.name, "file name")?,
                     offset: raw.offset.to_native(),
                     size: raw.size.to_native(),
@@ -226,6 +242,12 @@ impl RequestBody {
                     VmSelector::Uuid(uuid)
                 })
             }
+            Request::Handoff => {
+                let raw: RawHandoff = read_raw(payload);
+                zero_pad(raw.flags, "HANDOFF flags")?;
+                zero_pad(raw.pad, "HANDOFF pad")?;
+                RequestBody::Handoff
+            }
         })
     }
 
@@ -249,7 +271,7 @@ impl RequestBody {
             }
             RequestBody::Create(c) => RawCreate {
                 size: c.size.into(),
-                kind: (c.kind as u32).into(),
+                kind: c.kind.code().into(),
                 flags: c.flags.bits().into(),
                 name: c.name.to_field(),
             }
@@ -261,7 +283,7 @@ impl RequestBody {
             RequestBody::Bind(b) => RawBind {
                 slot: b.slot.into(),
                 flags: 0.into(),
-                gpa: b.gpa.into(),
+                gpa: b.gpa.0.into(),
                 offset: b.offset.into(),
                 size: b.size.into(),
                 name: b.name.to_field(),
@@ -275,14 +297,14 @@ impl RequestBody {
             .as_slice()
             .to_vec(),
             RequestBody::Deposit(d) => RawDeposit {
-                kind: (d.kind as u32).into(),
+                kind: d.kind.code().into(),
                 flags: 0.into(),
                 name: d.name.to_field(),
             }
             .as_slice()
             .to_vec(),
             RequestBody::Status(q) => RawStatusQuery {
-                section: (q.section as u32).into(),
+                section: q.section.code().into(),
                 start: q.start.into(),
             }
             .as_slice()
@@ -294,6 +316,7 @@ impl RequestBody {
                 };
                 RawVmSelector { uuid, name }.as_slice().to_vec()
             }
+            RequestBody::Handoff => RawHandoff::default().as_slice().to_vec(),
         }
     }
 }

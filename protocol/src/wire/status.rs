@@ -27,7 +27,7 @@ pub struct OwnerStatus {
     /// Owner VM.
     pub vm: VmId,
     /// Its lease.
-    pub lease: u64,
+    pub lease: LeaseId,
 }
 
 /// One binding in a STATUS page.
@@ -36,7 +36,7 @@ pub struct BindingStatus {
     /// Slot.
     pub slot: u32,
     /// Guest-physical address.
-    pub gpa: u64,
+    pub gpa: GuestAddress,
     /// File offset.
     pub offset: u64,
     /// Size.
@@ -47,7 +47,7 @@ pub struct BindingStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseStatus {
     /// Lease id.
-    pub lease: u64,
+    pub lease: LeaseId,
     /// VM.
     pub vm: VmId,
     /// Client pid.
@@ -111,14 +111,14 @@ impl FileStatus {
     /// Encodes the entry and its bindings.
     pub fn encode(&self) -> Vec<u8> {
         let (owner_uuid, owner_lease, owner_name) = match &self.owner {
-            Some(o) => (o.vm.uuid.0, o.lease, o.vm.name.to_field()),
+            Some(o) => (o.vm.uuid.0, o.lease.get(), o.vm.name.to_field()),
             None => ([0; 16], 0, [0; NAME_LEN]),
         };
         let count = u32::try_from(self.bindings.len()).unwrap_or(u32::MAX);
         let mut out = RawFileEntry {
             size: self.size.into(),
             page_size: self.page_size.into(),
-            kind: (self.kind as u32).into(),
+            kind: self.kind.code().into(),
             bindings: count.into(),
             owner_uuid,
             owner_lease: owner_lease.into(),
@@ -132,7 +132,7 @@ impl FileStatus {
                 RawBindingEntry {
                     slot: b.slot.into(),
                     flags: 0.into(),
-                    gpa: b.gpa.into(),
+                    gpa: b.gpa.0.into(),
                     offset: b.offset.into(),
                     size: b.size.into(),
                 }
@@ -156,7 +156,7 @@ impl FileStatus {
                         uuid: Uuid(raw.owner_uuid),
                         name: Name::from_field(&raw.owner_name, "owner name")?,
                     },
-                    lease: raw.owner_lease.to_native(),
+                    lease: LeaseId::from_field(raw.owner_lease.to_native(), "owner lease")?,
                 })
             };
             let mut bindings = Vec::new();
@@ -166,7 +166,7 @@ impl FileStatus {
                 rest = tail;
                 bindings.push(BindingStatus {
                     slot: b.slot.to_native(),
-                    gpa: b.gpa.to_native(),
+                    gpa: GuestAddress(b.gpa.to_native()),
                     offset: b.offset.to_native(),
                     size: b.size.to_native(),
                 });
@@ -188,7 +188,7 @@ impl LeaseStatus {
     /// Encodes the entry.
     pub fn encode(&self) -> Vec<u8> {
         RawLeaseEntry {
-            lease: self.lease.into(),
+            lease: self.lease.get().into(),
             pid: self.pid.into(),
             uid: self.uid.into(),
             bindings: self.bindings.into(),
@@ -209,7 +209,7 @@ impl LeaseStatus {
             let (raw, tail) = take::<RawLeaseEntry>(rest)?;
             rest = tail;
             entries.push(LeaseStatus {
-                lease: raw.lease.to_native(),
+                lease: LeaseId::from_field(raw.lease.to_native(), "lease")?,
                 vm: VmId {
                     uuid: Uuid(raw.uuid),
                     name: Name::from_field(&raw.name, "vm name")?,

@@ -24,13 +24,13 @@ fn sample_requests() -> Vec<RequestBody> {
             flags: CreateFlags::OPEN_EXISTING,
         }),
         RequestBody::Open(name("ram0")),
-        RequestBody::Bind(BindRequest {
-            slot: 3,
-            gpa: 0x1_0000_0000,
-            name: name("ram0"),
-            offset: 4096,
-            size: 8192,
-        }),
+        RequestBody::Bind(BindRequest::new(
+            3,
+            GuestAddress(0x1_0000_0000),
+            name("ram0"),
+            4096,
+            8192,
+        )),
         RequestBody::Unbind { slot: 7 },
         RequestBody::Deposit(DepositRequest {
             name: name("gmem"),
@@ -52,7 +52,7 @@ fn every_request_round_trips() {
     for req in sample_requests() {
         let bytes = req.encode();
         assert_eq!(bytes.len(), req.request().request_len());
-        let back = RequestBody::decode(req.request() as u32, &bytes).unwrap();
+        let back = RequestBody::decode(req.request().code(), &bytes).unwrap();
         assert_eq!(back, req);
     }
 }
@@ -93,14 +93,15 @@ fn unknown_code_and_wrong_lengths_are_errors() {
         RequestBody::decode(0, &[]),
         Err(WireError::UnknownRequest(0))
     );
+    let past_last = Request::ALL.last().unwrap().code() + 1;
     assert_eq!(
-        RequestBody::decode(11, &[]),
-        Err(WireError::UnknownRequest(11))
+        RequestBody::decode(past_last, &[]),
+        Err(WireError::UnknownRequest(past_last))
     );
     for req in Request::ALL {
         let len = req.request_len();
         for bad in [0, len - 1, len + 1] {
-            let err = RequestBody::decode(req as u32, &vec![0; bad]).unwrap_err();
+            let err = RequestBody::decode(req.code(), &vec![0; bad]).unwrap_err();
             assert!(matches!(err, WireError::BadLength { .. }), "{req} {bad}");
         }
     }
@@ -122,17 +123,11 @@ fn names_are_validated() {
 
 #[test]
 fn payload_flags_and_padding_are_checked() {
-    let mut bind = RequestBody::Bind(BindRequest {
-        slot: 0,
-        gpa: 0,
-        name: name("f"),
-        offset: 0,
-        size: 4096,
-    })
-    .encode();
+    let mut bind =
+        RequestBody::Bind(BindRequest::new(0, GuestAddress(0), name("f"), 0, 4096)).encode();
     bind[4] = 1;
     assert!(matches!(
-        RequestBody::decode(Request::Bind as u32, &bind),
+        RequestBody::decode(Request::Bind.code(), &bind),
         Err(WireError::NonZeroPadding(_))
     ));
     let mut create = RequestBody::Create(CreateRequest {
@@ -144,13 +139,13 @@ fn payload_flags_and_padding_are_checked() {
     .encode();
     create[12] = 0x80;
     assert!(matches!(
-        RequestBody::decode(Request::Create as u32, &create),
+        RequestBody::decode(Request::Create.code(), &create),
         Err(WireError::UnknownFlags { .. })
     ));
     create[12] = 0;
     create[8] = 9; // kind 9
     assert!(matches!(
-        RequestBody::decode(Request::Create as u32, &create),
+        RequestBody::decode(Request::Create.code(), &create),
         Err(WireError::UnknownValue { field: "kind", .. })
     ));
 }
@@ -227,11 +222,11 @@ fn status_pages_round_trip_and_fit() {
             kind: MemoryKind::Memfd,
             owner: Some(OwnerStatus {
                 vm: vm.clone(),
-                lease: 4,
+                lease: LeaseId::new(4).unwrap(),
             }),
             bindings: vec![BindingStatus {
                 slot: i,
-                gpa: 0,
+                gpa: GuestAddress(0),
                 offset: 0,
                 size: 4096,
             }],
@@ -246,7 +241,7 @@ fn status_pages_round_trip_and_fit() {
     assert_eq!(page.next, count);
 
     let lease = LeaseStatus {
-        lease: 9,
+        lease: LeaseId::new(9).unwrap(),
         vm,
         pid: 42,
         uid: 0,

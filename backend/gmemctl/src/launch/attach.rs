@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gmem_protocol::wire::{Name, WireError};
+use gmem_protocol::wire::Name;
 use gmem_protocol::Client;
 
 use crate::launch::lease_fd::{take_lease, LeaseFdError};
@@ -16,9 +16,6 @@ use crate::qmp::{QmpClient, QmpError};
 /// Errors of attaching to a running VM.
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    /// Not a valid VM name.
-    #[error("invalid VM name")]
-    Name(#[source] WireError),
     /// The record is missing or broken, or the lock is held.
     #[error(transparent)]
     Record(#[from] RecordError),
@@ -26,7 +23,7 @@ pub enum AttachError {
     #[error("VM {vm} is not running: its QEMU (pid {pid}) has exited (stale record {record})")]
     NotRunning {
         /// The VM.
-        vm: String,
+        vm: Name,
         /// The recorded pid.
         pid: u32,
         /// The record file.
@@ -39,7 +36,7 @@ pub enum AttachError {
     )]
     Qmp {
         /// The VM.
-        vm: String,
+        vm: Name,
         /// The socket.
         path: PathBuf,
         /// Cause.
@@ -71,16 +68,14 @@ pub struct Attached {
 ///
 /// # Errors
 /// [`AttachError`].
-pub fn attach(run_dir: &RunDir, vm: &str, timeout: Duration) -> Result<Attached, AttachError> {
-    // A valid name is also a safe file name.
-    Name::new(vm).map_err(AttachError::Name)?;
+pub fn attach(run_dir: &RunDir, vm: &Name, timeout: Duration) -> Result<Attached, AttachError> {
     let lock = run_dir.lock(vm, timeout)?;
     let record = run_dir.load(vm)?;
     let qemu = match Process::open(record.qemu.process) {
         Ok(p) => p,
         Err(ProcessError::Gone { pid }) => {
             return Err(AttachError::NotRunning {
-                vm: vm.to_owned(),
+                vm: vm.clone(),
                 pid,
                 record: run_dir.record_path(vm),
             })
@@ -114,9 +109,12 @@ impl Attached {
     /// # Errors
     /// [`AttachError::Lease`], [`AttachError::Record`].
     pub fn lease(&self, timeout: Duration) -> Result<Client, AttachError> {
-        let path = self.run_dir.record_path(&self.record.vm);
-        let vm = self.record.vm_id(&path)?;
-        Ok(take_lease(&self.qemu, vm, self.record.lease, timeout)?)
+        Ok(take_lease(
+            &self.qemu,
+            self.record.vm_id(),
+            self.record.lease,
+            timeout,
+        )?)
     }
 
     /// The launcher, if it still runs.

@@ -105,7 +105,7 @@ impl AddedOptions<'_> {
 
 #[cfg(test)]
 mod tests {
-    use gmem_protocol::wire::MemoryKind;
+    use gmem_protocol::wire::{MemoryKind, Name};
 
     use super::*;
 
@@ -140,7 +140,7 @@ mod tests {
     fn upgrade_target_options() {
         let dimm = DimmRecord {
             id: "dimm0".into(),
-            file: "vm.dimm0".into(),
+            file: Name::new("vm.dimm0").unwrap(),
             size: 128 << 20,
             kind: MemoryKind::Memfd,
             qemu_fd: 40,

@@ -17,7 +17,7 @@
 use std::os::fd::{AsFd, RawFd};
 use std::time::{Duration, Instant};
 
-use gmem_protocol::wire::{BindRequest, MemoryKind, Name};
+use gmem_protocol::wire::{BindRequest, GuestAddress, MemoryKind, Name};
 use gmem_protocol::ClientError;
 use serde::Serialize;
 use serde_json::json;
@@ -40,12 +40,12 @@ pub enum HotplugError {
     Kind(LaunchError),
     /// The VM has no hotplug slots.
     #[error("VM {0} was launched without --max-memory: it has no memory hotplug slots")]
-    NoHotplug(String),
+    NoHotplug(Name),
     /// Every slot is used.
     #[error("VM {vm} has all its {slots} memory slots in use")]
     SlotsFull {
         /// The VM.
-        vm: String,
+        vm: Name,
         /// Its slots.
         slots: u32,
     },
@@ -56,7 +56,7 @@ pub enum HotplugError {
     #[error("VM {vm} already has a DIMM {id}")]
     IdTaken {
         /// The VM.
-        vm: String,
+        vm: Name,
         /// The id.
         id: String,
     },
@@ -67,7 +67,7 @@ pub enum HotplugError {
     #[error("cannot get memory file {file} from gmemd")]
     Memory {
         /// The file.
-        file: String,
+        file: Name,
         /// Cause.
         #[source]
         source: ClientError,
@@ -88,7 +88,7 @@ pub enum HotplugError {
     #[error("cannot bind {file} at gpa {gpa:#x}; the DIMM was unplugged again")]
     Bind {
         /// The file.
-        file: String,
+        file: Name,
         /// Guest-physical address.
         gpa: u64,
         /// Cause.
@@ -99,7 +99,7 @@ pub enum HotplugError {
     #[error("VM {vm} has no DIMM {id} plugged by gmemctl")]
     NoSuchDimm {
         /// The VM.
-        vm: String,
+        vm: Name,
         /// The id.
         id: String,
     },
@@ -121,7 +121,7 @@ pub enum HotplugError {
         /// unbind or destroy.
         what: &'static str,
         /// The file.
-        file: String,
+        file: Name,
         /// Cause.
         #[source]
         source: ClientError,
@@ -137,7 +137,7 @@ pub struct HotplugOptions {
     /// Where the VM's record lives.
     pub run_dir: RunDir,
     /// The VM.
-    pub vm: String,
+    pub vm: Name,
     /// Bytes.
     pub size: u64,
     /// Memory kind.
@@ -154,11 +154,13 @@ pub struct HotplugOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct HotplugReport {
     /// The VM.
-    pub vm: String,
+    #[serde(with = "crate::launch::serde_fields::text")]
+    pub vm: Name,
     /// DIMM id.
     pub id: String,
     /// Memory file.
-    pub file: String,
+    #[serde(with = "crate::launch::serde_fields::text")]
+    pub file: Name,
     /// Bytes.
     pub size: u64,
     /// Whether the file was created (else an existing one was reused).
@@ -181,7 +183,7 @@ pub struct UnplugOptions {
     /// Where the VM's record lives.
     pub run_dir: RunDir,
     /// The VM.
-    pub vm: String,
+    pub vm: Name,
     /// DIMM id.
     pub id: String,
     /// Keep the memory file in gmemd (else it is destroyed).
@@ -194,11 +196,13 @@ pub struct UnplugOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct UnplugReport {
     /// The VM.
-    pub vm: String,
+    #[serde(with = "crate::launch::serde_fields::text")]
+    pub vm: Name,
     /// DIMM id.
     pub id: String,
     /// Memory file.
-    pub file: String,
+    #[serde(with = "crate::launch::serde_fields::text")]
+    pub file: Name,
     /// Whether the file was destroyed.
     pub destroyed: bool,
     /// From device_del to DEVICE_DELETED, ms.
@@ -260,7 +264,7 @@ pub fn hotplug(opts: &HotplugOptions) -> Result<HotplugReport, HotplugError> {
     let (fd, info) = lease
         .create_or_open(&file, opts.size, opts.kind)
         .map_err(|source| HotplugError::Memory {
-            file: file.to_string(),
+            file: file.clone(),
             source,
         })?;
     let mut qmp = att.qmp(opts.timeout)?;
@@ -306,26 +310,20 @@ pub fn hotplug(opts: &HotplugOptions) -> Result<HotplugReport, HotplugError> {
     let qmp_ms = ms(t_qmp.elapsed());
 
     let slot = DIMM_SLOT_BASE + dimm_slot;
-    let bind = BindRequest {
-        slot,
-        gpa: addr,
-        name: file.clone(),
-        offset: 0,
-        size: opts.size,
-    };
+    let bind = BindRequest::new(slot, GuestAddress(addr), file.clone(), 0, opts.size);
     if let Err(source) = lease.bind(&bind) {
         // Not recorded means not plugged: take it back (the guest must
         // agree; see the module doc).
         let _ = qmp.device_del(&id);
         return Err(HotplugError::Bind {
-            file: file.to_string(),
+            file: file.clone(),
             gpa: addr,
             source,
         });
     }
     att.record.dimms.push(DimmRecord {
         id: id.clone(),
-        file: file.to_string(),
+        file: file.clone(),
         size: opts.size,
         kind: opts.kind,
         qemu_fd,
@@ -338,7 +336,7 @@ pub fn hotplug(opts: &HotplugOptions) -> Result<HotplugReport, HotplugError> {
     Ok(HotplugReport {
         vm,
         id,
-        file: file.to_string(),
+        file,
         size: opts.size,
         created: info.created,
         addr,
@@ -406,8 +404,7 @@ pub fn unplug(opts: &UnplugOptions) -> Result<UnplugReport, HotplugError> {
         Err(e) => return Err(cleanup("unbind")(e)),
     }
     if !opts.keep {
-        let name = Name::new(&dimm.file).map_err(|_| HotplugError::FileName(dimm.id.clone()))?;
-        lease.destroy(&name).map_err(cleanup("destroy"))?;
+        lease.destroy(&dimm.file).map_err(cleanup("destroy"))?;
     }
     att.record.dimms.remove(index);
     att.save()?;
@@ -460,7 +457,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut opts = HotplugOptions {
             run_dir: RunDir::new(dir.path()),
-            vm: "vm".into(),
+            vm: Name::new("vm").unwrap(),
             size: 128 << 20,
             kind: MemoryKind::Secret,
             id: None,
@@ -472,17 +469,7 @@ mod tests {
         opts.kind = MemoryKind::Memfd;
         let err = hotplug(&opts).unwrap_err();
         assert!(err.to_string().contains("not running"), "{err}");
-        let err = unplug(&UnplugOptions {
-            run_dir: RunDir::new(dir.path()),
-            vm: "../x".into(),
-            id: "dimm0".into(),
-            keep: false,
-            timeout: Duration::from_secs(1),
-        })
-        .unwrap_err();
-        assert!(
-            matches!(err, HotplugError::Attach(AttachError::Name(_))),
-            "{err}"
-        );
+        // A VM name is a `Name`: "../x" cannot even be asked for.
+        assert!(Name::new("../x").is_err());
     }
 }

@@ -19,16 +19,16 @@
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gmem_protocol::wire::{BindRequest, MemoryKind, Name, VmId};
+use gmem_protocol::wire::{BindRequest, LeaseId, MemoryKind, Name, VmId};
 use gmem_protocol::{Client, ClientError};
 
 use crate::launch::args::{ArgsError, QemuCommand};
 use crate::launch::cmdline::AddedOptions;
 use crate::launch::control::{ControlError, ControlServer};
-use crate::launch::layout::Machine;
+use crate::launch::layout::{Machine, RamRange};
 use crate::launch::process::ProcessId;
 use crate::launch::record::{
     check_socket_path, BindingRecord, MemoryRecord, QemuRecord, RecordError, RunDir, VmRecord,
@@ -77,7 +77,7 @@ pub enum LaunchError {
     Hotplug(String),
     /// The default memory file name would be invalid.
     #[error("memory file name for VM {0} is not a valid gmemd name (use --file)")]
-    FileName(String),
+    FileName(Name),
     /// The run directory or the record.
     #[error(transparent)]
     Record(#[from] RecordError),
@@ -85,7 +85,7 @@ pub enum LaunchError {
     #[error("VM {vm} is already running ({message})")]
     AlreadyRunning {
         /// The VM.
-        vm: String,
+        vm: Name,
         /// gmemd's explanation.
         message: String,
     },
@@ -93,7 +93,7 @@ pub enum LaunchError {
     #[error("cannot open a lease for VM {vm} with gmemd")]
     Lease {
         /// The VM.
-        vm: String,
+        vm: Name,
         /// Cause.
         #[source]
         source: ClientError,
@@ -102,7 +102,7 @@ pub enum LaunchError {
     #[error("cannot get memory file {file} from gmemd")]
     Memory {
         /// The file.
-        file: String,
+        file: Name,
         /// Cause.
         #[source]
         source: ClientError,
@@ -111,9 +111,9 @@ pub enum LaunchError {
     #[error("cannot bind {file} +{offset:#x} at gpa {gpa:#x} for VM {vm}")]
     Bind {
         /// The VM.
-        vm: String,
+        vm: Name,
         /// The file.
-        file: String,
+        file: Name,
         /// Guest-physical address.
         gpa: u64,
         /// File offset.
@@ -125,6 +125,17 @@ pub enum LaunchError {
     /// Duplicating the lease socket failed.
     #[error("cannot share the lease socket with QEMU")]
     Dup(#[source] std::io::Error),
+    /// gmemd refused to show QEMU as the lease's process.
+    #[error("gmemd refused the handoff of lease {lease} to QEMU (pid {pid})")]
+    Handoff {
+        /// The lease.
+        lease: LeaseId,
+        /// QEMU's pid.
+        pid: u32,
+        /// Cause.
+        #[source]
+        source: ClientError,
+    },
     /// The control socket.
     #[error(transparent)]
     Control(#[from] ControlError),
@@ -227,10 +238,11 @@ impl LaunchOptions {
 /// Returns the exit code to exit with: QEMU's, or 128 + signal.
 ///
 /// # Errors
-/// [`LaunchError`] for everything that stops QEMU from starting.
+/// [`LaunchError`] for everything that stops QEMU from starting; nothing
+/// of the refused launch is left in the run directory then.
 pub fn launch(opts: &LaunchOptions, on_started: impl FnOnce(&VmRecord)) -> Result<u8, LaunchError> {
     let (command, machine, slots) = opts.check()?;
-    let vm_name = opts.vm.name.to_string();
+    let vm_name = &opts.vm.name;
     let file = match &opts.file {
         Some(f) => f.clone(),
         None => Name::new(&format!("{vm_name}.ram"))
@@ -238,13 +250,58 @@ pub fn launch(opts: &LaunchOptions, on_started: impl FnOnce(&VmRecord)) -> Resul
     };
     let ranges = machine.main_ram(opts.memory).map_err(ArgsError::from)?;
     let run_dir = &opts.run_dir;
-    let qmp = opts.qmp.clone().unwrap_or_else(|| run_dir.qmp(&vm_name));
+    let qmp = opts.qmp.clone().unwrap_or_else(|| run_dir.qmp(vm_name));
     check_socket_path(&next_qmp_path(&qmp, 9999))?;
-    let control_path = run_dir.control(&vm_name);
+    let control_path = run_dir.control(vm_name);
     check_socket_path(&control_path)?;
-    check_socket_path(&run_dir.migration(&vm_name))?;
-    let lock = run_dir.lock(&vm_name, LOCK_TIMEOUT)?;
+    check_socket_path(&run_dir.migration(vm_name))?;
+    let lock = run_dir.lock(vm_name, LOCK_TIMEOUT)?;
+    let started = start(
+        opts,
+        &command,
+        &machine,
+        slots,
+        &file,
+        &ranges,
+        &qmp,
+        &control_path,
+    );
+    let (supervisor, record) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            // A refused launch leaves nothing behind, its lock included.
+            lock.remove();
+            return Err(e);
+        }
+    };
+    drop(lock);
+    on_started(&record);
 
+    let status = supervisor.run()?;
+    eprintln!(
+        "gmemctl: VM {vm_name}: QEMU (pid {}) {}",
+        status.pid,
+        describe_exit(status.status)
+    );
+    cleanup(run_dir, vm_name);
+    Ok(exit_code(status.status))
+}
+
+/// Opens the lease, gets and binds the memory, starts QEMU with both, hands
+/// the lease to it and writes the record. Everything is undone on failure:
+/// the lease ends with its socket, QEMU is killed.
+#[allow(clippy::too_many_arguments)]
+fn start(
+    opts: &LaunchOptions,
+    command: &QemuCommand,
+    machine: &Machine,
+    slots: u32,
+    file: &Name,
+    ranges: &[RamRange],
+    qmp: &Path,
+    control_path: &Path,
+) -> Result<(Supervisor, VmRecord), LaunchError> {
+    let vm_name = &opts.vm.name;
     // Every wait on gmemd is bounded, the handshake included.
     let stream = UnixStream::connect(&opts.socket)
         .and_then(|s| s.set_read_timeout(Some(GMEMD_TIMEOUT)).map(|()| s))
@@ -267,42 +324,35 @@ pub fn launch(opts: &LaunchOptions, on_started: impl FnOnce(&VmRecord)) -> Resul
             },
         }
     })?;
+    let lease_id = lease.lease().expect("a VM handshake opens a lease");
     let (ram, info) = lease
-        .create_or_open(&file, opts.memory, opts.kind)
+        .create_or_open(file, opts.memory, opts.kind)
         .map_err(|source| LaunchError::Memory {
-            file: file.to_string(),
+            file: file.clone(),
             source,
         })?;
     let mut bindings = Vec::new();
-    for (slot, range) in (MAIN_SLOT..).zip(&ranges) {
-        lease
-            .bind(&BindRequest {
-                slot,
-                gpa: range.gpa,
-                name: file.clone(),
-                offset: range.offset,
-                size: range.size,
-            })
-            .map_err(|source| LaunchError::Bind {
-                vm: vm_name.clone(),
-                file: file.to_string(),
-                gpa: range.gpa,
-                offset: range.offset,
-                source,
-            })?;
+    for (slot, range) in (MAIN_SLOT..).zip(ranges) {
+        let bind = BindRequest::new(slot, range.gpa, file.clone(), range.offset, range.size);
+        lease.bind(&bind).map_err(|source| LaunchError::Bind {
+            vm: vm_name.clone(),
+            file: file.clone(),
+            gpa: range.gpa.0,
+            offset: range.offset,
+            source,
+        })?;
         bindings.push(BindingRecord {
             slot,
             range: *range,
         });
     }
     log::info!(
-        "VM {vm_name}: lease {}, {} {file} ({}), bindings {bindings:?}",
-        lease.lease(),
+        "VM {vm_name}: lease {lease_id}, {} {file} ({}), bindings {bindings:?}",
         if info.created { "created" } else { "reopened" },
         format_size(info.size)
     );
 
-    let control = ControlServer::bind(&control_path)?;
+    let control = ControlServer::bind(control_path)?;
     let signals = block_forwarded_signals()?;
     let lease_fd = lease
         .stream()
@@ -316,7 +366,7 @@ pub fn launch(opts: &LaunchOptions, on_started: impl FnOnce(&VmRecord)) -> Resul
             max_memory: opts.max_memory,
             slots,
             ram_fd: RAM_FD,
-            qmp: &qmp,
+            qmp,
             dimms: &[],
             incoming: false,
         }
@@ -330,28 +380,34 @@ pub fn launch(opts: &LaunchOptions, on_started: impl FnOnce(&VmRecord)) -> Resul
         stdio: None,
         process_group: None,
     })?;
-    let lease_id = lease.lease();
-    let supervisor = Supervisor::new(child, signals, control, Some(lease))?;
+    let supervisor = Supervisor::new(vm_name.clone(), child, signals, control)?;
+    let qemu = supervisor.current().id();
+    // gmemd shows QEMU, not this launcher, as the lease's process.
+    if let Err(source) = lease.handoff(supervisor.current().pidfd().as_fd()) {
+        supervisor.kill();
+        return Err(LaunchError::Handoff {
+            lease: lease_id,
+            pid: qemu.pid,
+            source,
+        });
+    }
     let record = VmRecord {
         version: RECORD_VERSION,
         vm: vm_name.clone(),
-        uuid: opts.vm.uuid.to_string(),
+        uuid: opts.vm.uuid,
         lease: lease_id,
         launcher: ProcessId::current(),
-        control: control_path,
+        control: control_path.to_owned(),
         qemu: QemuRecord {
-            process: ProcessId::of(supervisor.current_pid()).unwrap_or(ProcessId {
-                pid: supervisor.current_pid(),
-                start_time: 0,
-            }),
+            process: qemu,
             generation: 0,
             program: command.program.clone(),
             args: command.args.clone(),
-            qmp,
+            qmp: qmp.to_owned(),
             machine: machine.type_name.clone(),
         },
         memory: MemoryRecord {
-            file: file.to_string(),
+            file: file.clone(),
             size: opts.memory,
             kind: opts.kind,
             max_memory: opts.max_memory,
@@ -360,23 +416,41 @@ pub fn launch(opts: &LaunchOptions, on_started: impl FnOnce(&VmRecord)) -> Resul
         },
         dimms: Vec::new(),
     };
-    if let Err(e) = run_dir.save(&record) {
+    if let Err(e) = opts.run_dir.save(&record) {
         // Without a record nobody could upgrade or hotplug this QEMU.
         supervisor.kill();
         return Err(e.into());
     }
-    drop(lock);
-    on_started(&record);
-
-    let status = supervisor.run()?;
-    cleanup(run_dir, &vm_name);
-    Ok(exit_code(status))
+    Ok((supervisor.holding(lease), record))
 }
 
-/// Removes the VM's record and sockets once its last QEMU has exited,
-/// unless a newer launcher has taken the VM over since.
-fn cleanup(run_dir: &RunDir, vm: &str) {
-    let _lock = match run_dir.lock(vm, LOCK_TIMEOUT) {
+/// How a process ended, for people: `exited with status 1`, `was killed
+/// by SIGKILL`.
+pub fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(0), _) => "exited normally (status 0)".to_owned(),
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => {
+            let name = rustix::process::Signal::from_named_raw(signal)
+                .map_or_else(|| format!("signal {signal}"), |s| format!("{s:?}"));
+            format!(
+                "was killed by {name}{}",
+                if status.core_dumped() {
+                    " (core dumped)"
+                } else {
+                    ""
+                }
+            )
+        }
+        (None, None) => format!("ended ({status})"),
+    }
+}
+
+/// Removes the VM's record, sockets and lock once its last QEMU has
+/// exited, unless a newer launcher has taken the VM over since.
+fn cleanup(run_dir: &RunDir, vm: &Name) {
+    let lock = match run_dir.lock(vm, LOCK_TIMEOUT) {
         Ok(l) => Some(l),
         Err(e) => {
             log::warn!("{e}; cleaning up anyway");
@@ -397,6 +471,9 @@ fn cleanup(run_dir: &RunDir, vm: &str) {
         let _ = std::fs::remove_file(socket);
     }
     run_dir.remove(vm);
+    if let Some(lock) = lock {
+        lock.remove();
+    }
 }
 
 /// Where the upgrade target of `generation` listens for QMP until it takes
@@ -508,8 +585,12 @@ mod tests {
         };
         let err = launch(&o, |_| panic!("not started")).unwrap_err();
         assert!(matches!(err, LaunchError::Lease { .. }), "{err}");
-        assert!(!o.run_dir.record_path("vm").exists());
-        assert!(!o.run_dir.control("vm").exists());
+        // No record, no control socket, no lock file: nothing at all.
+        let left: Vec<_> = std::fs::read_dir(o.run_dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! about 1 TiB); that case is not modelled. Other machine types (`microvm`,
 //! `isapc`) are refused.
 
+use gmem_protocol::wire::GuestAddress;
 use gmemd::size::format_size;
 
 const GIB: u64 = 1 << 30;
@@ -128,13 +129,13 @@ impl Machine {
         }
         let low = self.below_4g(ram_size);
         let mut ranges = vec![RamRange {
-            gpa: 0,
+            gpa: GuestAddress(0),
             offset: 0,
             size: low,
         }];
         if ram_size > low {
             ranges.push(RamRange {
-                gpa: ABOVE_4G,
+                gpa: GuestAddress(ABOVE_4G),
                 offset: low,
                 size: ram_size - low,
             });
@@ -147,7 +148,8 @@ impl Machine {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RamRange {
     /// Guest-physical address.
-    pub gpa: u64,
+    #[serde(with = "crate::launch::serde_fields::gpa")]
+    pub gpa: GuestAddress,
     /// Offset in the memory file.
     pub offset: u64,
     /// Bytes.
@@ -166,7 +168,7 @@ mod tests {
             .main_ram(ram)
             .unwrap()
             .into_iter()
-            .map(|r| (r.gpa, r.offset, r.size))
+            .map(|r| (r.gpa.0, r.offset, r.size))
             .collect()
     }
 

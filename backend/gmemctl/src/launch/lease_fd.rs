@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use gmem_protocol::wire::VmId;
+use gmem_protocol::wire::{LeaseId, Name, VmId};
 use gmem_protocol::{Client, ClientError};
 use rustix::io::Errno;
 use rustix::net::{RecvAncillaryBuffer, RecvFlags};
@@ -36,15 +36,15 @@ pub enum LeaseFdError {
     #[error("gmemd has no lease {lease} for VM {vm} (the lease ended?)")]
     NoSuchLease {
         /// The lease id.
-        lease: u64,
+        lease: LeaseId,
         /// The VM.
-        vm: String,
+        vm: Name,
     },
     /// Talking to gmemd failed.
     #[error("lease {lease}: gmemd did not answer")]
     Client {
         /// The lease id.
-        lease: u64,
+        lease: LeaseId,
         /// Cause.
         #[source]
         source: ClientError,
@@ -59,7 +59,7 @@ pub enum LeaseFdError {
 pub fn take_lease(
     qemu: &Process,
     vm: VmId,
-    lease: u64,
+    lease: LeaseId,
     timeout: Duration,
 ) -> Result<Client, LeaseFdError> {
     let fd = qemu.take_fd(LEASE_FD)?;
@@ -70,9 +70,9 @@ pub fn take_lease(
     }
     drain_stale_replies(&fd);
     let client_err = |source| LeaseFdError::Client { lease, source };
-    let name = vm.name.to_string();
+    let name = vm.name.clone();
     let uuid = vm.uuid;
-    let mut client = Client::resume(UnixStream::from(fd), Some(vm), lease);
+    let mut client = Client::resume(UnixStream::from(fd), Some(vm), Some(lease));
     client.set_timeout(Some(timeout)).map_err(client_err)?;
     let leases = client.leases().map_err(client_err)?;
     if !leases.iter().any(|l| l.lease == lease && l.vm.uuid == uuid) {

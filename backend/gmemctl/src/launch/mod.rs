@@ -32,6 +32,7 @@ pub mod layout;
 pub mod lease_fd;
 pub mod process;
 pub mod record;
+mod serde_fields;
 pub mod spawn;
 pub mod supervise;
 pub mod upgrade;

@@ -17,7 +17,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use gmem_protocol::wire::{MemoryKind, Name, Uuid, VmId};
+use gmem_protocol::wire::{LeaseId, MemoryKind, Name, Uuid, VmId};
 use rustix::fs::{flock, FlockOperation};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
@@ -46,7 +46,7 @@ pub enum RecordError {
     #[error("VM {vm} is not running under gmemctl launch (no record {path})")]
     NotFound {
         /// The VM name.
-        vm: String,
+        vm: Name,
         /// The record path.
         path: PathBuf,
     },
@@ -107,7 +107,7 @@ pub enum RecordError {
     #[error("another gmemctl is operating on VM {vm} (lock {path} held for {timeout:?})")]
     Busy {
         /// The VM name.
-        vm: String,
+        vm: Name,
         /// The lock file.
         path: PathBuf,
         /// How long we waited.
@@ -146,7 +146,8 @@ pub struct QemuRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryRecord {
     /// gmemd memory file.
-    pub file: String,
+    #[serde(with = "crate::launch::serde_fields::text")]
+    pub file: Name,
     /// Bytes.
     pub size: u64,
     /// Memory kind.
@@ -166,7 +167,8 @@ pub struct DimmRecord {
     /// QEMU device id (the backend is `gmem-<id>`).
     pub id: String,
     /// gmemd memory file.
-    pub file: String,
+    #[serde(with = "crate::launch::serde_fields::text")]
+    pub file: Name,
     /// Bytes.
     pub size: u64,
     /// Memory kind.
@@ -190,11 +192,14 @@ pub struct VmRecord {
     /// [`RECORD_VERSION`].
     pub version: u32,
     /// VM name.
-    pub vm: String,
-    /// VM UUID (text form).
-    pub uuid: String,
+    #[serde(with = "crate::launch::serde_fields::text")]
+    pub vm: Name,
+    /// VM UUID.
+    #[serde(with = "crate::launch::serde_fields::text")]
+    pub uuid: Uuid,
     /// gmemd lease id.
-    pub lease: u64,
+    #[serde(with = "crate::launch::serde_fields::lease")]
+    pub lease: LeaseId,
     /// The `gmemctl launch` process supervising QEMU.
     pub launcher: ProcessId,
     /// Its control socket.
@@ -209,18 +214,11 @@ pub struct VmRecord {
 
 impl VmRecord {
     /// The VM identity.
-    ///
-    /// # Errors
-    /// [`RecordError::Invalid`].
-    pub fn vm_id(&self, path: &Path) -> Result<VmId, RecordError> {
-        let invalid = |what| RecordError::Invalid {
-            path: path.to_owned(),
-            what,
-        };
-        Ok(VmId {
-            uuid: Uuid::parse(&self.uuid).ok_or_else(|| invalid("uuid"))?,
-            name: Name::new(&self.vm).map_err(|_| invalid("vm"))?,
-        })
+    pub fn vm_id(&self) -> VmId {
+        VmId {
+            uuid: self.uuid,
+            name: self.vm.clone(),
+        }
     }
 }
 
@@ -229,7 +227,7 @@ mod kind_serde {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(kind: &MemoryKind, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(kind.as_str())
+        s.serialize_str(kind.name())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MemoryKind, D::Error> {
@@ -289,58 +287,71 @@ impl RunDir {
             })
     }
 
-    fn file(&self, vm: &str, suffix: &str) -> PathBuf {
+    fn file(&self, vm: &Name, suffix: &str) -> PathBuf {
         self.dir.join(format!("{vm}.{suffix}"))
     }
 
     /// `NAME.json`.
-    pub fn record_path(&self, vm: &str) -> PathBuf {
+    pub fn record_path(&self, vm: &Name) -> PathBuf {
         self.file(vm, "json")
     }
 
     /// `NAME.qmp`: the default QMP socket.
-    pub fn qmp(&self, vm: &str) -> PathBuf {
+    pub fn qmp(&self, vm: &Name) -> PathBuf {
         self.file(vm, "qmp")
     }
 
     /// `NAME.ctl`: the launcher's control socket.
-    pub fn control(&self, vm: &str) -> PathBuf {
+    pub fn control(&self, vm: &Name) -> PathBuf {
         self.file(vm, "ctl")
     }
 
     /// `NAME.mig`: the migration socket of an upgrade.
-    pub fn migration(&self, vm: &str) -> PathBuf {
+    pub fn migration(&self, vm: &Name) -> PathBuf {
         self.file(vm, "mig")
     }
 
     /// Takes the VM's lock, waiting up to `timeout` for another holder.
     ///
+    /// The lock file may be removed by whoever holds it ([`VmLock::remove`]),
+    /// so a lock is only taken on the file that is at the path once it is
+    /// locked; a file unlinked while we waited for it is opened again.
+    ///
     /// # Errors
     /// [`RecordError::Busy`], [`RecordError::Lock`].
-    pub fn lock(&self, vm: &str, timeout: Duration) -> Result<VmLock, RecordError> {
+    pub fn lock(&self, vm: &Name, timeout: Duration) -> Result<VmLock, RecordError> {
         self.create()?;
         let path = self.file(vm, "lock");
         let lock_err = |source: std::io::Error| RecordError::Lock {
             path: path.clone(),
             source,
         };
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(lock_err)?;
         let deadline = Instant::now() + timeout;
         loop {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(lock_err)?;
             match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(VmLock { _file: file }),
+                Ok(()) => {
+                    let locked = rustix::fs::fstat(&file).map_err(|e| lock_err(e.into()))?;
+                    let current = rustix::fs::stat(&path).ok();
+                    if current
+                        .is_some_and(|c| c.st_ino == locked.st_ino && c.st_dev == locked.st_dev)
+                    {
+                        return Ok(VmLock { file, path });
+                    }
+                    // Removed (or replaced) by its last holder: try again.
+                }
                 Err(Errno::WOULDBLOCK) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(Errno::WOULDBLOCK) => {
                     return Err(RecordError::Busy {
-                        vm: vm.to_owned(),
+                        vm: vm.clone(),
                         path,
                         timeout,
                     })
@@ -354,13 +365,13 @@ impl RunDir {
     ///
     /// # Errors
     /// [`RecordError::NotFound`], [`RecordError::Read`], [`RecordError::Parse`].
-    pub fn load(&self, vm: &str) -> Result<VmRecord, RecordError> {
+    pub fn load(&self, vm: &Name) -> Result<VmRecord, RecordError> {
         let path = self.record_path(vm);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(RecordError::NotFound {
-                    vm: vm.to_owned(),
+                    vm: vm.clone(),
                     path,
                 })
             }
@@ -371,7 +382,7 @@ impl RunDir {
                 path: path.clone(),
                 source,
             })?;
-        if record.version != RECORD_VERSION || record.vm != vm {
+        if record.version != RECORD_VERSION || record.vm != *vm {
             return Err(RecordError::Invalid {
                 path,
                 what: "version or VM name",
@@ -406,7 +417,7 @@ impl RunDir {
     }
 
     /// Removes the record.
-    pub fn remove(&self, vm: &str) {
+    pub fn remove(&self, vm: &Name) {
         let _ = std::fs::remove_file(self.record_path(vm));
     }
 }
@@ -414,19 +425,39 @@ impl RunDir {
 /// The VM's lock; released when dropped.
 #[derive(Debug)]
 pub struct VmLock {
-    _file: File,
+    file: File,
+    path: PathBuf,
+}
+
+impl VmLock {
+    /// Releases the lock and removes its file, for when the VM is gone (or
+    /// was never started): a later `lock` makes a new one.
+    pub fn remove(self) {
+        // Unlinked while still held: a waiter that then gets the old file
+        // sees it is no longer at the path and opens the new one.
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            log::debug!("removing {}: {e}", self.path.display());
+        }
+        drop(self.file);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use gmem_protocol::wire::GuestAddress;
+
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
     fn record(vm: &str) -> VmRecord {
         VmRecord {
             version: RECORD_VERSION,
-            vm: vm.to_owned(),
-            uuid: Uuid::from_name(vm).to_string(),
-            lease: 3,
+            vm: name(vm),
+            uuid: Uuid::from_name(vm),
+            lease: LeaseId::new(3).unwrap(),
             launcher: ProcessId {
                 pid: 10,
                 start_time: 20,
@@ -444,7 +475,7 @@ mod tests {
                 machine: "q35".into(),
             },
             memory: MemoryRecord {
-                file: format!("{vm}.ram"),
+                file: name(&format!("{vm}.ram")),
                 size: 1 << 30,
                 kind: MemoryKind::Hugetlb2M,
                 max_memory: Some(4 << 30),
@@ -452,7 +483,7 @@ mod tests {
                 bindings: vec![BindingRecord {
                     slot: 0,
                     range: RamRange {
-                        gpa: 0,
+                        gpa: GuestAddress(0),
                         offset: 0,
                         size: 1 << 30,
                     },
@@ -460,7 +491,7 @@ mod tests {
             },
             dimms: vec![DimmRecord {
                 id: "dimm0".into(),
-                file: format!("{vm}.dimm0"),
+                file: name(&format!("{vm}.dimm0")),
                 size: 128 << 20,
                 kind: MemoryKind::Memfd,
                 qemu_fd: 33,
@@ -478,47 +509,87 @@ mod tests {
         let run = RunDir::new(dir.path().join("vms"));
         let r = record("vm-a");
         run.save(&r).unwrap();
-        assert_eq!(run.load("vm-a").unwrap(), r);
-        let text = std::fs::read_to_string(run.record_path("vm-a")).unwrap();
+        assert_eq!(run.load(&name("vm-a")).unwrap(), r);
+        let text = std::fs::read_to_string(run.record_path(&name("vm-a"))).unwrap();
         assert!(text.contains("\"kind\": \"hugetlb-2m\""), "{text}");
         assert!(text.contains("\"gpa\": 0"), "{text}");
-        assert_eq!(
-            r.vm_id(Path::new("x")).unwrap(),
-            VmId::from_name(Name::new("vm-a").unwrap())
-        );
-        run.remove("vm-a");
+        assert_eq!(r.vm_id(), VmId::from_name(name("vm-a")));
+        run.remove(&name("vm-a"));
         assert!(matches!(
-            run.load("vm-a"),
+            run.load(&name("vm-a")),
             Err(RecordError::NotFound { .. })
         ));
-        std::fs::write(run.record_path("bad"), "{}").unwrap();
-        assert!(matches!(run.load("bad"), Err(RecordError::Parse { .. })));
+        std::fs::write(run.record_path(&name("bad")), "{}").unwrap();
+        assert!(matches!(
+            run.load(&name("bad")),
+            Err(RecordError::Parse { .. })
+        ));
         // A record under the wrong name is not that VM's.
         run.save(&record("vm-b")).unwrap();
-        std::fs::rename(run.record_path("vm-b"), run.record_path("vm-c")).unwrap();
-        assert!(matches!(run.load("vm-c"), Err(RecordError::Invalid { .. })));
+        std::fs::rename(
+            run.record_path(&name("vm-b")),
+            run.record_path(&name("vm-c")),
+        )
+        .unwrap();
+        assert!(matches!(
+            run.load(&name("vm-c")),
+            Err(RecordError::Invalid { .. })
+        ));
     }
 
     #[test]
     fn lock_excludes_a_second_holder() {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::new(dir.path());
-        let held = run.lock("vm-a", Duration::ZERO).unwrap();
-        let err = run.lock("vm-a", Duration::from_millis(50)).unwrap_err();
+        let held = run.lock(&name("vm-a"), Duration::ZERO).unwrap();
+        let err = run
+            .lock(&name("vm-a"), Duration::from_millis(50))
+            .unwrap_err();
         assert!(matches!(err, RecordError::Busy { .. }), "{err}");
-        run.lock("vm-b", Duration::ZERO).unwrap();
+        run.lock(&name("vm-b"), Duration::ZERO).unwrap();
         drop(held);
-        run.lock("vm-a", Duration::ZERO).unwrap();
+        run.lock(&name("vm-a"), Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn a_removed_lock_is_made_again_and_never_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let vm = name("vm-a");
+        let held = run.lock(&vm, Duration::ZERO).unwrap();
+        let lock_file = dir.path().join("vm-a.lock");
+        assert!(lock_file.exists());
+        // A waiter opens the file now, then the holder removes it.
+        let waiter = {
+            let run = run.clone();
+            let vm = vm.clone();
+            std::thread::spawn(move || run.lock(&vm, Duration::from_secs(5)).unwrap())
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        held.remove();
+        let second = waiter.join().unwrap();
+        // The waiter holds the lock on the file at the path, so a third
+        // party is excluded, not handed the unlinked one.
+        assert!(lock_file.exists());
+        assert!(matches!(
+            run.lock(&vm, Duration::from_millis(50)),
+            Err(RecordError::Busy { .. })
+        ));
+        second.remove();
+        assert!(!lock_file.exists());
     }
 
     #[test]
     fn paths() {
         let run = RunDir::for_socket(Path::new("/run/gmemd/gmemd.sock"));
         assert_eq!(run.path(), Path::new("/run/gmemd/vms"));
-        assert_eq!(run.qmp("vm"), Path::new("/run/gmemd/vms/vm.qmp"));
-        assert_eq!(run.control("vm"), Path::new("/run/gmemd/vms/vm.ctl"));
-        assert_eq!(run.migration("vm"), Path::new("/run/gmemd/vms/vm.mig"));
-        check_socket_path(&run.qmp("vm")).unwrap();
+        assert_eq!(run.qmp(&name("vm")), Path::new("/run/gmemd/vms/vm.qmp"));
+        assert_eq!(run.control(&name("vm")), Path::new("/run/gmemd/vms/vm.ctl"));
+        assert_eq!(
+            run.migration(&name("vm")),
+            Path::new("/run/gmemd/vms/vm.mig")
+        );
+        check_socket_path(&run.qmp(&name("vm"))).unwrap();
         let long = PathBuf::from(format!("/{}", "x".repeat(MAX_SOCKET_PATH)));
         assert!(matches!(
             check_socket_path(&long),

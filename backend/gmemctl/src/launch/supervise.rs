@@ -16,6 +16,8 @@ use rustix::io::Errno;
 use rustix::process::Signal;
 
 use crate::launch::control::{ControlReply, ControlRequest, ControlServer, Incoming};
+use gmem_protocol::wire::Name;
+
 use crate::launch::process::{Process, ProcessError};
 use crate::launch::spawn::{spawn, SpawnSpec};
 
@@ -70,6 +72,8 @@ impl Generation {
 /// The launcher's loop.
 #[derive(Debug)]
 pub struct Supervisor {
+    /// The VM, for what the launcher tells its user.
+    vm: Name,
     current: Generation,
     /// Upgrade targets started but not committed.
     pending: Vec<Generation>,
@@ -81,38 +85,55 @@ pub struct Supervisor {
     _lease: Option<Client>,
 }
 
+/// How the last QEMU ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    /// Its pid.
+    pub pid: u32,
+    /// Its exit status.
+    pub status: ExitStatus,
+}
+
 impl Supervisor {
-    /// Supervises `qemu`, holding `lease` until it returns; `signals` comes
-    /// from [`block_forwarded_signals`].
+    /// Supervises `qemu`, VM `vm`'s QEMU; `signals` comes from
+    /// [`block_forwarded_signals`].
     ///
     /// # Errors
     /// [`SuperviseError::Process`].
     pub fn new(
+        vm: Name,
         qemu: Child,
         signals: OwnedFd,
         control: ControlServer,
-        lease: Option<Client>,
     ) -> Result<Self, SuperviseError> {
         Ok(Supervisor {
+            vm,
             current: Generation::new(qemu)?,
             pending: Vec::new(),
             retiring: Vec::new(),
             signals,
             control,
-            _lease: lease,
+            _lease: None,
         })
     }
 
-    /// The QEMU being followed now.
-    pub fn current_pid(&self) -> u32 {
-        self.current.process.pid()
+    /// Keeps the launcher's copy of the lease socket until [`Self::run`]
+    /// returns, so the lease lasts while the launcher does.
+    pub fn holding(mut self, lease: Client) -> Self {
+        self._lease = Some(lease);
+        self
     }
 
-    /// Runs until the current QEMU exits; returns its status.
+    /// The QEMU being followed now.
+    pub fn current(&self) -> &Process {
+        &self.current.process
+    }
+
+    /// Runs until the current QEMU exits; returns how it ended.
     ///
     /// # Errors
     /// [`SuperviseError::Wait`].
-    pub fn run(mut self) -> Result<ExitStatus, SuperviseError> {
+    pub fn run(mut self) -> Result<Ended, SuperviseError> {
         loop {
             let ready = self.wait_ready()?;
             if ready.signal {
@@ -232,8 +253,9 @@ impl Supervisor {
                 };
                 let new = self.pending.swap_remove(at);
                 let old = std::mem::replace(&mut self.current, new);
-                log::info!(
-                    "following QEMU pid {pid} (replacing pid {})",
+                eprintln!(
+                    "gmemctl: VM {}: upgraded, now following QEMU pid {pid} (replacing pid {})",
+                    self.vm,
                     old.process.pid()
                 );
                 self.retiring.push(old);
@@ -264,8 +286,8 @@ impl Supervisor {
         }
     }
 
-    /// The current QEMU exited: end the others and return its status.
-    fn finish(self) -> Result<ExitStatus, SuperviseError> {
+    /// The current QEMU exited: end the others and return how it ended.
+    fn finish(self) -> Result<Ended, SuperviseError> {
         for g in self.pending {
             // A target that never took over holds the lease socket: it must
             // not keep the lease alive after the VM ended.
@@ -278,7 +300,9 @@ impl Supervisor {
             }
             let _ = g.reap();
         }
-        self.current.reap()
+        let pid = self.current.process.pid();
+        let status = self.current.reap()?;
+        Ok(Ended { pid, status })
     }
 }
 
@@ -324,6 +348,10 @@ mod tests {
     use super::*;
     use crate::launch::control::call;
 
+    fn vm() -> Name {
+        Name::new("vm").unwrap()
+    }
+
     fn pipe() -> (OwnedFd, OwnedFd) {
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap()
     }
@@ -342,12 +370,12 @@ mod tests {
             process_group: None,
         })
         .unwrap();
-        let sup = Supervisor::new(child, signals, control, None).unwrap();
+        let sup = Supervisor::new(vm(), child, signals, control).unwrap();
         // Thread-directed, so only this thread (which blocks it) gets it.
         // SAFETY: raise has no memory-safety preconditions.
         assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
-        let status = sup.run().unwrap();
-        assert_eq!(exit_code(status), 143);
+        let ended = sup.run().unwrap();
+        assert_eq!(exit_code(ended.status), 143);
     }
 
     #[test]
@@ -363,7 +391,7 @@ mod tests {
             .stdin(std::fs::File::from(go_r))
             .spawn()
             .unwrap();
-        let sup = Supervisor::new(first, signals, control, None).unwrap();
+        let sup = Supervisor::new(vm(), first, signals, control).unwrap();
         let runner = std::thread::spawn(move || sup.run().unwrap());
         let t = Duration::from_secs(5);
         let (marker_r, marker_w) = pipe();
@@ -401,8 +429,8 @@ mod tests {
         assert!(!runner.is_finished());
         // ...and returns the new one's status.
         drop(marker_w);
-        let status = runner.join().unwrap();
-        assert_eq!(exit_code(status), 5);
+        let ended = runner.join().unwrap();
+        assert_eq!((ended.pid, exit_code(ended.status)), (process.pid, 5));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use gmem_protocol::wire::{LeaseId, Name};
 use serde::Serialize;
 
 use crate::launch::args::{ArgsError, QemuCommand};
@@ -63,7 +64,7 @@ pub enum UpgradeError {
     #[error("VM {vm} is {state}: only a running or paused VM can be upgraded")]
     State {
         /// The VM.
-        vm: String,
+        vm: Name,
         /// QEMU's run state.
         state: String,
     },
@@ -116,7 +117,7 @@ pub struct UpgradeOptions {
     /// Where the VM's record lives.
     pub run_dir: RunDir,
     /// The VM.
-    pub vm: String,
+    pub vm: Name,
     /// A new QEMU command (program and arguments); default: the running one.
     pub command: Option<Vec<String>>,
     /// Only a new QEMU binary, same arguments.
@@ -129,7 +130,8 @@ pub struct UpgradeOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct UpgradeReport {
     /// The VM.
-    pub vm: String,
+    #[serde(with = "crate::launch::serde_fields::text")]
+    pub vm: Name,
     /// Pid of the replaced QEMU.
     pub old_pid: u32,
     /// Pid of the QEMU running the VM now.
@@ -137,7 +139,8 @@ pub struct UpgradeReport {
     /// Its generation (1 after the first upgrade).
     pub generation: u32,
     /// The lease, unchanged.
-    pub lease: u64,
+    #[serde(with = "crate::launch::serde_fields::lease")]
+    pub lease: LeaseId,
     /// Whether the launcher started the new QEMU and follows it.
     pub supervised: bool,
     /// QEMU's `total-time` of the migration, ms.
@@ -557,7 +560,7 @@ mod tests {
     fn opts() -> UpgradeOptions {
         UpgradeOptions {
             run_dir: RunDir::new("/nonexistent"),
-            vm: "vm".into(),
+            vm: Name::new("vm").unwrap(),
             command: None,
             qemu: None,
             timeout: Duration::from_secs(1),

@@ -16,8 +16,9 @@
 //! Lease ids come from a counter, as in the daemon (an id is never reused;
 //! `open_lease` does not itself refuse a reused id).
 
-use gmem_protocol::wire::{BindRequest, MemoryKind, Name, Uuid, VmId, VmSelector};
-use gmemd::ledger::{FileSpec, LeaseId, Ledger, LedgerError, Peer};
+use gmem_protocol::wire::GuestAddress;
+use gmem_protocol::wire::{BindRequest, LeaseId, MemoryKind, Name, Uuid, VmId, VmSelector};
+use gmemd::ledger::{FileSpec, Ledger, LedgerError, Peer};
 
 /// One operation with its raw argument bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +43,7 @@ pub enum Op {
         kind: u8,
         /// Size in pages: below 128 modulo 17, else `(pages - 128) * 8`.
         pages: u8,
-        /// Creator: none unless bit 7; then a lease selector.
+        /// Creator: none unless bit 7; then a VM selector.
         creator: u8,
     },
     /// `bind`.
@@ -85,7 +86,8 @@ pub enum Op {
         file: u8,
         /// Pid, modulo 8.
         pid: u8,
-        /// VM selector (its UUID is used).
+        /// VM selector (its UUID is used); from 128 on the holder also came
+        /// through a lease (the same byte as a lease selector).
         vm: u8,
     },
     /// `clear_holders`.
@@ -233,7 +235,7 @@ pub fn vm(b: u8) -> VmId {
 }
 
 /// A ledger and the state the fuzz input drives it with.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Harness {
     /// The ledger under test.
     pub ledger: Ledger,
@@ -246,19 +248,19 @@ impl Harness {
     pub fn new() -> Self {
         Harness {
             ledger: Ledger::new(),
-            next_id: 1,
+            next_id: LeaseId::FIRST,
             alive: 0,
         }
     }
 
     /// Below 0xf0: one of the open leases (if any); otherwise, or with no
-    /// lease open, the raw id `b & 0xf` (often closed or never opened).
+    /// lease open, the raw id `(b & 0xf) + 1` (often closed or never opened).
     fn lease(&self, b: u8) -> LeaseId {
         let open: Vec<LeaseId> = self.ledger.leases().map(|(id, _)| id).collect();
         if b < 0xf0 && !open.is_empty() {
             open[usize::from(b) % open.len()]
         } else {
-            LeaseId::from(b & 0xf)
+            LeaseId::new(u64::from(b & 0xf) + 1).expect("non-zero")
         }
     }
 
@@ -291,7 +293,7 @@ impl Harness {
                 let lease = self
                     .ledger
                     .lease(owner.lease)
-                    .unwrap_or_else(|| panic!("{name} owned by closed lease {}", owner.lease));
+                    .unwrap_or_else(|_| panic!("{name} owned by closed lease {}", owner.lease));
                 assert_eq!(lease.vm.uuid, owner.vm.uuid, "{name} owner VM");
             }
         }
@@ -301,7 +303,7 @@ impl Harness {
         match op {
             Op::OpenLease { vm: v, pid } => {
                 let id = self.next_id;
-                self.next_id += 1;
+                self.next_id = id.next();
                 let vm = vm(v);
                 let peer = Peer {
                     pid: u32::from(pid),
@@ -310,17 +312,23 @@ impl Harness {
                 let result = self.ledger.open_lease(id, vm.clone(), peer);
                 if result.is_ok() {
                     assert_eq!(self.ledger.lease_of(&VmSelector::Uuid(vm.uuid)), Ok(id));
-                    assert_eq!(self.ledger.lease(id).map(|l| l.bindings().count()), Some(0));
+                    assert_eq!(self.ledger.lease(id).map(|l| l.bindings().count()), Ok(0));
                 }
                 result.is_ok()
             }
             Op::CloseLease { lease } => {
                 let id = self.lease(lease);
+                let made = self
+                    .ledger
+                    .lease(id)
+                    .map(|l| (l.vm.uuid, self.ledger.files_created_by(l.vm.uuid)));
                 let Ok(end) = self.ledger.close_lease(id) else {
                     return false;
                 };
-                assert!(self.ledger.lease(id).is_none());
-                assert_eq!(self.ledger.files_created_by(id), 0);
+                assert!(self.ledger.lease(id).is_err());
+                // Files belong to the VM that made them, not to its lease.
+                let (uuid, count) = made.expect("the lease was open");
+                assert_eq!(self.ledger.files_created_by(uuid), count);
                 for name in &end.released {
                     let rec = self.ledger.file(name).expect("released file exists");
                     assert!(rec.owner.is_none(), "released {name} still owned");
@@ -344,7 +352,7 @@ impl Harness {
                     kind,
                     page_size: kind.page_size(),
                 };
-                let creator = (creator & 0x80 != 0).then(|| self.lease(creator & 0x7f));
+                let creator = (creator & 0x80 != 0).then(|| vm(creator & 0x7f));
                 let name = file(f);
                 let ok = self.ledger.add_file(name.clone(), spec, creator).is_ok();
                 if ok {
@@ -381,13 +389,13 @@ impl Harness {
                         v
                     }
                 };
-                let req = BindRequest {
-                    slot: u32::from(if wide { slot } else { slot % 8 }),
-                    gpa: value(gpa, 32, unit & 4 != 0),
-                    name: name.clone(),
-                    offset: value(offset, 18, unit & 8 != 0),
-                    size: value(size % 6, 6, unit & 16 != 0),
-                };
+                let req = BindRequest::new(
+                    u32::from(if wide { slot } else { slot % 8 }),
+                    GuestAddress(value(gpa, 32, unit & 4 != 0)),
+                    name.clone(),
+                    value(offset, 18, unit & 8 != 0),
+                    value(size % 6, 6, unit & 16 != 0),
+                );
                 let was_owned = self.ledger.file(&name).is_ok_and(|r| r.owner.is_some());
                 let mut alive = self.is_alive();
                 let Ok(sets_owner) = self.ledger.bind(id, &req, &mut alive) else {
@@ -445,7 +453,8 @@ impl Harness {
                 let name = file(f);
                 let pid = u32::from(pid % 8);
                 let uuid = vm(v).uuid;
-                let ok = self.ledger.add_holder(&name, pid, uuid).is_ok();
+                let through = (v & 0x80 != 0).then(|| self.lease(v));
+                let ok = self.ledger.add_holder(&name, pid, uuid, through).is_ok();
                 if ok {
                     let rec = self.ledger.file(&name).expect("holder added");
                     assert!(rec.holders().any(|h| h == (pid, uuid)));
@@ -483,13 +492,7 @@ impl Harness {
                 let mut alive = self.is_alive();
                 let mut bound = 0;
                 for i in 0..spec.size / spec.page_size {
-                    let req = BindRequest {
-                        slot: 8 + u32::try_from(i).expect("at most 1016 pages"),
-                        gpa: (1 << 40) + i * spec.page_size,
-                        name: name.clone(),
-                        offset: i * spec.page_size,
-                        size: spec.page_size,
-                    };
+                    let req = BindRequest::new(8 + u32::try_from(i).expect("at most 1016 pages"), GuestAddress((1 << 40) + i * spec.page_size), name.clone(), i * spec.page_size, spec.page_size);
                     match self.ledger.bind(id, &req, &mut alive) {
                         Ok(_) => bound += 1,
                         Err(LedgerError::TooManyBindings { limit, .. }) => {

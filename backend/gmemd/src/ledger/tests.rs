@@ -1,5 +1,11 @@
 //! Every invariant of the ledger, refusal by refusal, plus a random walk.
 
+use gmem_protocol::wire::{
+    BindRequest, GuestAddress, LeaseId, MemoryKind, Name, Uuid, VmId, VmSelector,
+    MAX_BINDINGS_PER_FILE,
+};
+use rustix::io::Errno;
+
 use super::*;
 
 const MIB: u64 = 1 << 20;
@@ -21,13 +27,11 @@ fn memfd_spec(size: u64) -> FileSpec {
 }
 
 fn bind_req(file: &str, slot: u32, gpa: u64, offset: u64, size: u64) -> BindRequest {
-    BindRequest {
-        slot,
-        gpa,
-        name: name(file),
-        offset,
-        size,
-    }
+    BindRequest::new(slot, GuestAddress(gpa), name(file), offset, size)
+}
+
+fn id(raw: u64) -> LeaseId {
+    LeaseId::new(raw).unwrap()
 }
 
 fn never_alive(_: u32) -> bool {
@@ -38,8 +42,8 @@ fn never_alive(_: u32) -> bool {
 fn setup() -> Ledger {
     let mut l = Ledger::new();
     l.add_file(name("f"), memfd_spec(4 * MIB), None).unwrap();
-    l.open_lease(1, vm("a"), Peer::default()).unwrap();
-    l.open_lease(2, vm("b"), Peer::default()).unwrap();
+    l.open_lease(id(1), vm("a"), Peer::default()).unwrap();
+    l.open_lease(id(2), vm("b"), Peer::default()).unwrap();
     l
 }
 
@@ -51,26 +55,26 @@ fn snapshot(l: &Ledger) -> String {
 fn first_bind_sets_owner_other_vm_refused_last_unbind_clears() {
     let mut l = setup();
     assert!(l
-        .bind(1, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+        .bind(id(1), &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
         .unwrap());
     assert!(!l
-        .bind(1, &bind_req("f", 1, MIB, MIB, MIB), &mut never_alive)
+        .bind(id(1), &bind_req("f", 1, MIB, MIB, MIB), &mut never_alive)
         .unwrap());
     let err = l
-        .bind(2, &bind_req("f", 0, 0, 2 * MIB, MIB), &mut never_alive)
+        .bind(id(2), &bind_req("f", 0, 0, 2 * MIB, MIB), &mut never_alive)
         .unwrap_err();
     assert!(
-        matches!(&err, LedgerError::NotOwner { owner, lease: 1, .. } if owner.name.as_str() == "a")
+        matches!(&err, LedgerError::NotOwner { owner, lease, .. } if owner.name.as_str() == "a" && *lease == id(1))
     );
     assert!(err.to_string().contains("owned by VM a"));
     assert_eq!(err.errno(), Errno::BUSY);
 
-    assert!(!l.unbind(1, 0).unwrap().1);
+    assert!(!l.unbind(id(1), 0).unwrap().1);
     assert!(l.file(&name("f")).unwrap().owner.is_some());
-    assert!(l.unbind(1, 1).unwrap().1);
+    assert!(l.unbind(id(1), 1).unwrap().1);
     assert!(l.file(&name("f")).unwrap().owner.is_none());
     assert!(l
-        .bind(2, &bind_req("f", 0, 0, 2 * MIB, MIB), &mut never_alive)
+        .bind(id(2), &bind_req("f", 0, 0, 2 * MIB, MIB), &mut never_alive)
         .unwrap());
     l.assert_consistent();
 }
@@ -78,8 +82,12 @@ fn first_bind_sets_owner_other_vm_refused_last_unbind_clears() {
 #[test]
 fn each_validation_refuses_with_its_own_error_and_changes_nothing() {
     let mut l = setup();
-    l.bind(1, &bind_req("f", 5, 0x10_0000, 0, MIB), &mut never_alive)
-        .unwrap();
+    l.bind(
+        id(1),
+        &bind_req("f", 5, 0x10_0000, 0, MIB),
+        &mut never_alive,
+    )
+    .unwrap();
     let before = snapshot(&l);
     type Check = fn(&LedgerError) -> bool;
     let cases: Vec<(BindRequest, Check)> = vec![
@@ -126,7 +134,7 @@ fn each_validation_refuses_with_its_own_error_and_changes_nothing() {
     ];
     let mut errnos = Vec::new();
     for (req, check) in cases {
-        let err = l.bind(1, &req, &mut never_alive).unwrap_err();
+        let err = l.bind(id(1), &req, &mut never_alive).unwrap_err();
         assert!(check(&err), "{req:?} gave {err:?}");
         assert_eq!(snapshot(&l), before, "{req:?} changed the ledger");
         errnos.push(err.errno());
@@ -140,12 +148,12 @@ fn each_validation_refuses_with_its_own_error_and_changes_nothing() {
 #[test]
 fn adjacent_ranges_are_not_overlaps() {
     let mut l = setup();
-    l.bind(1, &bind_req("f", 0, 0, MIB, MIB), &mut never_alive)
+    l.bind(id(1), &bind_req("f", 0, 0, MIB, MIB), &mut never_alive)
         .unwrap();
-    l.bind(1, &bind_req("f", 1, MIB, 0, MIB), &mut never_alive)
+    l.bind(id(1), &bind_req("f", 1, MIB, 0, MIB), &mut never_alive)
         .unwrap();
     l.bind(
-        1,
+        id(1),
         &bind_req("f", 2, 2 * MIB, 2 * MIB, 2 * MIB),
         &mut never_alive,
     )
@@ -157,9 +165,9 @@ fn adjacent_ranges_are_not_overlaps() {
 fn same_slot_and_gpa_are_per_vm() {
     let mut l = setup();
     l.add_file(name("g"), memfd_spec(MIB), None).unwrap();
-    l.bind(1, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+    l.bind(id(1), &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
         .unwrap();
-    l.bind(2, &bind_req("g", 0, 0, 0, MIB), &mut never_alive)
+    l.bind(id(2), &bind_req("g", 0, 0, 0, MIB), &mut never_alive)
         .unwrap();
     l.assert_consistent();
 }
@@ -167,27 +175,29 @@ fn same_slot_and_gpa_are_per_vm() {
 #[test]
 fn closing_a_lease_drops_all_bindings_and_clears_owners() {
     let mut l = setup();
-    l.add_file(name("g"), memfd_spec(MIB), Some(1)).unwrap();
-    l.bind(1, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+    l.add_file(name("g"), memfd_spec(MIB), Some(vm("a")))
         .unwrap();
-    l.bind(1, &bind_req("f", 1, MIB, MIB, MIB), &mut never_alive)
+    l.bind(id(1), &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
         .unwrap();
-    l.bind(1, &bind_req("g", 2, 4 * MIB, 0, MIB), &mut never_alive)
+    l.bind(id(1), &bind_req("f", 1, MIB, MIB, MIB), &mut never_alive)
         .unwrap();
-    assert_eq!(l.files_created_by(1), 1);
-    let end = l.close_lease(1).unwrap();
+    l.bind(id(1), &bind_req("g", 2, 4 * MIB, 0, MIB), &mut never_alive)
+        .unwrap();
+    assert_eq!(l.files_created_by(vm("a").uuid), 1);
+    let end = l.close_lease(id(1)).unwrap();
     assert_eq!(end.bindings.len(), 3);
     assert_eq!(end.released, vec![name("f"), name("g")]);
     assert!(l
         .files()
         .all(|(_, f)| f.owner.is_none() && f.binding_count() == 0));
-    assert_eq!(l.files_created_by(1), 0);
+    // Files belong to the VM that made them, not to its lease.
+    assert_eq!(l.files_created_by(vm("a").uuid), 1);
     // The files stay.
     assert_eq!(l.files().count(), 2);
     assert!(l
-        .bind(2, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+        .bind(id(2), &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
         .unwrap());
-    assert_eq!(l.close_lease(1), Err(LedgerError::UnknownLease(1)));
+    assert_eq!(l.close_lease(id(1)), Err(LedgerError::UnknownLease(id(1))));
     l.assert_consistent();
 }
 
@@ -195,19 +205,19 @@ fn closing_a_lease_drops_all_bindings_and_clears_owners() {
 fn one_lease_per_vm() {
     let mut l = setup();
     let err = l
-        .open_lease(3, vm("a"), Peer { pid: 7, uid: 0 })
+        .open_lease(id(3), vm("a"), Peer { pid: 7, uid: 0 })
         .unwrap_err();
-    assert!(matches!(err, LedgerError::VmBusy { lease: 1, .. }));
-    l.close_lease(1).unwrap();
-    l.open_lease(3, vm("a"), Peer::default()).unwrap();
-    assert_eq!(l.lease_of(&VmSelector::Name(name("a"))), Ok(3));
-    assert_eq!(l.lease_of(&VmSelector::Uuid(vm("b").uuid)), Ok(2));
+    assert!(matches!(err, LedgerError::VmBusy { lease, .. } if lease == id(1)));
+    l.close_lease(id(1)).unwrap();
+    l.open_lease(id(3), vm("a"), Peer::default()).unwrap();
+    assert_eq!(l.lease_of(&VmSelector::Name(name("a"))), Ok(id(3)));
+    assert_eq!(l.lease_of(&VmSelector::Uuid(vm("b").uuid)), Ok(id(2)));
     // Same name, other UUID: the name alone is ambiguous.
     let twin = VmId {
         uuid: Uuid([7; 16]),
         name: name("a"),
     };
-    l.open_lease(4, twin, Peer::default()).unwrap();
+    l.open_lease(id(4), twin, Peer::default()).unwrap();
     assert!(matches!(
         l.lease_of(&VmSelector::Name(name("a"))),
         Err(LedgerError::AmbiguousVm { count: 2, .. })
@@ -221,25 +231,25 @@ fn one_lease_per_vm() {
 #[test]
 fn live_holder_of_another_vm_blocks_bind_until_gone_or_cleared() {
     let mut l = setup();
-    l.add_holder(&name("f"), 4242, vm("a").uuid).unwrap();
+    l.add_holder(&name("f"), 4242, vm("a").uuid, None).unwrap();
     // The holder's own VM is not blocked.
-    l.bind(1, &bind_req("f", 0, 0, 0, MIB), &mut |_| true)
+    l.bind(id(1), &bind_req("f", 0, 0, 0, MIB), &mut |_| true)
         .unwrap();
-    l.unbind(1, 0).unwrap();
+    l.unbind(id(1), 0).unwrap();
     let before = snapshot(&l);
     let err = l
-        .bind(2, &bind_req("f", 0, 0, 0, MIB), &mut |pid| pid == 4242)
+        .bind(id(2), &bind_req("f", 0, 0, 0, MIB), &mut |pid| pid == 4242)
         .unwrap_err();
     assert!(matches!(err, LedgerError::HeldElsewhere { pid: 4242, .. }));
     assert!(err.to_string().contains("pid 4242"));
     assert_eq!(snapshot(&l), before);
     // Gone: allowed.
-    l.bind(2, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+    l.bind(id(2), &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
         .unwrap();
-    l.unbind(2, 0).unwrap();
+    l.unbind(id(2), 0).unwrap();
     // Cleared by a scrub: allowed even while alive.
     l.clear_holders(&name("f")).unwrap();
-    l.bind(2, &bind_req("f", 0, 0, 0, MIB), &mut |_| true)
+    l.bind(id(2), &bind_req("f", 0, 0, 0, MIB), &mut |_| true)
         .unwrap();
     l.assert_consistent();
 }
@@ -248,11 +258,11 @@ fn live_holder_of_another_vm_blocks_bind_until_gone_or_cleared() {
 fn bindings_per_file_are_bounded() {
     let mut l = Ledger::new();
     l.add_file(name("f"), memfd_spec(1 << 30), None).unwrap();
-    l.open_lease(1, vm("a"), Peer::default()).unwrap();
+    l.open_lease(id(1), vm("a"), Peer::default()).unwrap();
     for i in 0..MAX_BINDINGS_PER_FILE as u64 {
         let slot = u32::try_from(i).unwrap();
         l.bind(
-            1,
+            id(1),
             &bind_req("f", slot, i * 4096, i * 4096, 4096),
             &mut never_alive,
         )
@@ -260,7 +270,7 @@ fn bindings_per_file_are_bounded() {
     }
     let err = l
         .bind(
-            1,
+            id(1),
             &bind_req("f", 999, 1 << 40, 1 << 29, 4096),
             &mut never_alive,
         )
@@ -272,13 +282,14 @@ fn bindings_per_file_are_bounded() {
 #[test]
 fn a_holder_counts_while_its_process_or_its_lease_lives() {
     let mut l = setup();
-    l.open_lease(3, vm("c"), Peer { pid: 77, uid: 0 }).unwrap();
+    l.open_lease(id(3), vm("c"), Peer { pid: 77, uid: 0 })
+        .unwrap();
     // pid 4242 got the fd through lease 1 (vm a), then handed the lease
     // socket on (a launcher starting QEMU) and exited.
-    l.add_lease_holder(&name("f"), 4242, vm("a").uuid, 1)
+    l.add_holder(&name("f"), 4242, vm("a").uuid, Some(id(1)))
         .unwrap();
     let err = l
-        .bind(2, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+        .bind(id(2), &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
         .unwrap_err();
     assert!(
         matches!(&err, LedgerError::HeldElsewhere { pid: 4242, holder, .. } if holder.contains("lease 1")),
@@ -294,8 +305,8 @@ fn a_holder_counts_while_its_process_or_its_lease_lives() {
         1,
         "lease 1 is open"
     );
-    l.close_lease(1).unwrap();
-    l.bind(2, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+    l.close_lease(id(1)).unwrap();
+    l.bind(id(2), &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
         .unwrap();
     l.prune_holders(&mut never_alive);
     assert_eq!(l.file(&name("f")).unwrap().holders().count(), 0);
@@ -305,7 +316,7 @@ fn a_holder_counts_while_its_process_or_its_lease_lives() {
 #[test]
 fn removal_rules() {
     let mut l = setup();
-    l.bind(1, &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+    l.bind(id(1), &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
         .unwrap();
     assert!(matches!(
         l.remove_file(&name("f"), false),
@@ -313,7 +324,7 @@ fn removal_rules() {
     ));
     let dropped = l.remove_file(&name("f"), true).unwrap();
     assert_eq!(dropped.len(), 1);
-    assert_eq!(l.lease(1).unwrap().bindings().count(), 0);
+    assert_eq!(l.lease(id(1)).unwrap().bindings().count(), 0);
     assert!(matches!(
         l.remove_file(&name("f"), true),
         Err(LedgerError::UnknownFile { .. })
@@ -339,7 +350,7 @@ fn pseudo_random_operations_keep_invariants() {
             .unwrap();
     }
     let mut open = Vec::new();
-    let mut next_id = 1;
+    let mut next_id = LeaseId::FIRST;
     for _ in 0..20_000 {
         match next() % 8 {
             0 if open.len() < 4 => {
@@ -347,7 +358,7 @@ fn pseudo_random_operations_keep_invariants() {
                 if l.open_lease(next_id, v, Peer::default()).is_ok() {
                     open.push(next_id);
                 }
-                next_id += 1;
+                next_id = next_id.next();
             }
             1 if !open.is_empty() => {
                 let id = open.remove((next() % open.len() as u64) as usize);

@@ -1,20 +1,26 @@
-//! Refusals of the service, with their errno and close decision.
+//! Refusals of the service, with their errno and close decision: the one
+//! place a refusal becomes a reply.
 
 use rustix::io::Errno;
 
+use gmem_protocol::server::FrameError;
+use gmem_protocol::wire::{LeaseId, MemoryKind, Name, Request, VmId};
+
 use crate::ledger::LedgerError;
 use crate::memory::MemoryError;
-use gmem_protocol::wire::{MemoryKind, Name, Request};
 
 /// Refusals of the service.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// The peer's uid is not in the allowed list.
+    /// The peer's uid is neither allowed nor an operator.
     #[error("uid {uid} is not allowed to use gmemd")]
     NotAllowed {
         /// Peer uid.
         uid: u32,
     },
+    /// The frame is not a request the daemon can act on.
+    #[error(transparent)]
+    Malformed(#[from] FrameError),
     /// A request other than HELLO before the handshake.
     #[error("{0} before HELLO: the handshake comes first")]
     NoHandshake(Request),
@@ -35,6 +41,10 @@ pub enum ServiceError {
     /// The feature was not negotiated in HELLO.
     #[error("{0} needs a feature that was not negotiated in HELLO")]
     FeatureOff(Request),
+    /// The session's lease was revoked by an operator; the connection is
+    /// being closed.
+    #[error("lease {0} was revoked by an operator: this request was not served")]
+    Revoked(LeaseId),
     /// The total memory limit would be exceeded.
     #[error("memory limit reached: {used} in use + {requested} requested > {limit}")]
     MemoryLimit {
@@ -45,9 +55,11 @@ pub enum ServiceError {
         /// Limit (formatted).
         limit: String,
     },
-    /// The per-lease file limit would be exceeded.
-    #[error("file limit reached: this lease already has {limit} files")]
+    /// The per-VM file limit would be exceeded.
+    #[error("file limit reached: VM {vm} already has {limit} files; destroy one first")]
     FileLimit {
+        /// The VM.
+        vm: VmId,
         /// The limit.
         limit: usize,
     },
@@ -65,12 +77,36 @@ pub enum ServiceError {
     #[error("memory file {0} is a guest_memfd: only its own VM uses it, it cannot be opened")]
     GuestMemfdClosed(Name),
     /// Scrubbing a file that is bound.
-    #[error("memory file {name} is bound in {bindings} slot(s); unbind it before scrubbing")]
+    #[error(
+        "memory file {name} is bound in {bindings} slot(s) by VM {owner}; stop that VM, or \
+         end its lease with `gmemctl revoke {}`, before scrubbing",
+        owner.name
+    )]
     ScrubBound {
         /// Name.
         name: Name,
         /// Bindings.
         bindings: usize,
+        /// The VM that binds it.
+        owner: VmId,
+    },
+    /// HANDOFF named a process that does not hold the lease's socket.
+    #[error("pid {pid} does not hold this lease's socket; hand the socket over first")]
+    NotLeaseHolder {
+        /// The process named.
+        pid: u32,
+    },
+    /// HANDOFF's fd is not a pidfd of a live process gmemd can see.
+    #[error("HANDOFF needs the pidfd of a live process gmemd can see")]
+    NotPidfd(#[source] std::io::Error),
+    /// gmemd cannot look at the named process's fds.
+    #[error("cannot check which sockets pid {pid} holds")]
+    HandoffUnverifiable {
+        /// The process named.
+        pid: u32,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
     },
     /// Duplicating an fd for a reply failed.
     #[error("cannot duplicate the fd of {name}")]
@@ -94,15 +130,26 @@ impl ServiceError {
     pub fn errno(&self) -> Errno {
         match self {
             Self::NotAllowed { .. } => Errno::ACCESS,
+            Self::Malformed(e) => e.errno,
             Self::NoHandshake(_) | Self::SecondHello => Errno::PROTO,
-            Self::NeedsLease(_) | Self::NotOperator { .. } | Self::GuestMemfdClosed(_) => {
-                Errno::PERM
-            }
+            Self::NeedsLease(_)
+            | Self::NotOperator { .. }
+            | Self::GuestMemfdClosed(_)
+            | Self::NotLeaseHolder { .. } => Errno::PERM,
             Self::FeatureOff(_) => Errno::OPNOTSUPP,
+            Self::Revoked(_) => Errno::CONNABORTED,
             Self::MemoryLimit { .. } => Errno::NOSPC,
             Self::FileLimit { .. } => Errno::MFILE,
             Self::ExistsDifferently { .. } => Errno::EXIST,
             Self::ScrubBound { .. } => Errno::BUSY,
+            Self::NotPidfd(e) => {
+                if e.raw_os_error() == Some(libc::ESRCH) {
+                    Errno::SRCH
+                } else {
+                    Errno::INVAL
+                }
+            }
+            Self::HandoffUnverifiable { .. } => Errno::ACCESS,
             Self::DupFd { .. } => Errno::MFILE,
             Self::Ledger(e) => e.errno(),
             Self::Memory(e) => e.errno(),
@@ -116,4 +163,5 @@ impl ServiceError {
     }
 }
 
+/// Result alias of the service.
 pub(crate) type ServiceResult<T> = Result<T, ServiceError>;

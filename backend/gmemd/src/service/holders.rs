@@ -14,7 +14,7 @@ impl Service {
     /// Refuses access to `name` for VM `uuid` while another VM owns it or a
     /// live process holds it for another VM (invariants 1 and 6).
     pub(super) fn check_access(
-        &mut self,
+        &self,
         session: &Session,
         name: &Name,
         uuid: Uuid,
@@ -27,39 +27,29 @@ impl Service {
         Ok(())
     }
 
-    /// Records that the session's process received `name` for VM `vm`,
-    /// through the session's lease.
-    pub(super) fn record_holder(&mut self, session: &Session, name: &Name, vm: Uuid) {
-        let pid = session.peer.pid;
-        let record = |ledger: &mut crate::ledger::Ledger| {
-            let _ = match session.lease() {
-                Some(lease) => ledger.add_lease_holder(name, pid, vm, lease),
-                None => ledger.add_holder(name, pid, vm),
-            };
+    /// Records that the session's process received `name` for the
+    /// session's VM, through its lease. Control sessions are not recorded.
+    pub(super) fn record_holder(&mut self, session: &Session, name: &Name) {
+        let (Some(lease), Some(vm)) = (session.lease(), self.vm_of(session).map(|v| v.uuid)) else {
+            return;
         };
+        let pid = session.peer.pid;
         // pid 0: the peer lives in a pid namespace gmemd cannot see into, so
         // its exit cannot be observed. It is recorded anyway and counts as
         // alive until a scrub (see `pid_alive`): the safe side of invariant 6.
-        let Some(raw) = Pid::from_raw(i32::try_from(pid).unwrap_or(0)) else {
-            record(&mut self.ledger);
-            return;
-        };
-        if !self.is_alive(pid) {
-            match pidfd_open(raw, PidfdFlags::empty()) {
-                Ok(fd) => {
-                    self.pidfds.insert(pid, fd);
+        if let Some(raw) = Pid::from_raw(i32::try_from(pid).unwrap_or(0)) {
+            if !pid_alive(&self.pidfds, pid) {
+                match pidfd_open(raw, PidfdFlags::empty()) {
+                    Ok(fd) => {
+                        self.pidfds.insert(pid, fd);
+                    }
+                    // Gone already; its lease still counts.
+                    Err(e) => debug!("pid {pid} gone before it could be tracked: {e}"),
                 }
-                // Gone already; its lease, if any, still counts.
-                Err(e) => debug!("pid {pid} gone before it could be tracked: {e}"),
             }
         }
-        record(&mut self.ledger);
-    }
-
-    /// Whether the process behind a recorded pid still runs; a pidfd turns
-    /// readable when its process exits, so pid reuse cannot fool this.
-    pub(super) fn is_alive(&self, pid: u32) -> bool {
-        pid_alive(&self.pidfds, pid)
+        // The file was just checked to exist.
+        let _ = self.ledger.add_holder(name, pid, vm, Some(lease));
     }
 
     /// Forgets processes that have exited, in the pidfd table and the
@@ -74,8 +64,8 @@ impl Service {
 }
 
 /// Whether the process of a pidfd is still running (its pidfd turns
-/// readable on exit).
-fn pidfd_alive(fd: &OwnedFd) -> bool {
+/// readable on exit, so pid reuse cannot fool this).
+pub(super) fn pidfd_alive(fd: &OwnedFd) -> bool {
     let mut fds = [PollFd::new(fd, PollFlags::IN)];
     matches!(
         poll(&mut fds, Some(&rustix::event::Timespec::default())),

@@ -1,18 +1,27 @@
-//! One connection's standing: its peer, its handshake, its lease.
+//! One connection's standing: its peer, what it may do, its handshake and
+//! its lease id. The VM behind a lease lives in the ledger alone.
 
-use std::os::fd::OwnedFd;
+use gmem_protocol::wire::{Features, LeaseId};
 
-use gmem_protocol::server::{Handler, Response};
-use gmem_protocol::wire::{Features, Reply, Request, RequestBody, VmId};
-use log::warn;
-
-use super::{Service, ServiceError};
-use crate::ledger::{LeaseId, Peer};
+use crate::ledger::Peer;
 
 /// Connection identifier assigned by the event loop.
 pub type SessionId = u64;
 
-#[derive(Debug, Clone)]
+/// What a peer may do, decided once from its uid when it connects
+/// ([`crate::config::Config::admission`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Not allowed at all: every message is refused and the connection closed.
+    Refused,
+    /// A client: VM leases and control sessions for itself.
+    Client,
+    /// An operator: also REVOKE, SCRUB, DESTROY of any file, and fds on
+    /// control sessions.
+    Operator,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum SessionState {
     AwaitingHello,
     Control {
@@ -20,8 +29,11 @@ pub(super) enum SessionState {
     },
     Lease {
         id: LeaseId,
-        vm: VmId,
         features: Features,
+    },
+    /// The lease was revoked; what is still in flight is answered, not served.
+    Revoked {
+        id: LeaseId,
     },
 }
 
@@ -32,13 +44,14 @@ pub struct Session {
     pub id: SessionId,
     /// SO_PEERCRED of the peer.
     pub peer: Peer,
-    pub(super) allowed: bool,
-    pub(super) admin: bool,
+    /// Inode of gmemd's end of the connection (to find the client's end).
+    pub(super) socket_inode: u64,
+    pub(super) admission: Admission,
     pub(super) state: SessionState,
 }
 
 impl Session {
-    /// The lease this session opened, if any.
+    /// The lease this session holds, if it opened one and it was not revoked.
     pub fn lease(&self) -> Option<LeaseId> {
         match self.state {
             SessionState::Lease { id, .. } => Some(id),
@@ -46,67 +59,22 @@ impl Session {
         }
     }
 
+    /// Marks the session's lease revoked: it is served nothing more, and
+    /// its requests still in flight are answered `ECONNABORTED`.
+    pub fn revoke(&mut self) {
+        if let SessionState::Lease { id, .. } = self.state {
+            self.state = SessionState::Revoked { id };
+        }
+    }
+
+    pub(super) fn is_operator(&self) -> bool {
+        self.admission == Admission::Operator
+    }
+
     pub(super) fn features(&self) -> Features {
         match self.state {
-            SessionState::AwaitingHello => Features::empty(),
+            SessionState::AwaitingHello | SessionState::Revoked { .. } => Features::empty(),
             SessionState::Control { features } | SessionState::Lease { features, .. } => features,
         }
-    }
-
-    pub(super) fn vm(&self) -> Option<&VmId> {
-        match &self.state {
-            SessionState::Lease { vm, .. } => Some(vm),
-            _ => None,
-        }
-    }
-
-    pub(super) fn describe(&self) -> String {
-        match &self.state {
-            SessionState::Lease { id, vm, .. } => {
-                format!("lease {id} (VM {}, pid {})", vm.name, self.peer.pid)
-            }
-            _ => format!(
-                "session {} (pid {}, uid {})",
-                self.id, self.peer.pid, self.peer.uid
-            ),
-        }
-    }
-}
-
-/// The [`Handler`] for one connection: the service plus that connection's session.
-#[derive(Debug)]
-pub struct SessionHandler<'a> {
-    /// The service.
-    pub service: &'a mut Service,
-    /// The session.
-    pub session: &'a mut Session,
-}
-
-impl Handler for SessionHandler<'_> {
-    fn admit(&mut self) -> Option<Response> {
-        if self.session.allowed {
-            return None;
-        }
-        let err = ServiceError::NotAllowed {
-            uid: self.session.peer.uid,
-        };
-        warn!("refused {}: {err}", self.session.describe());
-        let mut response = Response::error(err.errno(), &err.to_string());
-        response.close = err.should_close();
-        Some(response)
-    }
-
-    fn handle(&mut self, request: RequestBody, fds: Vec<OwnedFd>) -> Response {
-        self.service.handle(self.session, request, fds)
-    }
-
-    fn refused(&mut self, code: u32, reply: &Reply) {
-        let request =
-            Request::try_from(code).map_or_else(|_| format!("code {code}"), |r| r.to_string());
-        warn!(
-            "refused {request} from {}: {}",
-            self.session.describe(),
-            reply.text
-        );
     }
 }
