@@ -361,3 +361,64 @@ fn a_client_that_never_reads_its_replies_stalls_nobody() {
         "its replies were queued"
     );
 }
+
+#[test]
+fn operators_stay_allowed_whatever_allow_uid_says() {
+    // Only uid 65534 is listed; root, an operator, must not be locked out.
+    let mut daemon = Daemon::start_with(&["--allow-uid", "65534"]);
+    let out = daemon.gmemctl().arg("status").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    still_serving(&mut daemon);
+    // The listed uid is a client.
+    let out = Command::new(bin("gmem-test-client"))
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(["--vm", "nobody-vm", "--create", "x:4096"])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Any other uid is not.
+    let out = Command::new(bin("gmem-test-client"))
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(["--vm", "other-vm"])
+        .uid(65533)
+        .gid(65533)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("uid 65533 is not allowed"), "{stderr}");
+    // And the daemon said at start who may connect.
+    let log = daemon.log();
+    assert!(
+        log.contains("clients may connect from uids [0, 65534]"),
+        "{log}"
+    );
+}
+
+#[test]
+fn limits_that_would_serve_nobody_are_refused_at_start() {
+    let out = Command::new(bin("gmemd"))
+        .args(["--socket", "/nonexistent/x.sock", "--max-connections", "0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--max-connections") && stderr.contains("0 is not in 1.."),
+        "{stderr}"
+    );
+}

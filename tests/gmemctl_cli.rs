@@ -83,16 +83,42 @@ fn errors_are_clear_and_exit_nonzero() {
             &["create", "x", "--size", "4M", "--kind", "hugetlb-1g"][..],
             "1 GiB page size of hugetlb-1g",
         ),
+        // 2^64 - 1 bytes parses; as a file size it is invalid, not too much.
+        (
+            &["create", "x", "--size", "18446744073709551615"][..],
+            "errno 22",
+        ),
     ] {
         let out = run(&daemon, args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(text), "{args:?}: {stderr}");
     }
-    // Argument errors exit 2, like every clap program.
-    let out = run(&daemon, &["create", "bad/name", "--size", "4M"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("characters outside"));
+    // Argument errors exit 2, like every clap program, and say what is wrong.
+    for (args, text) in [
+        (
+            &["create", "bad/name", "--size", "4M"][..],
+            "characters outside",
+        ),
+        (
+            &["create", "x", "--size", "18446744073709551616"],
+            "is too large: the most is 16 EiB - 1",
+        ),
+        (
+            &["create", "x", "--size", "1.1K"],
+            "not a whole number of bytes",
+        ),
+        (&["create", "x", "--size", "2X"], "invalid size unit \"X\""),
+        (&["create", "x", "--size", "G"], "expected a number"),
+        (&["create", "x", "--size", "1.2.3G"], "at most one '.'"),
+    ] {
+        let out = run(&daemon, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(text), "{args:?}: {stderr}");
+    }
+    // Fractions that are whole bytes are sizes, as `status` prints them.
+    assert!(ok(&daemon, &["create", "half", "--size", "1.5M"]).contains("1.5 MiB memfd"));
     let out = daemon
         .gmemctl()
         .env("GMEMD_SOCKET", daemon.dir().join("missing.sock"))

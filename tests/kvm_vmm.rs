@@ -184,6 +184,62 @@ fn a_deposited_guest_memfd_runs_the_guest_and_is_let_go() {
 }
 
 #[test]
+fn a_guest_memfd_is_bound_only_by_the_vm_that_deposited_it() {
+    use std::os::fd::FromRawFd;
+
+    use gmem_protocol::wire::BindRequest;
+    use rustix::io::Errno;
+
+    if !e2e::kvm() {
+        return;
+    }
+    const SIZE: u64 = 2 << 20;
+    let daemon = Daemon::start();
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let kvm_vm = kvm.create_vm().unwrap();
+    let raw = kvm_vm
+        .create_guest_memfd(kvm_bindings::kvm_create_guest_memfd {
+            size: SIZE,
+            flags: 0,
+            reserved: [0; 6],
+        })
+        .unwrap();
+    // SAFETY: KVM_CREATE_GUEST_MEMFD returned a new fd that nothing else owns.
+    let gmem = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut a = daemon.lease(vm("vm-a"));
+    a.deposit(&name("private"), MemoryKind::GuestMemfd, gmem.as_fd())
+        .unwrap();
+    drop(gmem);
+
+    // The kernel binds a guest_memfd to its own VM only: another VM's BIND
+    // is refused, and so is an operator's REVOKE-by-proxy of it.
+    let bind = BindRequest::new(0, GuestAddress(0), name("private"), 0, SIZE);
+    let mut b = daemon.lease(vm("vm-b"));
+    let err = b.bind(&bind).unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::PERM.raw_os_error()), "{err}");
+    let text = err.message().unwrap();
+    assert!(text.contains("deposited by VM vm-a"), "{text}");
+    let report = daemon
+        .control()
+        .revoke(&gmem_protocol::VmSelector::Name(name("vm-b")))
+        .unwrap();
+    assert_eq!((report.bindings, report.scrubbed), (0, 0));
+    // Its own VM binds it.
+    a.bind(&bind).unwrap();
+
+    // The depositor's lease ends: nothing can bind the guest_memfd any more,
+    // so gmemd lets go of it and keeps no KVM VM alive (invariant 5).
+    drop(a);
+    wait_no_leases(&daemon);
+    assert!(daemon.control().files().unwrap().is_empty());
+    let targets = daemon.fd_targets();
+    assert!(
+        !targets.iter().any(|t| t.contains("kvm-gmem")),
+        "gmemd still holds a guest_memfd: {targets:?}"
+    );
+}
+
+#[test]
 fn guest_memory_from_gmemd_fds_is_the_daemons_file() {
     let daemon = Daemon::start();
     let mut client = daemon.lease(vm("vm-a"));

@@ -242,6 +242,9 @@ fn fds_handed_on_with_the_lease_keep_blocking_other_vms() {
         .and_then(|t| t.trim().parse().ok())
         .expect("keeper pid");
     assert!(launcher.wait_exit(Duration::from_secs(10)).success());
+    // STATUS shows the process that holds the lease now.
+    let leases = daemon.control().leases().unwrap();
+    assert_eq!(leases[0].pid, u32::try_from(keeper).unwrap(), "{leases:?}");
     let keeper = rustix::process::Pid::from_raw(keeper).unwrap();
     let bind_b = first_mib_of("ram");
     let mut b = daemon.lease(vm("vm-b"));
@@ -255,4 +258,96 @@ fn fds_handed_on_with_the_lease_keep_blocking_other_vms() {
         (!leases.iter().any(|l| l.vm.name.as_str() == "vm-a")).then_some(())
     });
     b.bind(&bind_b).unwrap();
+}
+
+#[test]
+fn handoff_names_only_a_process_that_holds_the_lease_socket() {
+    use std::os::fd::AsFd;
+
+    use rustix::process::{pidfd_open, Pid, PidfdFlags};
+
+    let daemon = Daemon::start();
+    let mut a = daemon.lease(vm("vm-a"));
+    let me = std::process::id();
+    // A process without the socket is refused, and STATUS keeps the truth.
+    let mut sleep = std::process::Command::new("sleep");
+    sleep.arg("60");
+    let mut stranger = gmem_tests::ChildGuard::spawn("sleep", sleep);
+    let pidfd = pidfd_open(
+        Pid::from_raw(i32::try_from(stranger.pid()).unwrap()).unwrap(),
+        PidfdFlags::empty(),
+    )
+    .unwrap();
+    let err = a.handoff(pidfd.as_fd()).unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::PERM.raw_os_error()), "{err}");
+    assert!(err.message().unwrap().contains("does not hold"), "{err}");
+    assert_eq!(daemon.control().leases().unwrap()[0].pid, me);
+    // Neither is a process that is gone, nor an fd that is no pidfd.
+    stranger.kill9();
+    let err = a.handoff(pidfd.as_fd()).unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::SRCH.raw_os_error()), "{err}");
+    let memfd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let err = a.handoff(memfd.as_fd()).unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::INVAL.raw_os_error()), "{err}");
+    // This process holds its own lease socket: accepted.
+    let own = pidfd_open(rustix::process::getpid(), PidfdFlags::empty()).unwrap();
+    assert_eq!(a.handoff(own.as_fd()).unwrap(), me);
+    // A control session has no lease to hand off.
+    let err = daemon.control().handoff(own.as_fd()).unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::PERM.raw_os_error()), "{err}");
+}
+
+#[test]
+fn requests_in_flight_at_a_revoke_are_answered_not_dropped() {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    use gmem_protocol::conn::FrameReader;
+    use gmem_protocol::wire::{Header, Reply, Request, RequestBody, StatusQuery, StatusSection};
+
+    let daemon = Daemon::start();
+    // Files enough that a files page is ~4 KiB: a few dozen unread replies
+    // fill the socket, and gmemd stops reading the client (backpressure).
+    let mut ctl = daemon.control();
+    for n in 0..23 {
+        ctl.create(&name(&format!("file-{n:02}")), 4096, MemoryKind::Memfd)
+            .unwrap();
+    }
+    let x = daemon.lease(vm("vm-x"));
+    let stream = x.stream().try_clone().unwrap();
+    let status = RequestBody::Status(StatusQuery {
+        section: StatusSection::Files,
+        start: 0,
+    })
+    .encode();
+    const SENT: usize = 300;
+    let mut bytes = Vec::new();
+    for _ in 0..SENT {
+        bytes.extend_from_slice(&Header::request(Request::Status, status.len()).to_bytes());
+        bytes.extend_from_slice(&status);
+    }
+    // gmemd serves what fits and leaves the rest in the socket.
+    (&stream).write_all(&bytes).unwrap();
+    ctl.revoke(&VmSelector::Name(name("vm-x"))).unwrap();
+
+    let mut reader = FrameReader::new();
+    let (mut served, mut aborted) = (0, 0);
+    while let Ok(Some(frame)) = reader.read_frame(stream.as_fd()) {
+        let reply = Reply::decode(&frame.payload).unwrap();
+        if reply.status == 0 {
+            assert_eq!(aborted, 0, "a request was served after the revoke");
+            served += 1;
+        } else {
+            assert_eq!(
+                reply.status,
+                -Errno::CONNABORTED.raw_os_error(),
+                "{reply:?}"
+            );
+            assert!(reply.text.contains("revoked"), "{}", reply.text);
+            aborted += 1;
+        }
+    }
+    eprintln!("{served} served before the revoke, {aborted} answered ECONNABORTED");
+    assert!(aborted > 0, "the revoke found nothing in flight");
+    assert_eq!(served + aborted, SENT, "requests went unanswered");
 }

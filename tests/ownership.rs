@@ -5,10 +5,9 @@
 // An integration test file is a test module of its own.
 #![allow(clippy::tests_outside_test_module)]
 
-use gmem_protocol::wire::GuestAddress;
-use gmem_protocol::wire::{BindRequest, MemoryKind};
+use gmem_protocol::wire::{BindRequest, GuestAddress, MemoryKind};
 use gmem_protocol::{ClientError, FileStatus};
-use gmem_tests::{name, vm, Daemon};
+use gmem_tests::{name, vm, wait_until, Daemon};
 use rustix::io::Errno;
 
 const MIB: u64 = 1 << 20;
@@ -48,6 +47,9 @@ fn first_bind_owns_second_vm_refused_last_unbind_frees() {
     assert_eq!(errno_of(&err), Errno::BUSY);
     let message = err.message().unwrap();
     assert!(message.contains("owned by VM vm-a"), "{message}");
+    // The text says what a user can do: stop that VM, or revoke it.
+    assert!(message.contains("`gmemctl revoke vm-a`"), "{message}");
+    assert!(!message.contains("unbind it there"), "{message}");
     // Opening it is refused too: an fd is as good as a binding.
     assert_eq!(errno_of(&b.open(&name("ram")).unwrap_err()), Errno::BUSY);
 
@@ -166,4 +168,37 @@ fn one_lease_per_vm() {
     let err = gmem_protocol::Client::connect(daemon.socket(), vm("vm-a")).unwrap_err();
     assert_eq!(errno_of(&err), Errno::BUSY);
     assert!(err.message().unwrap().contains("already has lease"));
+}
+
+#[test]
+fn files_belong_to_the_vm_that_made_them_across_its_leases() {
+    // Root as a plain client: operators (uid 4242 here) may destroy anything.
+    let daemon = Daemon::start_with(&["--allow-uid", "0", "--admin-uid", "4242"]);
+    {
+        let mut a = daemon.lease(vm("vm-a"));
+        a.create(&name("scratch"), MIB, MemoryKind::Memfd).unwrap();
+        a.create(&name("bound"), MIB, MemoryKind::Memfd).unwrap();
+    }
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "vm-a's lease to end",
+        || daemon.control().leases().unwrap().is_empty().then_some(()),
+    );
+    // Another VM may not destroy vm-a's files...
+    let mut b = daemon.lease(vm("vm-b"));
+    let err = b.destroy(&name("scratch")).unwrap_err();
+    assert_eq!(errno_of(&err), Errno::PERM);
+    // ...vm-a, relaunched on a new lease, may.
+    let mut a = daemon.lease(vm("vm-a"));
+    a.destroy(&name("scratch")).unwrap();
+    // Not while it is bound, though, and the refusal says how to proceed.
+    a.bind(&bind("bound", 0, 0, 0, MIB)).unwrap();
+    let err = a.destroy(&name("bound")).unwrap_err();
+    assert_eq!(errno_of(&err), Errno::BUSY);
+    let text = err.message().unwrap();
+    assert!(text.contains("`gmemctl revoke vm-a`"), "{text}");
+    a.unbind(0).unwrap();
+    a.destroy(&name("bound")).unwrap();
+    assert!(daemon.control().files().unwrap().is_empty());
+    drop(b);
 }

@@ -65,6 +65,10 @@ fn a_linux_guest_boots_from_gmemd_memory_and_its_ram_outlives_qemu() {
         (&0.into(), &0.into(), &0.into(), &(512 * MIB).into())
     );
     assert_eq!(status["leases"][0]["name"], "boot-vm");
+    // The lease's process is QEMU, which holds the lease socket, not the
+    // launcher that opened it and handed it over.
+    assert_eq!(status["leases"][0]["pid"], vm.qemu_pid(), "{status}");
+    assert_ne!(status["leases"][0]["pid"], vm.launcher_pid(), "{status}");
 
     vm.serial.wait_for("GMEM-GUEST: init started", BOOT_TIMEOUT);
     let boot_ms = elapsed_ms(t0);
@@ -97,6 +101,10 @@ fn a_linux_guest_boots_from_gmemd_memory_and_its_ram_outlives_qemu() {
     assert!(!run_dir.join("boot-vm.json").exists());
     assert!(!run_dir.join("boot-vm.qmp").exists());
     assert!(!run_dir.join("boot-vm.ctl").exists());
+    assert!(!run_dir.join("boot-vm.lock").exists());
+    // And said how QEMU ended.
+    let log = vm.launcher_log();
+    assert!(log.contains("exited normally (status 0)"), "{log}");
 }
 
 /// `info mtree` lines `GPA-END (prio 0, ram): alias ram-below-4g @gmem-ram OFF-END`

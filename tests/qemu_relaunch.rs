@@ -52,6 +52,11 @@ fn sigkill_ends_the_lease_and_a_relaunch_gets_the_same_memory() {
         text.contains("cannot get memory file kill-vm.ram") && text.contains("kill-vm"),
         "{text}"
     );
+    // A refused launch leaves nothing in the run directory, not even its lock.
+    let run_dir = daemon.dir().join("vms");
+    for leftover in ["other-vm.lock", "other-vm.json", "other-vm.ctl"] {
+        assert!(!run_dir.join(leftover).exists(), "{leftover} left behind");
+    }
     let mut ctl = daemon.control();
     let leases = ctl.leases().unwrap();
     assert_eq!(leases.len(), 1, "{leases:?}");
@@ -70,6 +75,12 @@ fn sigkill_ends_the_lease_and_a_relaunch_gets_the_same_memory() {
     .unwrap();
     let status = vm.wait_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(137), "{status}");
+    // The launcher says how QEMU ended instead of exiting without a word.
+    let log = vm.launcher_log();
+    assert!(
+        log.contains(&format!("QEMU (pid {qemu}) was killed by SIGKILL")),
+        "{log}"
+    );
     wait_until(Duration::from_secs(10), "the lease to end", || {
         ctl.leases().unwrap().is_empty().then_some(())
     });

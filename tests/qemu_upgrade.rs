@@ -107,6 +107,16 @@ fn upgrade_keeps_the_guest_running_and_moves_no_ram() {
         (leases.len(), leases[0].lease, leases[0].bindings),
         (1, lease, 1)
     );
+    // STATUS shows the process that holds the lease now: the new QEMU.
+    assert_eq!(leases[0].pid, second, "{leases:?}");
+    // The launcher says which QEMU it follows now.
+    let log = vm.launcher_log();
+    assert!(
+        log.contains(&format!(
+            "now following QEMU pid {second} (replacing pid {first})"
+        )),
+        "{log}"
+    );
     let files = ctl.files().unwrap();
     assert_eq!(files[0].owner.as_ref().unwrap().lease, lease);
     assert_eq!(files[0].bindings.len(), 1);
@@ -121,7 +131,8 @@ fn upgrade_keeps_the_guest_running_and_moves_no_ram() {
     assert_eq!(report["supervised"], false, "{report}");
     let third = vm.qemu_pid();
     assert_eq!(fd_target(third, LEASE_FD), Some(lease_socket));
-    assert_eq!(ctl.leases().unwrap()[0].lease, lease);
+    let leases = ctl.leases().unwrap();
+    assert_eq!((leases[0].lease, leases[0].pid), (lease, third));
     check_one_continuous_run(&vm.serial);
 
     // The VM ends when its QEMU does, and so does the lease.

@@ -114,7 +114,14 @@ fn run() -> Result<(), String> {
             .stdin(OwnedFd::from(socket))
             .spawn()
             .map_err(|e| e.to_string())?;
-        println!("HANDOFF {}", keeper.id());
+        // Tell gmemd who holds the lease now, as gmemctl launch does for QEMU.
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_child(&keeper),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .map_err(|e| e.to_string())?;
+        let shown = client.handoff(pidfd.as_fd()).map_err(|e| e.to_string())?;
+        println!("HANDOFF {shown}");
         std::io::stdout().flush().map_err(|e| e.to_string())?;
         return Ok(());
     }

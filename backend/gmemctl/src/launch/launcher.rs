@@ -432,10 +432,9 @@ pub fn describe_exit(status: std::process::ExitStatus) -> String {
         (Some(0), _) => "exited normally (status 0)".to_owned(),
         (Some(code), _) => format!("exited with status {code}"),
         (None, Some(signal)) => {
-            let name = rustix::process::Signal::from_named_raw(signal)
-                .map_or_else(|| format!("signal {signal}"), |s| format!("{s:?}"));
             format!(
-                "was killed by {name}{}",
+                "was killed by {}{}",
+                signal_name(signal),
                 if status.core_dumped() {
                     " (core dumped)"
                 } else {
@@ -445,6 +444,31 @@ pub fn describe_exit(status: std::process::ExitStatus) -> String {
         }
         (None, None) => format!("ended ({status})"),
     }
+}
+
+/// `SIGKILL`, `SIGTERM`, ... or `signal N`.
+fn signal_name(signal: i32) -> String {
+    const NAMES: [(i32, &str); 15] = [
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGQUIT, "SIGQUIT"),
+        (libc::SIGILL, "SIGILL"),
+        (libc::SIGTRAP, "SIGTRAP"),
+        (libc::SIGABRT, "SIGABRT"),
+        (libc::SIGBUS, "SIGBUS"),
+        (libc::SIGFPE, "SIGFPE"),
+        (libc::SIGKILL, "SIGKILL"),
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGSEGV, "SIGSEGV"),
+        (libc::SIGUSR2, "SIGUSR2"),
+        (libc::SIGPIPE, "SIGPIPE"),
+        (libc::SIGALRM, "SIGALRM"),
+        (libc::SIGTERM, "SIGTERM"),
+    ];
+    NAMES.iter().find(|(n, _)| *n == signal).map_or_else(
+        || format!("signal {signal}"),
+        |(_, name)| (*name).to_owned(),
+    )
 }
 
 /// Removes the VM's record, sockets and lock once its last QEMU has
@@ -591,6 +615,25 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn exits_are_described() {
+        use std::os::unix::process::ExitStatusExt;
+        use std::process::ExitStatus;
+        let cases = [
+            (ExitStatus::from_raw(0), "exited normally (status 0)"),
+            (ExitStatus::from_raw(3 << 8), "exited with status 3"),
+            (ExitStatus::from_raw(libc::SIGKILL), "was killed by SIGKILL"),
+            (
+                ExitStatus::from_raw(libc::SIGSEGV | 0x80),
+                "was killed by SIGSEGV (core dumped)",
+            ),
+            (ExitStatus::from_raw(40), "was killed by signal 40"),
+        ];
+        for (status, text) in cases {
+            assert_eq!(describe_exit(status), text);
+        }
     }
 
     #[test]

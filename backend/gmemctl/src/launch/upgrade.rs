@@ -17,7 +17,7 @@
 //! bindings) continues when the old QEMU exits. If anything fails before
 //! the switch, the new QEMU is killed and the VM runs on, on the old one.
 
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -31,6 +31,7 @@ use crate::launch::cmdline::AddedOptions;
 use crate::launch::control::{self, ControlError, ControlReply, ControlRequest};
 use crate::launch::launcher::next_qmp_path;
 use crate::launch::layout::RamRange;
+use crate::launch::lease_fd::take_lease;
 use crate::launch::process::{JobControl, Process, ProcessError, ProcessId};
 use crate::launch::record::{check_socket_path, QemuRecord, RecordError};
 use crate::launch::spawn::{spawn, SpawnError, SpawnSpec};
@@ -288,6 +289,15 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
         dimm.fdset = None;
     }
     att.save()?;
+    // gmemd shows the new QEMU as the lease's process from now on.
+    match take_lease(&target.process, rec.vm_id(), rec.lease, opts.timeout) {
+        Ok(mut lease) => {
+            if let Err(e) = lease.handoff(target.process.pidfd().as_fd()) {
+                log::warn!("gmemd did not take the handoff of the lease to the new QEMU: {e}");
+            }
+        }
+        Err(e) => log::warn!("cannot hand the lease to the new QEMU in gmemd: {e}"),
+    }
     running?;
     let in_place = rec.memory.size + rec.dimms.iter().map(|d| d.size).sum::<u64>();
     Ok(UpgradeReport {

@@ -387,3 +387,58 @@ fn pseudo_random_operations_keep_invariants() {
         l.assert_consistent();
     }
 }
+
+#[test]
+fn a_holder_record_never_moves_from_one_vm_to_another() {
+    let mut l = setup();
+    l.open_lease(id(3), vm("c"), Peer { pid: 77, uid: 0 })
+        .unwrap();
+    // pid 4242 received f for vm a through lease 1, then for vm b through
+    // lease 2 (the requester exemption lets a process that has the fd ask
+    // again for another VM).
+    l.add_holder(&name("f"), 4242, vm("a").uuid, Some(id(1)))
+        .unwrap();
+    l.add_holder(&name("f"), 4242, vm("b").uuid, Some(id(2)))
+        .unwrap();
+    let holders: Vec<_> = l.file(&name("f")).unwrap().holders().collect();
+    assert_eq!(holders.len(), 2, "{holders:?}");
+    // pid 4242 exits and lease 2 ends; lease 1 lives on in whoever it was
+    // handed to, and so does vm a's claim: vm c is still kept out.
+    l.close_lease(id(2)).unwrap();
+    l.prune_holders(&mut never_alive);
+    let err = l
+        .bind(id(3), &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+        .unwrap_err();
+    assert!(
+        matches!(&err, LedgerError::HeldElsewhere { pid: 4242, holder, .. } if holder.contains("VM a")),
+        "{err}"
+    );
+    // vm a itself is not blocked by its own holder.
+    l.bind(id(1), &bind_req("f", 0, 0, 0, MIB), &mut never_alive)
+        .unwrap();
+    l.assert_consistent();
+}
+
+#[test]
+fn a_guest_memfd_binds_only_into_the_vm_that_deposited_it() {
+    let mut l = setup();
+    let gmem = FileSpec {
+        size: 4 * MIB,
+        kind: MemoryKind::GuestMemfd,
+        page_size: 4096,
+    };
+    l.add_file(name("g"), gmem, Some(vm("a"))).unwrap();
+    let before = snapshot(&l);
+    let err = l
+        .bind(id(2), &bind_req("g", 0, 0, 0, MIB), &mut never_alive)
+        .unwrap_err();
+    assert!(
+        matches!(&err, LedgerError::ForeignGuestMemfd { depositor, .. } if depositor.name.as_str() == "a"),
+        "{err}"
+    );
+    assert_eq!(err.errno(), Errno::PERM);
+    assert_eq!(snapshot(&l), before);
+    l.bind(id(1), &bind_req("g", 0, 0, 0, MIB), &mut never_alive)
+        .unwrap();
+    l.assert_consistent();
+}
