@@ -56,7 +56,7 @@ fn main() {
         }),
     );
     reply(
-        "HELLO reply (features 0x7, lease 1, version 1)",
+        "HELLO reply (features 0xf, lease 1, version 1)",
         Request::Hello,
         &Reply::ok(
             HelloReply {

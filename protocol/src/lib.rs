@@ -6,7 +6,8 @@
 //!
 //! - [`wire`]: header, request codes, payload layouts, encode/decode.
 //! - [`conn`]: framed messages and SCM_RIGHTS fds over a socket.
-//! - [`server`]: request checking and dispatch for a daemon, without I/O.
+//! - [`server`]: a daemon's side without I/O: frames checked and decoded into
+//!   requests, responses encoded into reply frames.
 //! - [`client`]: the blocking client a VMM or tool uses.
 //! - `guest_memory` (feature `guest-memory`): received fds as a vm-memory `GuestMemoryMmap`.
 //! - `kvm` (feature `kvm`): KVM memslots from that memory, kept in step with gmemd.

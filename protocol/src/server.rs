@@ -50,7 +50,7 @@ impl Response {
 }
 
 /// A frame that is not a request the daemon can act on, with the errno and
-/// text of the reply that answers it (PROTOCOL.md §4).
+/// text of the reply that answers it (PROTOCOL.md §5.3).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{text}")]
 pub struct FrameError {

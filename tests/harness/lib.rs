@@ -20,7 +20,7 @@ pub use process::{wait_until, ChildGuard};
 ///
 /// `cargo test` and `cargo nextest` build the test binaries but not the
 /// other packages' programs, so the first call in each test process runs
-/// `cargo build --bins` for the workspace (a no-op once built; cargo's own
+/// `cargo build --bins --examples` for the workspace (a no-op once built; cargo's own
 /// lock serializes concurrent callers). Every test then shares those
 /// binaries. `GMEM_BIN_DIR` points at prebuilt binaries instead.
 pub fn bin(name: &str) -> PathBuf {
@@ -66,6 +66,7 @@ fn build_bins(profile_dir: &std::path::Path) {
             "--quiet",
             "--workspace",
             "--bins",
+            "--examples",
             "--profile",
             &profile,
         ])
@@ -74,7 +75,7 @@ fn build_bins(profile_dir: &std::path::Path) {
         .current_dir(workspace_path(""))
         .status()
         .expect("running cargo build for the test binaries");
-    assert!(status.success(), "cargo build --bins failed");
+    assert!(status.success(), "cargo build --bins --examples failed");
 }
 
 /// A workspace-relative path.

@@ -108,7 +108,7 @@ fn syscall(op: &'static str, kind: MemoryKind) -> impl FnOnce(Errno) -> MemoryEr
 /// # Errors
 /// [`MemoryError`]: bad size, no hugepages, no `memfd_secret`, syscall failures.
 pub fn create(name: &Name, size: u64, kind: MemoryKind) -> MemoryResult<OwnedFd> {
-    let page_size = check_size(size, kind)?;
+    let page_size = check_create(size, kind)?;
     let label = format!("gmemd:{name}");
     match kind {
         MemoryKind::Memfd => {
@@ -163,6 +163,18 @@ pub fn create(name: &Name, size: u64, kind: MemoryKind) -> MemoryResult<OwnedFd>
         }
         MemoryKind::GuestMemfd => Err(MemoryError::NotCreatable(kind)),
     }
+}
+
+/// Checks that gmemd can create a file of `kind` and `size`, before any
+/// limit is looked at; returns the kind's page size.
+///
+/// # Errors
+/// [`MemoryError::NotCreatable`], [`MemoryError::BadSize`].
+pub fn check_create(size: u64, kind: MemoryKind) -> MemoryResult<u64> {
+    if kind == MemoryKind::GuestMemfd {
+        return Err(MemoryError::NotCreatable(kind));
+    }
+    check_size(size, kind)
 }
 
 /// Checks that `size` is a non-zero multiple of the kind's page size and

@@ -22,10 +22,10 @@ use gmem_protocol::ClientError;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::launch::attach::{attach, AttachError};
-use crate::launch::cmdline::{dimm_backend_id, fd_path};
 use crate::launch::launcher::{check_kind, LaunchError};
-use crate::launch::record::{DimmRecord, RecordError};
+use crate::launch::qemu::cmdline::{dimm_backend_id, fd_path};
+use crate::launch::vm::attach::{attach, AttachError};
+use crate::launch::vm::record::{DimmRecord, RecordError};
 use crate::launch::{RunDir, DIMM_SLOT_BASE};
 use crate::qmp::{QmpClient, QmpError};
 
@@ -154,12 +154,12 @@ pub struct HotplugOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct HotplugReport {
     /// The VM.
-    #[serde(with = "crate::launch::serde_fields::text")]
+    #[serde(with = "crate::launch::vm::serde_fields::text")]
     pub vm: Name,
     /// DIMM id.
     pub id: String,
     /// Memory file.
-    #[serde(with = "crate::launch::serde_fields::text")]
+    #[serde(with = "crate::launch::vm::serde_fields::text")]
     pub file: Name,
     /// Bytes.
     pub size: u64,
@@ -196,12 +196,12 @@ pub struct UnplugOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct UnplugReport {
     /// The VM.
-    #[serde(with = "crate::launch::serde_fields::text")]
+    #[serde(with = "crate::launch::vm::serde_fields::text")]
     pub vm: Name,
     /// DIMM id.
     pub id: String,
     /// Memory file.
-    #[serde(with = "crate::launch::serde_fields::text")]
+    #[serde(with = "crate::launch::vm::serde_fields::text")]
     pub file: Name,
     /// Whether the file was destroyed.
     pub destroyed: bool,

@@ -3,46 +3,38 @@
 //!
 //! - [`launcher`]: opens the VM's lease, creates or reopens its RAM, records
 //!   the bindings QEMU will use and starts QEMU with the memory file and the
-//!   lease socket inherited; then supervises it ([`supervise`]).
+//!   lease socket inherited; then supervises it ([`launcher::supervise`]).
 //! - [`mod@upgrade`]: live VMM replacement. A second QEMU maps the same RAM and
 //!   takes over by local migration with `x-ignore-shared`, so only device
 //!   state moves; the lease socket is inherited, so the lease and its
 //!   bindings simply continue.
 //! - [`mod@hotplug`]: a new gmemd memory file plugged in as a `pc-dimm` over QMP
 //!   and recorded as a binding, and its removal.
-//! - Parts: [`args`] (the user's QEMU arguments), [`layout`] (guest-physical
-//!   RAM layout per machine type), [`cmdline`] (the options gmemctl adds),
-//!   [`record`] (the per-VM runtime record and lock), [`spawn`] (fds at
-//!   fixed numbers across exec), [`process`] (pidfds, `pidfd_getfd`),
-//!   [`lease_fd`] (the lease taken from QEMU), [`control`] (the launcher's
-//!   control socket), [`attach`] (finding and locking a running VM).
+//! - Parts: [`qemu`] (the user's QEMU arguments, the guest-physical RAM
+//!   layout per machine type, the options gmemctl adds), [`process`]
+//!   (pidfds and `pidfd_getfd`, fds at fixed numbers across exec, how a
+//!   QEMU ended), [`vm`] (the per-VM record and run directory with its lock,
+//!   attaching to a running VM, its lease taken from QEMU), and the
+//!   launcher's own [`launcher::supervise`] and [`launcher::control`].
 //!
 //! Inside every QEMU the lease socket is fd [`LEASE_FD`] and main RAM fd
 //! [`RAM_FD`]; DIMMs inherited by an upgrade target start at
 //! [`DIMM_FD_BASE`]. High numbers keep clear of fds the user passes to QEMU
 //! (`-add-fd`, `fd=` options).
 
-pub mod args;
-pub mod attach;
-pub mod cmdline;
-pub mod control;
 pub mod hotplug;
 pub mod launcher;
-pub mod layout;
-pub mod lease_fd;
 pub mod process;
-pub mod record;
-mod serde_fields;
-pub mod spawn;
-pub mod supervise;
+pub mod qemu;
 pub mod upgrade;
+pub mod vm;
 
 use std::os::fd::RawFd;
 
 pub use hotplug::{hotplug, unplug, HotplugOptions, HotplugReport, UnplugOptions, UnplugReport};
 pub use launcher::{launch, LaunchOptions};
-pub use record::RunDir;
 pub use upgrade::{upgrade, UpgradeOptions, UpgradeReport};
+pub use vm::run_dir::RunDir;
 
 /// fd number of the lease socket inside QEMU.
 pub const LEASE_FD: RawFd = 200;

@@ -18,6 +18,7 @@
 //! ```
 
 mod client;
+mod commands;
 mod message;
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::client::parse_reply;
+use super::commands::parse_reply;
 use super::message::Message;
 use super::*;
 use std::io::{BufRead, BufReader, Write};

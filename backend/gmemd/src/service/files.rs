@@ -69,8 +69,8 @@ impl Service {
             }
             return self.open(session, &req.name);
         }
-        // A size no file can have is EINVAL, whatever the limits say.
-        let page_size = memory::check_size(req.size, req.kind)?;
+        // A file gmemd cannot make is EINVAL, whatever the limits say.
+        let page_size = memory::check_create(req.size, req.kind)?;
         self.check_limits(session, req.size)?;
         let fd = memory::create(&req.name, req.size, req.kind)?;
         let spec = FileSpec {

@@ -7,6 +7,9 @@
 //! (`PTRACE_MODE_ATTACH_REALCREDS`): root, or the same uid with Yama's
 //! `ptrace_scope` at 0.
 
+pub mod exit;
+pub mod spawn;
+
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 

@@ -14,29 +14,37 @@
 //!    gmemctl's QMP socket path and the VM's record to the new QEMU.
 //!
 //! The new QEMU inherits the same lease socket, so the lease (its id and
-//! bindings) continues when the old QEMU exits. If anything fails before
-//! the switch, the new QEMU is killed and the VM runs on, on the old one.
+//! bindings) continues when the old QEMU exits, and gmemd is told the new
+//! QEMU holds it (HANDOFF). If anything fails before the switch, the new
+//! QEMU is killed and the VM runs on, on the old one.
+//!
+//! Parts: `target` (the new QEMU: started through the launcher or here,
+//! killed unless committed), `migration` (the handoff over QMP).
 
-use std::os::fd::{AsFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+mod migration;
+mod target;
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use gmem_protocol::wire::{LeaseId, Name};
 use serde::Serialize;
 
-use crate::launch::args::{ArgsError, QemuCommand};
-use crate::launch::attach::{attach, AttachError, Attached};
-use crate::launch::cmdline::AddedOptions;
-use crate::launch::control::{self, ControlError, ControlReply, ControlRequest};
-use crate::launch::launcher::next_qmp_path;
-use crate::launch::layout::RamRange;
-use crate::launch::lease_fd::take_lease;
-use crate::launch::process::{JobControl, Process, ProcessError, ProcessId};
-use crate::launch::record::{check_socket_path, QemuRecord, RecordError};
-use crate::launch::spawn::{spawn, SpawnError, SpawnSpec};
+use crate::launch::launcher::control::ControlError;
+use crate::launch::process::spawn::SpawnError;
+use crate::launch::process::ProcessError;
+use crate::launch::qemu::args::{ArgsError, QemuCommand};
+use crate::launch::qemu::cmdline::AddedOptions;
+use crate::launch::qemu::layout::RamRange;
+use crate::launch::vm::attach::{attach, AttachError};
+use crate::launch::vm::lease_fd::take_lease;
+use crate::launch::vm::record::{QemuRecord, RecordError};
+use crate::launch::vm::run_dir::{check_socket_path, next_qmp_path};
 use crate::launch::{RunDir, DIMM_FD_BASE, LEASE_FD, RAM_FD};
-use crate::qmp::{MigrationInfo, QmpClient, QmpError};
+use crate::qmp::QmpError;
+use migration::{migrate, wait_running};
+use target::{connect_target, start_target};
 
 /// How long the old QEMU may take to quit before it is killed.
 const QUIT_WAIT: Duration = Duration::from_secs(10);
@@ -131,7 +139,7 @@ pub struct UpgradeOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct UpgradeReport {
     /// The VM.
-    #[serde(with = "crate::launch::serde_fields::text")]
+    #[serde(with = "crate::launch::vm::serde_fields::text")]
     pub vm: Name,
     /// Pid of the replaced QEMU.
     pub old_pid: u32,
@@ -140,7 +148,7 @@ pub struct UpgradeReport {
     /// Its generation (1 after the first upgrade).
     pub generation: u32,
     /// The lease, unchanged.
-    #[serde(with = "crate::launch::serde_fields::lease")]
+    #[serde(with = "crate::launch::vm::serde_fields::lease")]
     pub lease: LeaseId,
     /// Whether the launcher started the new QEMU and follows it.
     pub supervised: bool,
@@ -162,7 +170,7 @@ pub struct UpgradeReport {
     pub elapsed_ms: f64,
 }
 
-fn ms(d: Duration) -> f64 {
+pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -318,7 +326,7 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
     })
 }
 
-fn qmp_err(which: &'static str) -> impl Fn(QmpError) -> UpgradeError {
+pub(super) fn qmp_err(which: &'static str) -> impl Fn(QmpError) -> UpgradeError {
     move |source| UpgradeError::Qmp { which, source }
 }
 
@@ -338,215 +346,12 @@ fn new_command(opts: &UpgradeOptions, running: &QemuRecord) -> Result<QemuComman
     Ok(command.without_incoming())
 }
 
-/// The new QEMU, killed unless committed.
-#[derive(Debug)]
-struct Target {
-    process: Process,
-    /// The launcher's control socket, if the launcher started it.
-    control: Option<PathBuf>,
-    committed: bool,
-}
-
-impl Target {
-    /// Tells the launcher (if any) to follow the new QEMU. Returns whether
-    /// a launcher follows it.
-    fn commit(&mut self) -> bool {
-        self.committed = true;
-        let Some(path) = self.control.take() else {
-            return false;
-        };
-        let request = ControlRequest::Commit {
-            pid: self.process.pid(),
-        };
-        match control::call(&path, &request, &[], Duration::from_secs(5)) {
-            Ok(ControlReply::Done) => true,
-            Ok(other) => {
-                log::warn!("launcher did not take over the new QEMU: {other:?}");
-                false
-            }
-            Err(e) => {
-                log::warn!("launcher unreachable, the new QEMU runs unsupervised: {e}");
-                false
-            }
-        }
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        if self.committed {
-            return;
-        }
-        log::info!("killing the new QEMU (pid {})", self.process.pid());
-        if let Some(path) = &self.control {
-            let request = ControlRequest::Abort {
-                pid: self.process.pid(),
-            };
-            let _ = control::call(path, &request, &[], Duration::from_secs(5));
-        }
-        self.process.kill();
-    }
-}
-
-/// Starts the new QEMU through the launcher, or here if it is gone.
-fn start_target(
-    att: &Attached,
-    program: &Path,
-    args: Vec<String>,
-    fds: Vec<(OwnedFd, RawFd)>,
-) -> Result<Target, UpgradeError> {
-    if att.launcher().is_some() {
-        let path = &att.record.control;
-        let targets: Vec<RawFd> = fds.iter().map(|(_, t)| *t).collect();
-        let borrowed: Vec<_> = fds
-            .iter()
-            .map(|(fd, _)| std::os::fd::AsFd::as_fd(fd))
-            .collect();
-        let request = ControlRequest::Spawn {
-            program: program.to_owned(),
-            args: args.clone(),
-            targets,
-        };
-        match control::call(path, &request, &borrowed, Duration::from_secs(10)) {
-            Ok(ControlReply::Spawned { process }) => {
-                return Ok(Target {
-                    process: open_target(process)?,
-                    control: Some(path.clone()),
-                    committed: false,
-                })
-            }
-            Ok(ControlReply::Refused { message }) => {
-                return Err(UpgradeError::LauncherRefused(message))
-            }
-            Ok(ControlReply::Done) => {
-                return Err(UpgradeError::LauncherRefused("unexpected reply".into()))
-            }
-            Err(e) => log::warn!("{e}; starting the new QEMU here"),
-        }
-    }
-    // No launcher: the new QEMU gets the old one's stdio and, if it is in
-    // our session, its process group.
-    let stdio = [
-        att.qemu.take_fd(0)?,
-        att.qemu.take_fd(1)?,
-        att.qemu.take_fd(2)?,
-    ];
-    let group = match (
-        JobControl::of(att.qemu.pid()),
-        JobControl::of(std::process::id()),
-    ) {
-        (Some(theirs), Some(ours)) => theirs.joinable_group(ours).unwrap_or(0),
-        _ => 0,
-    };
-    let child = spawn(SpawnSpec {
-        program: program.to_owned(),
-        args,
-        fds,
-        stdio: Some(stdio),
-        process_group: Some(group),
-    })?;
-    let process = Process::of_child(&child)?;
-    // Not waited for: once this command exits, init reaps it.
-    drop(child);
-    Ok(Target {
-        process,
-        control: None,
-        committed: false,
-    })
-}
-
-fn open_target(id: ProcessId) -> Result<Process, UpgradeError> {
-    Process::open(id).map_err(|e| match e {
-        ProcessError::Gone { pid } => UpgradeError::TargetDied { pid },
-        e => e.into(),
-    })
-}
-
-/// Connects to the new QEMU's QMP, giving up early if it exits.
-fn connect_target(
-    target: &Process,
-    path: &Path,
-    timeout: Duration,
-) -> Result<QmpClient, UpgradeError> {
-    let deadline = Instant::now() + timeout;
-    let stream = loop {
-        match UnixStream::connect(path) {
-            Ok(stream) => break stream,
-            Err(_) if !target.is_alive() => {
-                return Err(UpgradeError::TargetDied { pid: target.pid() })
-            }
-            Err(e) if Instant::now() >= deadline => {
-                return Err(UpgradeError::Qmp {
-                    which: "new",
-                    source: QmpError::Connect {
-                        path: path.to_owned(),
-                        source: e,
-                    },
-                })
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    };
-    let left = deadline.saturating_duration_since(Instant::now());
-    let mut qmp =
-        QmpClient::from_stream(stream, left.max(Duration::from_secs(1))).map_err(qmp_err("new"))?;
-    qmp.set_timeout(timeout);
-    Ok(qmp)
-}
-
-/// Runs the migration; returns the source's final figures and the wall
-/// time from `migrate` to `completed`.
-fn migrate(
-    old: &mut QmpClient,
-    new: &mut QmpClient,
-    socket: &Path,
-    timeout: Duration,
-) -> Result<(MigrationInfo, f64), UpgradeError> {
-    let caps = [("x-ignore-shared", true)];
-    old.migrate_set_capabilities(&caps)
-        .map_err(qmp_err("old"))?;
-    new.migrate_set_capabilities(&caps)
-        .map_err(qmp_err("new"))?;
-    let uri = format!("unix:{}", socket.display());
-    new.migrate_incoming(&uri).map_err(qmp_err("new"))?;
-    let t = Instant::now();
-    let result = old.migrate(&uri).and_then(|()| old.wait_migration(timeout));
-    let handoff = ms(t.elapsed());
-    let _ = std::fs::remove_file(socket);
-    match result {
-        Ok(info) => Ok((info, handoff)),
-        Err(e) => {
-            if let Err(cancel) = old.migrate_cancel() {
-                log::debug!("migrate_cancel: {cancel}");
-            }
-            Err(UpgradeError::Migration(e))
-        }
-    }
-}
-
-/// Waits until the new QEMU runs the guest (resuming it if it came up
-/// paused, as with `-S`).
-fn wait_running(new: &mut QmpClient, timeout: Duration) -> Result<(), UpgradeError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let state = new.query_status().map_err(qmp_err("new"))?;
-        match state.as_str() {
-            "running" => return Ok(()),
-            "paused" => new.cont().map_err(qmp_err("new"))?,
-            _ if Instant::now() >= deadline => {
-                return Err(UpgradeError::TargetState {
-                    state,
-                    expected: "running",
-                })
-            }
-            _ => std::thread::sleep(Duration::from_millis(1)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+    use crate::launch::process::ProcessId;
 
     fn running() -> QemuRecord {
         QemuRecord {

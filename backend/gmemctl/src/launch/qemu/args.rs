@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::launch::layout::{LayoutError, Machine};
+use crate::launch::qemu::layout::{LayoutError, Machine};
 use gmemd::size::parse_size;
 
 /// Errors found in the QEMU arguments.
@@ -305,7 +305,7 @@ enum KeyError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launch::layout::Chipset;
+    use crate::launch::qemu::layout::Chipset;
 
     fn cmd(args: &[&str]) -> QemuCommand {
         let mut argv = vec!["qemu-system-x86_64".to_owned()];

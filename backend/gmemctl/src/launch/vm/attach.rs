@@ -8,9 +8,10 @@ use std::time::Duration;
 use gmem_protocol::wire::Name;
 use gmem_protocol::Client;
 
-use crate::launch::lease_fd::{take_lease, LeaseFdError};
 use crate::launch::process::{Process, ProcessError};
-use crate::launch::record::{RecordError, RunDir, VmLock, VmRecord};
+use crate::launch::vm::lease_fd::{take_lease, LeaseFdError};
+use crate::launch::vm::record::{RecordError, VmRecord};
+use crate::launch::vm::run_dir::{RunDir, VmLock};
 use crate::qmp::{QmpClient, QmpError};
 
 /// Errors of attaching to a running VM.

@@ -2,7 +2,7 @@
 //!
 //! BIND and UNBIND need the VM's own lease, and gmemd allows one lease per
 //! VM: so `gmemctl hotplug`, `unplug` and `upgrade` take a duplicate of the
-//! lease socket from QEMU (`pidfd_getfd`, see [`super::process`]) and talk
+//! lease socket from QEMU (`pidfd_getfd`, see [`crate::launch::process`]) and talk
 //! on it with [`Client::resume`]. The socket's open file description is
 //! shared with QEMU and the launcher, which never talk on it; the VM's lock
 //! keeps two gmemctl commands off it at once.

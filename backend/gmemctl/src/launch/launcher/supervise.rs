@@ -15,11 +15,11 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::process::Signal;
 
-use crate::launch::control::{ControlReply, ControlRequest, ControlServer, Incoming};
+use crate::launch::launcher::control::{ControlReply, ControlRequest, ControlServer, Incoming};
 use gmem_protocol::wire::Name;
 
+use crate::launch::process::spawn::{spawn, SpawnSpec};
 use crate::launch::process::{Process, ProcessError};
-use crate::launch::spawn::{spawn, SpawnSpec};
 
 /// Signals the launcher passes on to QEMU.
 const FORWARDED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
@@ -330,23 +330,12 @@ fn reap_first_exited(list: &mut Vec<Generation>, ready: &[bool], what: &str) {
     }
 }
 
-/// The exit code for a QEMU status: its code, or 128 + signal as shells do.
-pub fn exit_code(status: ExitStatus) -> u8 {
-    use std::os::unix::process::ExitStatusExt;
-    let code = status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(1);
-    u8::try_from(code).unwrap_or(1)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::os::unix::process::ExitStatusExt;
     use std::process::Command;
 
     use super::*;
-    use crate::launch::control::call;
+    use crate::launch::launcher::control::call;
 
     fn vm() -> Name {
         Name::new("vm").unwrap()
@@ -375,7 +364,7 @@ mod tests {
         // SAFETY: raise has no memory-safety preconditions.
         assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
         let ended = sup.run().unwrap();
-        assert_eq!(exit_code(ended.status), 143);
+        assert_eq!(crate::launch::process::exit::exit_code(ended.status), 143);
     }
 
     #[test]
@@ -430,14 +419,12 @@ mod tests {
         // ...and returns the new one's status.
         drop(marker_w);
         let ended = runner.join().unwrap();
-        assert_eq!((ended.pid, exit_code(ended.status)), (process.pid, 5));
-    }
-
-    #[test]
-    fn exit_codes() {
-        assert_eq!(exit_code(ExitStatus::from_raw(0)), 0);
-        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
-        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 137);
-        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGTERM)), 143);
+        assert_eq!(
+            (
+                ended.pid,
+                crate::launch::process::exit::exit_code(ended.status)
+            ),
+            (process.pid, 5)
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! `gmemctl launch`: one command for QEMU on gmemd memory.
 //!
 //! 1. Checks the QEMU arguments (no `-m`, no `memory-backend=`) and finds
-//!    the machine type, hence where QEMU will map RAM ([`super::layout`]).
+//!    the machine type, hence where QEMU will map RAM ([`crate::launch::qemu::layout`]).
 //! 2. Opens the VM's lease (refused while another lease of the VM is open:
 //!    a second launch of a running VM fails here).
 //! 3. Creates the VM's memory file, or reopens it with its content (a
@@ -9,13 +9,16 @@
 //!    will use (refused if another VM owns the file).
 //! 4. Starts QEMU with the memory file and the lease socket inherited at
 //!    [`super::RAM_FD`] and [`super::LEASE_FD`] and the memory options
-//!    added ([`super::cmdline`]), writes the VM's record and supervises
-//!    QEMU ([`super::supervise`]) until it exits.
+//!    added ([`crate::launch::qemu::cmdline`]), writes the VM's record and supervises
+//!    QEMU ([`supervise`]) until it exits.
 //!
 //! Both the launcher and QEMU hold the lease socket, so the lease (and the
 //! bindings) last until both are gone: killing the launcher leaves the VM
 //! running with its lease; a QEMU that exits or crashes ends the lease once
 //! the launcher has exited with its status.
+
+pub mod control;
+pub mod supervise;
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -25,17 +28,18 @@ use std::time::Duration;
 use gmem_protocol::wire::{BindRequest, LeaseId, MemoryKind, Name, VmId};
 use gmem_protocol::{Client, ClientError};
 
-use crate::launch::args::{ArgsError, QemuCommand};
-use crate::launch::cmdline::AddedOptions;
-use crate::launch::control::{ControlError, ControlServer};
-use crate::launch::layout::{Machine, RamRange};
+use crate::launch::launcher::control::{ControlError, ControlServer};
+use crate::launch::launcher::supervise::{block_forwarded_signals, SuperviseError, Supervisor};
+use crate::launch::process::exit::{describe_exit, exit_code};
+use crate::launch::process::spawn::{spawn, SpawnError, SpawnSpec};
 use crate::launch::process::ProcessId;
-use crate::launch::record::{
-    check_socket_path, BindingRecord, MemoryRecord, QemuRecord, RecordError, RunDir, VmRecord,
-    RECORD_VERSION,
+use crate::launch::qemu::args::{ArgsError, QemuCommand};
+use crate::launch::qemu::cmdline::AddedOptions;
+use crate::launch::qemu::layout::{Machine, RamRange};
+use crate::launch::vm::record::{
+    BindingRecord, MemoryRecord, QemuRecord, RecordError, VmRecord, RECORD_VERSION,
 };
-use crate::launch::spawn::{spawn, SpawnError, SpawnSpec};
-use crate::launch::supervise::{block_forwarded_signals, exit_code, SuperviseError, Supervisor};
+use crate::launch::vm::run_dir::{check_socket_path, next_qmp_path, RunDir};
 use crate::launch::{LEASE_FD, MAIN_SLOT, RAM_FD};
 use gmemd::size::format_size;
 
@@ -424,53 +428,6 @@ fn start(
     Ok((supervisor.holding(lease), record))
 }
 
-/// How a process ended, for people: `exited with status 1`, `was killed
-/// by SIGKILL`.
-pub fn describe_exit(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(0), _) => "exited normally (status 0)".to_owned(),
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(signal)) => {
-            format!(
-                "was killed by {}{}",
-                signal_name(signal),
-                if status.core_dumped() {
-                    " (core dumped)"
-                } else {
-                    ""
-                }
-            )
-        }
-        (None, None) => format!("ended ({status})"),
-    }
-}
-
-/// `SIGKILL`, `SIGTERM`, ... or `signal N`.
-fn signal_name(signal: i32) -> String {
-    const NAMES: [(i32, &str); 15] = [
-        (libc::SIGHUP, "SIGHUP"),
-        (libc::SIGINT, "SIGINT"),
-        (libc::SIGQUIT, "SIGQUIT"),
-        (libc::SIGILL, "SIGILL"),
-        (libc::SIGTRAP, "SIGTRAP"),
-        (libc::SIGABRT, "SIGABRT"),
-        (libc::SIGBUS, "SIGBUS"),
-        (libc::SIGFPE, "SIGFPE"),
-        (libc::SIGKILL, "SIGKILL"),
-        (libc::SIGUSR1, "SIGUSR1"),
-        (libc::SIGSEGV, "SIGSEGV"),
-        (libc::SIGUSR2, "SIGUSR2"),
-        (libc::SIGPIPE, "SIGPIPE"),
-        (libc::SIGALRM, "SIGALRM"),
-        (libc::SIGTERM, "SIGTERM"),
-    ];
-    NAMES.iter().find(|(n, _)| *n == signal).map_or_else(
-        || format!("signal {signal}"),
-        |(_, name)| (*name).to_owned(),
-    )
-}
-
 /// Removes the VM's record, sockets and lock once its last QEMU has
 /// exited, unless a newer launcher has taken the VM over since.
 fn cleanup(run_dir: &RunDir, vm: &Name) {
@@ -498,17 +455,6 @@ fn cleanup(run_dir: &RunDir, vm: &Name) {
     if let Some(lock) = lock {
         lock.remove();
     }
-}
-
-/// Where the upgrade target of `generation` listens for QMP until it takes
-/// the VM's path (by rename, once the old QEMU has exited).
-///
-/// Each generation needs a name of its own: QEMU unlinks the path it bound
-/// when it exits, so a reused name would remove a later QEMU's socket.
-pub fn next_qmp_path(qmp: &std::path::Path, generation: u32) -> PathBuf {
-    let mut path = qmp.as_os_str().to_owned();
-    path.push(format!(".g{generation}"));
-    PathBuf::from(path)
 }
 
 #[cfg(test)]
@@ -615,32 +561,5 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert!(left.is_empty(), "{left:?}");
-    }
-
-    #[test]
-    fn exits_are_described() {
-        use std::os::unix::process::ExitStatusExt;
-        use std::process::ExitStatus;
-        let cases = [
-            (ExitStatus::from_raw(0), "exited normally (status 0)"),
-            (ExitStatus::from_raw(3 << 8), "exited with status 3"),
-            (ExitStatus::from_raw(libc::SIGKILL), "was killed by SIGKILL"),
-            (
-                ExitStatus::from_raw(libc::SIGSEGV | 0x80),
-                "was killed by SIGSEGV (core dumped)",
-            ),
-            (ExitStatus::from_raw(40), "was killed by signal 40"),
-        ];
-        for (status, text) in cases {
-            assert_eq!(describe_exit(status), text);
-        }
-    }
-
-    #[test]
-    fn next_qmp_path_appends() {
-        assert_eq!(
-            next_qmp_path(std::path::Path::new("/run/vm.qmp"), 3),
-            std::path::Path::new("/run/vm.qmp.g3")
-        );
     }
 }

@@ -12,7 +12,7 @@
 use std::os::fd::RawFd;
 use std::path::Path;
 
-use crate::launch::record::DimmRecord;
+use crate::launch::vm::record::DimmRecord;
 
 /// QOM id of the main RAM backend (the same in every generation, as
 /// migration matches RAM blocks by id).

@@ -148,7 +148,7 @@ impl Machine {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RamRange {
     /// Guest-physical address.
-    #[serde(with = "crate::launch::serde_fields::gpa")]
+    #[serde(with = "crate::launch::vm::serde_fields::gpa")]
     pub gpa: GuestAddress,
     /// Offset in the memory file.
     pub offset: u64,

@@ -1,0 +1,169 @@
+"""As an operator control session: DEPOSIT of memfds, STATUS paging,
+DESTROY of another VM's bound file, REVOKE (also by an ambiguous name) and
+SCRUB (§7.6, §7.7, §7.9, §7.10, §9). Needs the peer uid to be an operator
+(the default for gmemd's own uid and root)."""
+
+import errno
+import fcntl
+import os
+
+from .connection import Connection
+from .expect import expect_closed, expect_error, lease_entry
+from .wire import (
+    ALL_FEATURES, DEPOSIT, FILES_PER_PAGE, KIND_GUEST_MEMFD, KIND_HUGETLB_2M,
+    KIND_SECRET, RAW_DEPOSIT, SECTION_FILES, SECTION_LEASES, decode_status_page,
+    name_field, uuid_from_name,
+)
+
+F_ADD_SEALS, F_GET_SEALS = 1033, 1034
+F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW = 0x1, 0x2, 0x4
+
+
+def seals_of(fd):
+    return fcntl.fcntl(fd, F_GET_SEALS)
+
+
+def operator_checks(path, ctl):
+    features, lease = ctl.features, ctl.lease
+    print(f"HELLO control session: features {features:#x}, lease {lease}")
+    assert lease == 0 and features == ALL_FEATURES, (lease, features)
+
+    m = os.memfd_create("py-dep", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+    os.ftruncate(m, 8192)
+    info = ctl.deposit("py-dep", m)
+    seals = seals_of(m)
+    print(f"DEPOSIT memfd py-dep: {info}, seals now {seals:#x}")
+    assert info["created"] and info["size"] == 8192
+    assert seals & (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW) == 0x7
+    os.close(m)
+    unsealable = os.memfd_create("py-nosealing", os.MFD_CLOEXEC)
+    os.ftruncate(unsealable, 8192)
+    expect_error("DEPOSIT memfd made without MFD_ALLOW_SEALING", errno.EINVAL,
+                 ctl.deposit, "py-nosealing", unsealable)
+    os.close(unsealable)
+    expect_error("DEPOSIT without its fd", errno.EBADF,
+                 ctl.call, DEPOSIT, RAW_DEPOSIT.pack(0, 0, name_field("x")))
+    expect_error("DEPOSIT guest_memfd from a control session", errno.EPERM,
+                 ctl.deposit, "py-gmem", ctl.sock.fileno(), KIND_GUEST_MEMFD)
+    deposit_checks(ctl)
+    ctl.destroy("py-dep")
+
+    paging(ctl)
+    destroy_bound_of_other_vm(path, ctl)
+    ambiguous_revoke(path, ctl)
+    revoke_bound(path, ctl)
+
+
+def deposit_checks(ctl):
+    """§7.6: the fd is checked completely before gmemd seals it."""
+    m = os.memfd_create("py-odd", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+    os.ftruncate(m, 5000)
+    expect_error("DEPOSIT memfd of 5000 bytes", errno.EINVAL, ctl.deposit, "py-odd", m)
+    assert seals_of(m) == 0, "refused deposit was sealed"
+    os.ftruncate(m, 8192)
+    expect_error("DEPOSIT under an existing name", errno.EEXIST, ctl.deposit, "py-dep", m)
+    assert seals_of(m) == 0, "refused deposit was sealed"
+    print("  refused deposits leave the memfd unsealed: ok")
+    expect_error("DEPOSIT kind hugetlb-2m", errno.EINVAL, ctl.deposit, "py-odd", m, KIND_HUGETLB_2M)
+    expect_error("DEPOSIT kind secret", errno.EINVAL, ctl.deposit, "py-odd", m, KIND_SECRET)
+    # Already sealed SHRINK|GROW (no SEAL): accepted, and sealed SEAL too (§7.6).
+    fcntl.fcntl(m, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW)
+    info = ctl.deposit("py-odd", m)
+    assert info["size"] == 8192 and seals_of(m) == F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL
+    print("  memfd sealed SHRINK|GROW already: accepted, F_SEAL_SEAL added: ok")
+    ctl.destroy("py-odd")
+    os.close(m)
+    try:
+        h = os.memfd_create("py-huge", os.MFD_HUGETLB | os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
+        os.ftruncate(h, 2 << 20)
+    except OSError as e:
+        print(f"  (hugetlb memfd unavailable here: {e}; skipping its DEPOSIT check)")
+        return
+    expect_error("DEPOSIT a hugetlb memfd as memfd", errno.EINVAL, ctl.deposit, "py-huge", h)
+    assert seals_of(h) == 0
+    os.close(h)
+
+
+def paging(ctl):
+    """§9: 30 files of 4 KiB (23 entries without bindings fit a page); the
+    cursor is clamped to the total."""
+    names = [f"py-page-{i:02}" for i in range(30)]
+    for n in names:
+        fd, _ = ctl.create(n, 4096)
+        os.close(fd)
+    pages, start = [], 0
+    while True:
+        total, count, nxt, _ = decode_status_page(SECTION_FILES, ctl.status_page(SECTION_FILES, start))
+        pages.append(count)
+        if count == 0 or nxt >= total:
+            break
+        start = nxt
+    print(f"STATUS files paging over {total} files: page sizes {pages}")
+    assert sum(pages) == total == 30 and pages[0] == FILES_PER_PAGE, (pages, total)
+    for start in (total, 1000):
+        t, count, nxt, _ = decode_status_page(SECTION_FILES, ctl.status_page(SECTION_FILES, start))
+        print(f"STATUS start {start}: total {t} count {count} next {nxt}")
+        assert (t, count, nxt) == (total, 0, total), "cursor not clamped to total"
+    for n in names:
+        ctl.destroy(n)
+
+
+def destroy_bound_of_other_vm(path, ctl):
+    """§7.7: an operator destroys any file, dropping the owner's bindings."""
+    vm = Connection(path)
+    vm.hello_vm("py-owner", uuid_from_name("py-owner"))
+    fd, _ = vm.create("py-owned", 3 * 4096)
+    os.close(fd)
+    vm.bind(1, 0, "py-owned", 0, 4096)
+    vm.bind(2, 1 << 20, "py-owned", 4096, 4096)
+    ctl.destroy("py-owned")
+    me = lease_entry(ctl, vm.lease)
+    assert me["bindings"] == 0 and me["files"] == 0, me
+    expect_error("UNBIND a slot whose file an operator destroyed", errno.ENOENT, vm.unbind, 1)
+    print("DESTROY (operator control session) of another VM's bound file: ok, its bindings are gone")
+    vm.close()
+
+
+def ambiguous_revoke(path, ctl):
+    """§7.9: a name shared by two leases (different UUIDs) is refused."""
+    a, b = Connection(path), Connection(path)
+    a.hello_vm("py-twin", uuid_from_name("py-twin"))
+    b.hello_vm("py-twin", uuid_from_name("py-twin-b"))
+    expect_error("REVOKE by a name two leases share", errno.EINVAL, ctl.revoke, bytes(16), "py-twin")
+    report = ctl.revoke(uuid_from_name("py-twin-b"))
+    assert report == {"leases": 1, "bindings": 0, "scrubbed": 0}, report
+    report = ctl.revoke(vm_name="py-twin")
+    assert report["leases"] == 1
+    left = [entry for entry in ctl.status_all(SECTION_LEASES) if entry["name"] == "py-twin"]
+    assert left == [], left
+    print("  REVOKE by UUID, then by the now unique name: ok")
+    for conn in (a, b):
+        expect_closed(conn, "revoked connection")
+        conn.close()
+
+
+def revoke_bound(path, ctl):
+    """§7.9, §7.10: REVOKE a VM that has a bound file: its lease ends and the
+    file's content is destroyed; then SCRUB."""
+    vm = Connection(path)
+    vm.hello_vm("py-victim", uuid_from_name("py-victim"))
+    fd, _ = vm.create("py-victim-ram", 8192)
+    os.pwrite(fd, b"secret", 0)
+    vm.bind(3, 0, "py-victim-ram", 0, 8192)
+    report = ctl.revoke(vm_name="py-victim")
+    print(f"REVOKE name py-victim: {report}")
+    assert report == {"leases": 1, "bindings": 1, "scrubbed": 1}
+    expect_closed(vm, "revoked connection")
+    print("  revoked VM's connection closed by gmemd: ok")
+    assert os.pread(fd, 6, 0) == bytes(6)
+    print("  old fd reads zeros after REVOKE: ok")
+    fd2, _ = ctl.open("py-victim-ram")
+    assert os.fstat(fd2).st_ino != os.fstat(fd).st_ino
+    print("  OPEN after REVOKE returns a fresh inode: ok")
+    expect_error("REVOKE unknown VM", errno.ENOENT, ctl.revoke, uuid_from_name("nobody"))
+    ctl.scrub("py-victim-ram")
+    print("SCRUB py-victim-ram: ok")
+    ctl.destroy("py-victim-ram")
+    for f in (fd, fd2):
+        os.close(f)
+    vm.close()

@@ -1,0 +1,170 @@
+"""Wire format (PROTOCOL.md §2, §4, §6.3, §7, §9, Appendix A).
+
+Constants, packed little-endian struct layouts, names and UUIDs, and the
+decoders of reply bodies. No I/O here.
+"""
+
+import struct
+
+# --- framing (§4) -----------------------------------------------------------
+
+HEADER = struct.Struct("<III")  # request, flags, size
+HEADER_SIZE = 12
+MAX_PAYLOAD = 4096
+MAX_FDS = 8
+VERSION = 1
+FLAG_REPLY = 0x4
+FLAG_NEED_REPLY = 0x8
+
+# --- requests (§7) ----------------------------------------------------------
+
+(HELLO, CREATE, OPEN, BIND, UNBIND, DEPOSIT, DESTROY, STATUS, REVOKE, SCRUB,
+ HANDOFF) = range(1, 12)
+REQUEST_NAMES = {
+    1: "HELLO", 2: "CREATE", 3: "OPEN", 4: "BIND", 5: "UNBIND", 6: "DEPOSIT",
+    7: "DESTROY", 8: "STATUS", 9: "REVOKE", 10: "SCRUB", 11: "HANDOFF",
+}
+
+# --- features (§6.3) and flags ----------------------------------------------
+
+FEATURE_DEPOSIT, FEATURE_SCRUB, FEATURE_REVOKE, FEATURE_HANDOFF = 0x1, 0x2, 0x4, 0x8
+ALL_FEATURES = FEATURE_DEPOSIT | FEATURE_SCRUB | FEATURE_REVOKE | FEATURE_HANDOFF
+HELLO_CONTROL = 0x1
+CREATE_OPEN_EXISTING = 0x1
+FILE_CREATED = 0x1
+
+# --- memory kinds (§7.0), limits, status sections (§9) -----------------------
+
+KIND_NAMES = {0: "memfd", 1: "hugetlb-2m", 2: "hugetlb-1g", 3: "secret", 4: "guest_memfd"}
+KIND_MEMFD, KIND_HUGETLB_2M, KIND_SECRET, KIND_GUEST_MEMFD = 0, 1, 3, 4
+MAX_BINDINGS_PER_FILE = 64
+MAX_IN_FLIGHT_AT_REVOKE = 1024
+SECTION_FILES, SECTION_LEASES = 0, 1
+FILES_PER_PAGE = 23  # files entries without bindings in one page (§9)
+
+# --- payload / body layouts (packed, little-endian) ---------------------------
+
+RAW_HELLO = struct.Struct("<QII16s64s")          # 96
+RAW_HELLO_REPLY = struct.Struct("<QQII")         # 24
+RAW_CREATE = struct.Struct("<QII64s")            # 80
+RAW_FILE_REPLY = struct.Struct("<QQII")          # 24
+RAW_NAME = struct.Struct("<64s")                 # 64
+RAW_BIND = struct.Struct("<IIQQQ64s")            # 96
+RAW_UNBIND = struct.Struct("<II")                # 8
+RAW_STATUS_QUERY = struct.Struct("<II")          # 8
+RAW_STATUS_PAGE = struct.Struct("<IIII")         # 16
+RAW_FILE_ENTRY = struct.Struct("<QQII16sQ64s64s")  # 176
+RAW_BINDING_ENTRY = struct.Struct("<IIQQQ")      # 32
+RAW_LEASE_ENTRY = struct.Struct("<QIIIIQ16s64s")  # 112
+RAW_REPLY_HEAD = struct.Struct("<iI")            # 8
+RAW_DEPOSIT = struct.Struct("<II64s")            # 72
+RAW_VM_SELECTOR = struct.Struct("<16s64s")       # 80
+RAW_REVOKE_REPLY = struct.Struct("<IIII")        # 16
+RAW_HANDOFF = struct.Struct("<II")               # 8
+RAW_HANDOFF_REPLY = struct.Struct("<II")         # 8
+
+for _s, _n in [(RAW_HELLO, 96), (RAW_HELLO_REPLY, 24), (RAW_CREATE, 80), (RAW_FILE_REPLY, 24),
+               (RAW_NAME, 64), (RAW_BIND, 96), (RAW_UNBIND, 8), (RAW_STATUS_QUERY, 8),
+               (RAW_STATUS_PAGE, 16), (RAW_FILE_ENTRY, 176), (RAW_BINDING_ENTRY, 32),
+               (RAW_LEASE_ENTRY, 112), (RAW_REPLY_HEAD, 8), (RAW_DEPOSIT, 72),
+               (RAW_VM_SELECTOR, 80), (RAW_REVOKE_REPLY, 16), (RAW_HANDOFF, 8),
+               (RAW_HANDOFF_REPLY, 8)]:
+    assert _s.size == _n, (_s.format, _s.size, _n)
+
+# Largest reply (§4.3): header + a full payload.
+MAX_REPLY = HEADER_SIZE + MAX_PAYLOAD
+
+# --- names and UUIDs (§2, Appendix A) -----------------------------------------
+
+NAME_CHARS = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
+
+
+def name_field(name: str) -> bytes:
+    raw = name.encode("ascii")
+    if not 1 <= len(raw) <= 63 or raw[0:1] == b"." or not set(raw) <= NAME_CHARS:
+        raise ValueError(f"invalid name {name!r}")
+    return raw.ljust(64, b"\0")
+
+
+def name_from_field(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("ascii")
+
+
+def uuid_from_name(name: str) -> bytes:
+    data = name.encode() + b"gmemd-vm"
+    out = bytearray(16)
+    for half, seed in enumerate([0xCBF29CE484222325, 0x84222325CBF29CE4]):
+        h = seed
+        for b in data:
+            h = ((h ^ b) * 0x00000100000001B3) & 0xFFFFFFFFFFFFFFFF
+        out[8 * half:8 * half + 8] = h.to_bytes(8, "little")
+    out[6] = (out[6] & 0x0F) | 0x80
+    out[8] = (out[8] & 0x3F) | 0x80
+    return bytes(out)
+
+
+def uuid_text(u: bytes) -> str:
+    h = u.hex()
+    return f"{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+# Appendix A cross-check against the worked example.
+assert uuid_text(uuid_from_name("vm-a")) == "266f834d-d2d9-896f-8fb1-83fd93cf1f56"
+
+# --- reply bodies (§7, §9) -------------------------------------------------------
+
+
+def decode_file_reply(body):
+    size, page_size, kind, flags = RAW_FILE_REPLY.unpack(body)
+    return {"size": size, "page_size": page_size, "kind": KIND_NAMES[kind],
+            "created": bool(flags & FILE_CREATED)}
+
+
+def decode_revoke_reply(body):
+    leases, bindings, scrubbed, pad = RAW_REVOKE_REPLY.unpack(body)
+    assert pad == 0, f"REVOKE reply pad {pad}"
+    return {"leases": leases, "bindings": bindings, "scrubbed": scrubbed}
+
+
+def decode_handoff_reply(body):
+    pid, pad = RAW_HANDOFF_REPLY.unpack(body)
+    assert pad == 0, f"HANDOFF reply pad {pad}"
+    return pid
+
+
+def _decode_file_entry(body, pos):
+    (size, page_size, kind, nbind, owner_uuid, owner_lease, name,
+     owner_name) = RAW_FILE_ENTRY.unpack_from(body, pos)
+    pos += RAW_FILE_ENTRY.size
+    bindings = []
+    for _ in range(nbind):
+        slot, _flags, gpa, offset, bsize = RAW_BINDING_ENTRY.unpack_from(body, pos)
+        pos += RAW_BINDING_ENTRY.size
+        bindings.append({"slot": slot, "gpa": gpa, "offset": offset, "size": bsize})
+    owner = None
+    if owner_uuid != bytes(16):
+        owner = {"uuid": uuid_text(owner_uuid), "name": name_from_field(owner_name),
+                 "lease": owner_lease}
+    entry = {"name": name_from_field(name), "size": size, "page_size": page_size,
+             "kind": KIND_NAMES[kind], "owner": owner, "bindings": bindings}
+    return entry, pos
+
+
+def _decode_lease_entry(body, pos):
+    lease, pid, uid, nbind, files, _pad, uuid, name = RAW_LEASE_ENTRY.unpack_from(body, pos)
+    entry = {"lease": lease, "pid": pid, "uid": uid, "bindings": nbind,
+             "files": files, "uuid": uuid_text(uuid), "name": name_from_field(name)}
+    return entry, pos + RAW_LEASE_ENTRY.size
+
+
+def decode_status_page(section, body):
+    """(total, count, next, entries) of one STATUS page (§9)."""
+    total, count, nxt, _pad = RAW_STATUS_PAGE.unpack_from(body)
+    pos, entries = RAW_STATUS_PAGE.size, []
+    decode = _decode_file_entry if section == SECTION_FILES else _decode_lease_entry
+    for _ in range(count):
+        entry, pos = decode(body, pos)
+        entries.append(entry)
+    assert pos == len(body), f"trailing bytes in status page: {len(body) - pos}"
+    assert nxt <= total, f"status page cursor {nxt} past the end {total}"
+    return total, count, nxt, entries
