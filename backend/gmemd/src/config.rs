@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use crate::service::Admission;
-
 /// Resource limits. Each one refused with a clear error when reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -24,6 +22,19 @@ impl Default for Limits {
             max_connections: 4096,
         }
     }
+}
+
+/// What a peer may do, decided once from its uid when it connects
+/// ([`Config::admission`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Not allowed at all: every message is refused and the connection closed.
+    Refused,
+    /// A client: VM leases and control sessions for itself.
+    Client,
+    /// An operator: also REVOKE, SCRUB, DESTROY of any file, and fds on
+    /// control sessions.
+    Operator,
 }
 
 /// Everything the service needs to decide on a request.

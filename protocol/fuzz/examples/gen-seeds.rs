@@ -15,9 +15,9 @@ use gmem_fuzz::seeds::{numbered, write_seeds};
 use gmem_fuzz::{frames, replies, requests};
 use gmem_protocol::wire::{
     encode_status_page, BindRequest, BindingStatus, CreateFlags, CreateRequest, DepositRequest,
-    Features, FileInfo, FileStatus, GuestAddress, Header, Hello, HelloReply, LeaseId, LeaseStatus,
-    MemoryKind, Name, OwnerStatus, Reply, Request, RequestBody, RevokeReport, StatusQuery,
-    StatusSection, VmId, VmSelector, VERSION,
+    Features, FileInfo, FileStatus, GuestAddress, HandoffReply, Header, Hello, HelloReply, LeaseId,
+    LeaseStatus, MemoryKind, Name, OwnerStatus, Reply, Request, RequestBody, RevokeReport,
+    StatusQuery, StatusSection, VmId, VmSelector, VERSION,
 };
 
 fn name(s: &str) -> Name {
@@ -97,6 +97,7 @@ fn requests() -> Vec<(&'static str, RequestBody)> {
             RequestBody::Revoke(VmSelector::Name(name("vm-b"))),
         ),
         ("scrub", RequestBody::Scrub(name("ram0"))),
+        ("handoff", RequestBody::Handoff),
     ]
 }
 
@@ -171,6 +172,7 @@ fn replies() -> Vec<(&'static str, Vec<u8>)> {
         scrubbed: 1,
     }
     .encode();
+    let handoff = HandoffReply { pid: 4242 }.encode();
     vec![
         ("ok-empty", Reply::ok(Vec::new()).encode()),
         (
@@ -192,6 +194,8 @@ fn replies() -> Vec<(&'static str, Vec<u8>)> {
         ("body-file-info", file_info),
         ("body-hello", hello),
         ("body-revoke", revoke),
+        ("ok-handoff", Reply::ok(handoff.clone()).encode()),
+        ("body-handoff", handoff),
     ]
 }
 

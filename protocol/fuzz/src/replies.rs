@@ -6,7 +6,8 @@
 //! input was canonical.
 
 use gmem_protocol::wire::{
-    FileInfo, FileStatus, HelloReply, LeaseStatus, Reply, RevokeReport, StatusPage, MAX_ERROR_TEXT,
+    FileInfo, FileStatus, HandoffReply, HelloReply, LeaseStatus, Reply, RevokeReport, StatusPage,
+    MAX_ERROR_TEXT,
 };
 
 /// Runs every property of the `decode_reply` target on `data`.
@@ -62,6 +63,9 @@ fn check_bodies(body: &[u8]) {
     }
     if let Ok(hello) = HelloReply::decode(body) {
         assert_eq!(HelloReply::decode(&hello.encode()), Ok(hello));
+    }
+    if let Ok(handoff) = HandoffReply::decode(body) {
+        assert_eq!(HandoffReply::decode(&handoff.encode()), Ok(handoff));
     }
     if let Ok(report) = RevokeReport::decode(body) {
         assert_eq!(RevokeReport::decode(&report.encode()), Ok(report));

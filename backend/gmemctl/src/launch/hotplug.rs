@@ -22,11 +22,11 @@ use gmem_protocol::ClientError;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::launch::launcher::{check_kind, LaunchError};
-use crate::launch::qemu::cmdline::{dimm_backend_id, fd_path};
+use crate::launch::qemu::cmdline::{check_kind, dimm_backend_id, fd_path, KindError};
+use crate::launch::qemu::DIMM_SLOT_BASE;
 use crate::launch::vm::attach::{attach, AttachError};
 use crate::launch::vm::record::{DimmRecord, RecordError};
-use crate::launch::{RunDir, DIMM_SLOT_BASE};
+use crate::launch::vm::run_dir::RunDir;
 use crate::qmp::{QmpClient, QmpError};
 
 /// Errors of hotplug and unplug.
@@ -37,7 +37,7 @@ pub enum HotplugError {
     Attach(#[from] AttachError),
     /// A memory kind QEMU cannot map.
     #[error(transparent)]
-    Kind(LaunchError),
+    Kind(#[from] KindError),
     /// The VM has no hotplug slots.
     #[error("VM {0} was launched without --max-memory: it has no memory hotplug slots")]
     NoHotplug(Name),
@@ -235,7 +235,7 @@ fn valid_id(id: &str) -> bool {
 /// [`HotplugError`]; a failure after `add-fd` takes QEMU's side back.
 pub fn hotplug(opts: &HotplugOptions) -> Result<HotplugReport, HotplugError> {
     let t0 = Instant::now();
-    check_kind(opts.kind).map_err(HotplugError::Kind)?;
+    check_kind(opts.kind)?;
     let mut att = attach(&opts.run_dir, &opts.vm, opts.timeout)?;
     let vm = att.record.vm.clone();
     let slots = att.record.memory.slots;

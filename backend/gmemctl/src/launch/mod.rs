@@ -19,8 +19,7 @@
 //!
 //! Inside every QEMU the lease socket is fd [`LEASE_FD`] and main RAM fd
 //! [`RAM_FD`]; DIMMs inherited by an upgrade target start at
-//! [`DIMM_FD_BASE`]. High numbers keep clear of fds the user passes to QEMU
-//! (`-add-fd`, `fd=` options).
+//! [`DIMM_FD_BASE`] (all in [`qemu`]).
 
 pub mod hotplug;
 pub mod launcher;
@@ -29,20 +28,8 @@ pub mod qemu;
 pub mod upgrade;
 pub mod vm;
 
-use std::os::fd::RawFd;
-
 pub use hotplug::{hotplug, unplug, HotplugOptions, HotplugReport, UnplugOptions, UnplugReport};
 pub use launcher::{launch, LaunchOptions};
+pub use qemu::{DIMM_FD_BASE, DIMM_SLOT_BASE, LEASE_FD, MAIN_SLOT, RAM_FD};
 pub use upgrade::{upgrade, UpgradeOptions, UpgradeReport};
 pub use vm::run_dir::RunDir;
-
-/// fd number of the lease socket inside QEMU.
-pub const LEASE_FD: RawFd = 200;
-/// fd number of the main RAM memory file inside QEMU.
-pub const RAM_FD: RawFd = 201;
-/// fd number of the first DIMM file inherited by an upgrade target.
-pub const DIMM_FD_BASE: RawFd = 210;
-/// gmemd ledger slot of main RAM's first binding (the second is +1).
-pub const MAIN_SLOT: u32 = 0;
-/// gmemd ledger slot of the DIMM in pc-dimm slot 0 (slot K is +K).
-pub const DIMM_SLOT_BASE: u32 = 16;

@@ -32,9 +32,9 @@ use log::{debug, warn};
 pub use error::ServiceError;
 pub(crate) use error::ServiceResult;
 use session::SessionState;
-pub use session::{Admission, Session, SessionId};
+pub use session::{Session, SessionId};
 
-use crate::config::Config;
+use crate::config::{Admission, Config};
 use crate::ledger::{Ledger, Peer};
 
 /// The memory files and their ledger.

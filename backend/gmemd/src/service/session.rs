@@ -3,23 +3,11 @@
 
 use gmem_protocol::wire::{Features, LeaseId};
 
+use crate::config::Admission;
 use crate::ledger::Peer;
 
 /// Connection identifier assigned by the event loop.
 pub type SessionId = u64;
-
-/// What a peer may do, decided once from its uid when it connects
-/// ([`crate::config::Config::admission`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// Not allowed at all: every message is refused and the connection closed.
-    Refused,
-    /// A client: VM leases and control sessions for itself.
-    Client,
-    /// An operator: also REVOKE, SCRUB, DESTROY of any file, and fds on
-    /// control sessions.
-    Operator,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum SessionState {

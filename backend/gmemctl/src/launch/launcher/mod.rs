@@ -34,13 +34,13 @@ use crate::launch::process::exit::{describe_exit, exit_code};
 use crate::launch::process::spawn::{spawn, SpawnError, SpawnSpec};
 use crate::launch::process::ProcessId;
 use crate::launch::qemu::args::{ArgsError, QemuCommand};
-use crate::launch::qemu::cmdline::AddedOptions;
+use crate::launch::qemu::cmdline::{check_kind, AddedOptions, KindError};
 use crate::launch::qemu::layout::{Machine, RamRange};
+use crate::launch::qemu::{LEASE_FD, MAIN_SLOT, RAM_FD};
 use crate::launch::vm::record::{
     BindingRecord, MemoryRecord, QemuRecord, RecordError, VmRecord, RECORD_VERSION,
 };
 use crate::launch::vm::run_dir::{check_socket_path, next_qmp_path, RunDir};
-use crate::launch::{LEASE_FD, MAIN_SLOT, RAM_FD};
 use gmemd::size::format_size;
 
 /// Hotplug slots when `--max-memory` is given without `--slots`.
@@ -59,13 +59,8 @@ pub enum LaunchError {
     #[error(transparent)]
     Args(#[from] ArgsError),
     /// A memory kind QEMU cannot map.
-    #[error("memory kind {kind} cannot back QEMU's RAM: {reason}")]
-    Kind {
-        /// The kind.
-        kind: MemoryKind,
-        /// Why.
-        reason: &'static str,
-    },
+    #[error(transparent)]
+    Kind(#[from] KindError),
     /// A size that is not a multiple of the page size.
     #[error("{what} {} is not a multiple of the {kind} page size ({})", format_size(*size), format_size(kind.page_size()))]
     Unaligned {
@@ -174,22 +169,6 @@ pub struct LaunchOptions {
     pub qmp: Option<PathBuf>,
     /// The QEMU program and its arguments.
     pub command: Vec<String>,
-}
-
-/// Refuses memory kinds unmodified QEMU cannot map.
-///
-/// # Errors
-/// [`LaunchError::Kind`].
-pub fn check_kind(kind: MemoryKind) -> Result<(), LaunchError> {
-    let reason = match kind {
-        MemoryKind::Memfd | MemoryKind::Hugetlb2M | MemoryKind::Hugetlb1G => return Ok(()),
-        MemoryKind::Secret => {
-            "QEMU maps RAM by opening /proc/self/fd/N, and a memfd_secret file cannot be \
-             opened that way (ENXIO)"
-        }
-        MemoryKind::GuestMemfd => "a guest_memfd is created by a VM's KVM, not by gmemd",
-    };
-    Err(LaunchError::Kind { kind, reason })
 }
 
 impl LaunchOptions {

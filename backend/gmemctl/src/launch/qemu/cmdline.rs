@@ -12,7 +12,33 @@
 use std::os::fd::RawFd;
 use std::path::Path;
 
-use crate::launch::vm::record::DimmRecord;
+use gmem_protocol::wire::MemoryKind;
+
+/// A memory kind QEMU cannot map as RAM.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("memory kind {kind} cannot back QEMU's RAM: {reason}")]
+pub struct KindError {
+    /// The kind.
+    pub kind: MemoryKind,
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// Refuses memory kinds unmodified QEMU cannot map through `mem-path`.
+///
+/// # Errors
+/// [`KindError`].
+pub fn check_kind(kind: MemoryKind) -> Result<(), KindError> {
+    let reason = match kind {
+        MemoryKind::Memfd | MemoryKind::Hugetlb2M | MemoryKind::Hugetlb1G => return Ok(()),
+        MemoryKind::Secret => {
+            "QEMU maps RAM by opening /proc/self/fd/N, and a memfd_secret file cannot be \
+             opened that way (ENXIO)"
+        }
+        MemoryKind::GuestMemfd => "a guest_memfd is created by a VM's KVM, not by gmemd",
+    };
+    Err(KindError { kind, reason })
+}
 
 /// QOM id of the main RAM backend (the same in every generation, as
 /// migration matches RAM blocks by id).
@@ -40,6 +66,22 @@ fn m_size(bytes: u64) -> String {
     format!("{}K", bytes / 1024)
 }
 
+/// A DIMM a QEMU has from its start (an upgrade target gets the running
+/// QEMU's DIMMs this way), with its memory file's fd number inside it.
+#[derive(Debug, Clone, Copy)]
+pub struct StartDimm<'a> {
+    /// QEMU device id.
+    pub id: &'a str,
+    /// Bytes.
+    pub size: u64,
+    /// Guest-physical address (where the running QEMU has it).
+    pub addr: u64,
+    /// `slot` property of the pc-dimm.
+    pub dimm_slot: u32,
+    /// fd number of its memory file inside QEMU.
+    pub fd: RawFd,
+}
+
 /// What to add.
 #[derive(Debug, Clone)]
 pub struct AddedOptions<'a> {
@@ -53,8 +95,8 @@ pub struct AddedOptions<'a> {
     pub ram_fd: RawFd,
     /// gmemctl's QMP socket.
     pub qmp: &'a Path,
-    /// DIMMs to create at start, each with its fd number inside QEMU.
-    pub dimms: &'a [(DimmRecord, RawFd)],
+    /// DIMMs to create at start.
+    pub dimms: &'a [StartDimm<'a>],
     /// Add `-incoming defer`.
     pub incoming: bool,
 }
@@ -80,14 +122,14 @@ impl AddedOptions<'_> {
             "-qmp".to_owned(),
             format!("unix:{},server=on,wait=off", opt_path(self.qmp)),
         ];
-        for (dimm, fd) in self.dimms {
-            let backend = dimm_backend_id(&dimm.id);
+        for dimm in self.dimms {
+            let backend = dimm_backend_id(dimm.id);
             args.extend([
                 "-object".to_owned(),
                 format!(
                     "memory-backend-file,id={backend},size={},mem-path={},share=on",
                     dimm.size,
-                    fd_path(*fd)
+                    fd_path(dimm.fd)
                 ),
                 "-device".to_owned(),
                 format!(
@@ -105,9 +147,18 @@ impl AddedOptions<'_> {
 
 #[cfg(test)]
 mod tests {
-    use gmem_protocol::wire::{MemoryKind, Name};
 
     use super::*;
+
+    #[test]
+    fn kinds_qemu_cannot_map_are_refused() {
+        for kind in [MemoryKind::Memfd, MemoryKind::Hugetlb2M, MemoryKind::Hugetlb1G] {
+            check_kind(kind).unwrap();
+        }
+        let err = check_kind(MemoryKind::Secret).unwrap_err();
+        assert!(err.to_string().contains("ENXIO"), "{err}");
+        assert!(check_kind(MemoryKind::GuestMemfd).is_err());
+    }
 
     #[test]
     fn launch_options() {
@@ -138,16 +189,12 @@ mod tests {
 
     #[test]
     fn upgrade_target_options() {
-        let dimm = DimmRecord {
-            id: "dimm0".into(),
-            file: Name::new("vm.dimm0").unwrap(),
+        let dimm = StartDimm {
+            id: "dimm0",
             size: 128 << 20,
-            kind: MemoryKind::Memfd,
-            qemu_fd: 40,
-            fdset: Some(0),
-            dimm_slot: 2,
             addr: 0x1_4000_0000,
-            slot: 18,
+            dimm_slot: 2,
+            fd: 210,
         };
         let args = AddedOptions {
             size: 1 << 30,
@@ -155,7 +202,7 @@ mod tests {
             slots: 4,
             ram_fd: 201,
             qmp: Path::new("/q"),
-            dimms: &[(dimm, 210)],
+            dimms: &[dimm],
             incoming: true,
         }
         .to_args();

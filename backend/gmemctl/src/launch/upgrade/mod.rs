@@ -35,13 +35,14 @@ use crate::launch::launcher::control::ControlError;
 use crate::launch::process::spawn::SpawnError;
 use crate::launch::process::ProcessError;
 use crate::launch::qemu::args::{ArgsError, QemuCommand};
-use crate::launch::qemu::cmdline::AddedOptions;
+use crate::launch::qemu::cmdline::{AddedOptions, StartDimm};
 use crate::launch::qemu::layout::RamRange;
+use crate::launch::qemu::{DIMM_FD_BASE, LEASE_FD, RAM_FD};
 use crate::launch::vm::attach::{attach, AttachError};
 use crate::launch::vm::lease_fd::take_lease;
 use crate::launch::vm::record::{QemuRecord, RecordError};
+use crate::launch::vm::run_dir::RunDir;
 use crate::launch::vm::run_dir::{check_socket_path, next_qmp_path};
-use crate::launch::{RunDir, DIMM_FD_BASE, LEASE_FD, RAM_FD};
 use crate::qmp::QmpError;
 use migration::{migrate, wait_running};
 use target::{connect_target, start_target};
@@ -219,9 +220,15 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
         (att.qemu.take_fd(RAM_FD)?, RAM_FD),
     ];
     let mut dimms = Vec::new();
-    for (target, dimm) in (DIMM_FD_BASE..).zip(&rec.dimms) {
-        fds.push((att.qemu.take_fd(dimm.qemu_fd)?, target));
-        dimms.push((dimm.clone(), target));
+    for (fd, dimm) in (DIMM_FD_BASE..).zip(&rec.dimms) {
+        fds.push((att.qemu.take_fd(dimm.qemu_fd)?, fd));
+        dimms.push(StartDimm {
+            id: &dimm.id,
+            size: dimm.size,
+            addr: dimm.addr,
+            dimm_slot: dimm.dimm_slot,
+            fd,
+        });
     }
     let generation = rec.qemu.generation + 1;
     let new_qmp = next_qmp_path(&rec.qemu.qmp, generation);
@@ -292,8 +299,9 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
         qmp,
         machine: rec.qemu.machine.clone(),
     };
-    for (dimm, (_, fd)) in att.record.dimms.iter_mut().zip(&dimms) {
-        dimm.qemu_fd = *fd;
+    // The new QEMU has each DIMM file inherited at its fd, not in an fd set.
+    for (dimm, fd) in att.record.dimms.iter_mut().zip(DIMM_FD_BASE..) {
+        dimm.qemu_fd = fd;
         dimm.fdset = None;
     }
     att.save()?;

@@ -18,7 +18,7 @@ use rustix::io::Errno;
 use rustix::net::{RecvAncillaryBuffer, RecvFlags};
 
 use crate::launch::process::{Process, ProcessError};
-use crate::launch::LEASE_FD;
+use crate::launch::qemu::LEASE_FD;
 
 /// Errors of taking the lease.
 #[derive(Debug, thiserror::Error)]
