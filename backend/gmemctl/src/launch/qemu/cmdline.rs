@@ -152,7 +152,11 @@ mod tests {
 
     #[test]
     fn kinds_qemu_cannot_map_are_refused() {
-        for kind in [MemoryKind::Memfd, MemoryKind::Hugetlb2M, MemoryKind::Hugetlb1G] {
+        for kind in [
+            MemoryKind::Memfd,
+            MemoryKind::Hugetlb2M,
+            MemoryKind::Hugetlb1G,
+        ] {
             check_kind(kind).unwrap();
         }
         let err = check_kind(MemoryKind::Secret).unwrap_err();
