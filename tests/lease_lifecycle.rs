@@ -262,7 +262,7 @@ fn fds_handed_on_with_the_lease_keep_blocking_other_vms() {
 
 #[test]
 fn handoff_names_only_a_process_that_holds_the_lease_socket() {
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, AsRawFd};
 
     use rustix::process::{pidfd_open, Pid, PidfdFlags};
 
@@ -278,22 +278,25 @@ fn handoff_names_only_a_process_that_holds_the_lease_socket() {
         PidfdFlags::empty(),
     )
     .unwrap();
-    let err = a.handoff(pidfd.as_fd()).unwrap_err();
+    let err = a.handoff(pidfd.as_fd(), 0).unwrap_err();
     assert_eq!(err.errno(), Some(Errno::PERM.raw_os_error()), "{err}");
     assert!(err.message().unwrap().contains("does not hold"), "{err}");
     assert_eq!(daemon.control().leases().unwrap()[0].pid, me);
     // Neither is a process that is gone, nor an fd that is no pidfd.
     stranger.kill9();
-    let err = a.handoff(pidfd.as_fd()).unwrap_err();
+    let err = a.handoff(pidfd.as_fd(), 0).unwrap_err();
     assert_eq!(err.errno(), Some(Errno::SRCH.raw_os_error()), "{err}");
     let memfd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-    let err = a.handoff(memfd.as_fd()).unwrap_err();
+    let err = a.handoff(memfd.as_fd(), 0).unwrap_err();
     assert_eq!(err.errno(), Some(Errno::INVAL.raw_os_error()), "{err}");
-    // This process holds its own lease socket: accepted.
+    // This process holds its own lease socket, at the fd it names: accepted.
     let own = pidfd_open(rustix::process::getpid(), PidfdFlags::empty()).unwrap();
-    assert_eq!(a.handoff(own.as_fd()).unwrap(), me);
+    let at = u32::try_from(a.stream().as_raw_fd()).unwrap();
+    let err = a.handoff(own.as_fd(), at + 1000).unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::PERM.raw_os_error()), "{err}");
+    assert_eq!(a.handoff(own.as_fd(), at).unwrap(), me);
     // A control session has no lease to hand off.
-    let err = daemon.control().handoff(own.as_fd()).unwrap_err();
+    let err = daemon.control().handoff(own.as_fd(), 0).unwrap_err();
     assert_eq!(err.errno(), Some(Errno::PERM.raw_os_error()), "{err}");
 }
 

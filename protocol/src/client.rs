@@ -8,9 +8,9 @@ use std::time::Duration;
 use crate::conn::{send_message, ConnError, FrameReader};
 use crate::wire::{
     BindRequest, CreateFlags, CreateRequest, DepositRequest, Features, FileInfo, FileStatus,
-    HandoffReply, Header, Hello, HelloReply, LeaseId, LeaseStatus, MemoryKind, Name, Reply,
-    Request, RequestBody, RevokeReport, StatusPage, StatusQuery, StatusSection, VmId, VmSelector,
-    WireError,
+    HandoffReply, HandoffRequest, Header, Hello, HelloReply, LeaseId, LeaseStatus, MemoryKind,
+    Name, Reply, Request, RequestBody, RevokeReport, StatusPage, StatusQuery, StatusSection, VmId,
+    VmSelector, WireError,
 };
 
 /// Errors of the client.
@@ -273,14 +273,16 @@ impl Client {
     }
 
     /// Tells gmemd that the process of `pidfd` now holds this lease's
-    /// socket (a launcher that handed it to QEMU); gmemd checks that it
-    /// does, and STATUS shows that process from then on. Returns its pid.
+    /// socket, as its fd number `fd` (a launcher that handed it to QEMU);
+    /// gmemd checks that it does, and STATUS shows that process from then
+    /// on. Returns its pid.
     ///
     /// # Errors
     /// [`ClientError::Refused`] with `EPERM` (not a lease, or the process
-    /// does not hold the socket), `ESRCH`, `EINVAL`.
-    pub fn handoff(&mut self, pidfd: BorrowedFd<'_>) -> ClientResult<u32> {
-        let (body, _) = self.call(&RequestBody::Handoff, &[pidfd])?;
+    /// does not hold the socket at `fd`), `ESRCH`, `EINVAL`.
+    pub fn handoff(&mut self, pidfd: BorrowedFd<'_>, fd: u32) -> ClientResult<u32> {
+        let request = RequestBody::Handoff(HandoffRequest { fd });
+        let (body, _) = self.call(&request, &[pidfd])?;
         Ok(HandoffReply::decode(&body)?.pid)
     }
 

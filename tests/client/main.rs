@@ -120,7 +120,10 @@ fn run() -> Result<(), String> {
             rustix::process::PidfdFlags::empty(),
         )
         .map_err(|e| e.to_string())?;
-        let shown = client.handoff(pidfd.as_fd()).map_err(|e| e.to_string())?;
+        // The keeper has the socket as its stdin.
+        let shown = client
+            .handoff(pidfd.as_fd(), 0)
+            .map_err(|e| e.to_string())?;
         println!("HANDOFF {shown}");
         std::io::stdout().flush().map_err(|e| e.to_string())?;
         return Ok(());

@@ -4,8 +4,9 @@
 //! QEMU by a launcher).
 //!
 //! The client end's inode comes from `sock_diag` (`UNIX_DIAG_PEER`, as
-//! `ss -x` shows it); the holders from `/proc/PID/fd`. No client statement
-//! is believed: a process claimed to hold a lease is checked here.
+//! `ss -x` shows it); what a process holds from `/proc/PID/fd/N`, one
+//! named fd, never a scan of a table the client could make huge. No client
+//! statement is believed: a process claimed to hold a lease is checked here.
 //! Hand-written on rustix: the netlink crates would bring a dozen
 //! dependencies for one 40-byte request.
 
@@ -148,21 +149,21 @@ fn parse_peer_reply(reply: &[u8]) -> io::Result<u64> {
     Err(io::Error::from_raw_os_error(libc::ENOENT))
 }
 
-/// Whether process `pid` has an fd on the socket with inode `inode`.
+/// Whether fd `fd` of process `pid` is the socket with inode `inode`.
 ///
 /// # Errors
-/// Reading `/proc/PID/fd` failed: `ENOENT` when the process is gone,
-/// `EACCES` when gmemd may not look (another uid, gmemd not root).
-pub fn holds_socket(pid: u32, inode: u64) -> io::Result<bool> {
-    let wanted = format!("socket:[{inode}]");
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
-        let Ok(entry) = entry else { continue };
-        // An fd closed while we look is simply not there.
-        if std::fs::read_link(entry.path()).is_ok_and(|t| t.as_os_str() == wanted.as_str()) {
-            return Ok(true);
+/// Reading `/proc/PID/fd/FD` failed other than for a closed fd: `ENOENT`
+/// for a process that is gone, `EACCES` when gmemd may not look (another
+/// uid, gmemd not root).
+pub fn holds_socket(pid: u32, fd: u32, inode: u64) -> io::Result<bool> {
+    match std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
+        Ok(target) => Ok(target.as_os_str() == format!("socket:[{inode}]").as_str()),
+        // No such fd; the process is there (its fd directory is).
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::metadata(format!("/proc/{pid}/fd")).map(|_| false)
         }
+        Err(e) => Err(e),
     }
-    Ok(false)
 }
 
 /// The pid a pidfd refers to, from `/proc/self/fdinfo`: `None` when its
@@ -184,15 +185,15 @@ pub fn pidfd_pid(pidfd: BorrowedFd<'_>) -> io::Result<Option<u32>> {
     Ok(u32::try_from(pid).ok().filter(|p| *p > 0))
 }
 
-/// Whether the process of `pidfd` holds the client end of the connection
-/// whose end in gmemd has inode `server_inode`.
+/// Whether the process of `pidfd` holds, as its fd `fd`, the client end of
+/// the connection whose end in gmemd has inode `server_inode`.
 ///
 /// # Errors
 /// As [`peer_inode`], [`holds_socket`] and [`pidfd_pid`];
 /// `ESRCH` when the process has exited.
-pub fn process_holds_peer(pidfd: BorrowedFd<'_>, server_inode: u64) -> io::Result<bool> {
+pub fn process_holds_peer(pidfd: BorrowedFd<'_>, fd: u32, server_inode: u64) -> io::Result<bool> {
     let pid = pidfd_pid(pidfd)?.ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
-    let held = holds_socket(pid, peer_inode(server_inode)?)?;
+    let held = holds_socket(pid, fd, peer_inode(server_inode)?)?;
     // The pidfd pins the identity: had the process exited and its pid been
     // reused during the scan, the pidfd would say so now.
     if pidfd_pid(pidfd)?.is_none() {
@@ -203,7 +204,7 @@ pub fn process_holds_peer(pidfd: BorrowedFd<'_>, server_inode: u64) -> io::Resul
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, AsRawFd};
 
     use rustix::process::{pidfd_open, Pid, PidfdFlags};
 
@@ -215,7 +216,12 @@ mod tests {
         let peer = peer_inode(socket_inode(server.as_fd()).unwrap()).unwrap();
         assert_eq!(peer, socket_inode(client.as_fd()).unwrap());
         let me = std::process::id();
-        assert!(holds_socket(me, peer).unwrap());
+        let at = u32::try_from(client.as_raw_fd()).unwrap();
+        assert!(holds_socket(me, at, peer).unwrap());
+        // Another fd of ours is not the socket.
+        let other = u32::try_from(server.as_raw_fd()).unwrap();
+        assert!(!holds_socket(me, other, peer).unwrap());
+        assert!(!holds_socket(me, 99_999, peer).unwrap());
         let own = pidfd_open(
             Pid::from_raw(i32::try_from(me).unwrap()).unwrap(),
             PidfdFlags::empty(),
@@ -223,11 +229,12 @@ mod tests {
         .unwrap();
         assert_eq!(pidfd_pid(own.as_fd()).unwrap(), Some(me));
         let server_inode = socket_inode(server.as_fd()).unwrap();
-        assert!(process_holds_peer(own.as_fd(), server_inode).unwrap());
+        assert!(process_holds_peer(own.as_fd(), at, server_inode).unwrap());
+        assert!(!process_holds_peer(own.as_fd(), other, server_inode).unwrap());
         drop(client);
         // Closed: no process holds it, and sock_diag knows no peer.
-        assert!(!holds_socket(me, peer).unwrap());
-        assert!(!process_holds_peer(own.as_fd(), server_inode).unwrap_or(false));
+        assert!(!holds_socket(me, at, peer).unwrap());
+        assert!(!process_holds_peer(own.as_fd(), at, server_inode).unwrap_or(false));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 """HANDOFF (§7.11, feature 0x8): telling gmemd which process holds the lease
-socket now. gmemd checks the claim against the kernel: the pidfd's process
-must have an fd on this connection's socket."""
+socket now, and as which fd. gmemd checks the claim against the kernel: that
+fd of the pidfd's process must be this connection's socket."""
 
 import errno
 import os
@@ -42,27 +42,29 @@ def handoff_checks(path, ctl):
     assert features & FEATURE_HANDOFF, "daemon did not negotiate HANDOFF"
     me = os.getpid()
     own = os.pidfd_open(me)
+    at = vm.sock.fileno()
 
     # §5.3 steps 4 and 5.
-    expect_error("HANDOFF without its fd", errno.EBADF, vm.call, HANDOFF, RAW_HANDOFF.pack(0, 0))
-    expect_error("HANDOFF with flags 1", errno.EINVAL, vm.handoff, own, 1)
-    expect_error("HANDOFF with a non-zero pad", errno.EINVAL,
-                 vm.call, HANDOFF, RAW_HANDOFF.pack(0, 1), (own,))
+    expect_error("HANDOFF without its fd", errno.EBADF, vm.call, HANDOFF, RAW_HANDOFF.pack(at, 0))
+    expect_error("HANDOFF with flags 1", errno.EINVAL, vm.handoff, own, at, 1)
 
-    # Our own pid: we hold the socket.
-    pid = vm.handoff(own)
+    # Our own pid, but an fd number that is not the socket: refused.
+    expect_error("HANDOFF naming another fd of ours", errno.EPERM, vm.handoff, own, own)
+    # Our own pid and the socket's fd number: accepted.
+    pid = vm.handoff(own, at)
     assert pid == me, f"HANDOFF of our own pid {me} answered pid {pid}"
     assert shown_pid(vm) == me
     print(f"  HANDOFF of our own pid {me}: accepted, STATUS shows it: ok")
 
     # Not a pidfd.
     m = os.memfd_create("py-not-a-pidfd", os.MFD_CLOEXEC)
-    expect_error("HANDOFF with a memfd", errno.EINVAL, vm.handoff, m)
+    expect_error("HANDOFF with a memfd", errno.EINVAL, vm.handoff, m, at)
 
-    # A child that was given the lease socket (a launcher's VMM).
-    holder = spawn_sleeper(pass_fds=(vm.sock.fileno(),))
+    # A child that was given the lease socket (a launcher's VMM); pass_fds
+    # keeps its number.
+    holder = spawn_sleeper(pass_fds=(at,))
     holder_fd = os.pidfd_open(holder.pid)
-    pid = vm.handoff(holder_fd)
+    pid = vm.handoff(holder_fd, at)
     assert pid == holder.pid, f"HANDOFF to child {holder.pid} answered pid {pid}"
     assert shown_pid(vm) == holder.pid
     print(f"  HANDOFF to child {holder.pid} that holds the socket: accepted, STATUS shows it: ok")
@@ -71,30 +73,30 @@ def handoff_checks(path, ctl):
     stranger = spawn_sleeper()
     stranger_fd = os.pidfd_open(stranger.pid)
     expect_error(f"HANDOFF to child {stranger.pid} that does not hold the socket",
-                 errno.EPERM, vm.handoff, stranger_fd)
+                 errno.EPERM, vm.handoff, stranger_fd, at)
     assert shown_pid(vm) == holder.pid, "a refused HANDOFF changed the pid STATUS shows"
 
     # The named process exits: STATUS shows the connecting process again.
     stop_sleeper(holder)
     assert shown_pid(vm) == me, "STATUS still shows the exited HANDOFF process"
     print("  after that child exited, STATUS shows the connecting process again: ok")
-    expect_error("HANDOFF to a child that has exited", errno.ESRCH, vm.handoff, holder_fd)
+    expect_error("HANDOFF to a child that has exited", errno.ESRCH, vm.handoff, holder_fd, at)
     stop_sleeper(stranger)
     for fd in (holder_fd, stranger_fd):
         os.close(fd)
 
     # Session kind and feature (§5.3 step 8 before step 9).
-    expect_error("HANDOFF on a control session", errno.EPERM, ctl.handoff, own)
-    expect_error("HANDOFF with a memfd on a control session", errno.EPERM, ctl.handoff, m)
+    expect_error("HANDOFF on a control session", errno.EPERM, ctl.handoff, own, at)
+    expect_error("HANDOFF with a memfd on a control session", errno.EPERM, ctl.handoff, m, at)
     old = Connection(path)
     features, _ = old.hello_vm("py-handoff-old", uuid_from_name("py-handoff-old"),
                                ALL_FEATURES & ~FEATURE_HANDOFF)
     assert features == ALL_FEATURES & ~FEATURE_HANDOFF, f"{features:#x}"
-    expect_error("HANDOFF without the negotiated feature", errno.EOPNOTSUPP, old.handoff, own)
+    expect_error("HANDOFF without the negotiated feature", errno.EOPNOTSUPP, old.handoff, own, at)
     old_ctl = Connection(path)
     old_ctl.hello_control(ALL_FEATURES & ~FEATURE_HANDOFF)
     expect_error("HANDOFF on a control session without the feature", errno.EOPNOTSUPP,
-                 old_ctl.handoff, own)
+                 old_ctl.handoff, own, at)
     for conn in (old, old_ctl, vm):
         conn.close()
     os.close(m)

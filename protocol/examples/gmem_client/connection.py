@@ -172,9 +172,9 @@ class Connection:
         body, _ = self.call(REVOKE, sel)
         return decode_revoke_reply(body)
 
-    def handoff(self, pidfd, flags=0):
+    def handoff(self, pidfd, fd, flags=0):
         """Tells gmemd which process holds the lease socket now; returns its pid."""
-        body, _ = self.call(HANDOFF, RAW_HANDOFF.pack(flags, 0), (pidfd,))
+        body, _ = self.call(HANDOFF, RAW_HANDOFF.pack(fd, flags), (pidfd,))
         return decode_handoff_reply(body)
 
     def status_page(self, section, start):

@@ -15,9 +15,9 @@ use gmem_fuzz::seeds::{numbered, write_seeds};
 use gmem_fuzz::{frames, replies, requests};
 use gmem_protocol::wire::{
     encode_status_page, BindRequest, BindingStatus, CreateFlags, CreateRequest, DepositRequest,
-    Features, FileInfo, FileStatus, GuestAddress, HandoffReply, Header, Hello, HelloReply, LeaseId,
-    LeaseStatus, MemoryKind, Name, OwnerStatus, Reply, Request, RequestBody, RevokeReport,
-    StatusQuery, StatusSection, VmId, VmSelector, VERSION,
+    Features, FileInfo, FileStatus, GuestAddress, HandoffReply, HandoffRequest, Header, Hello,
+    HelloReply, LeaseId, LeaseStatus, MemoryKind, Name, OwnerStatus, Reply, Request, RequestBody,
+    RevokeReport, StatusQuery, StatusSection, VmId, VmSelector, VERSION,
 };
 
 fn name(s: &str) -> Name {
@@ -97,7 +97,7 @@ fn requests() -> Vec<(&'static str, RequestBody)> {
             RequestBody::Revoke(VmSelector::Name(name("vm-b"))),
         ),
         ("scrub", RequestBody::Scrub(name("ram0"))),
-        ("handoff", RequestBody::Handoff),
+        ("handoff", RequestBody::Handoff(HandoffRequest { fd: 200 })),
     ]
 }
 

@@ -221,7 +221,8 @@ pub use kind::{MemoryKind, StatusSection};
 pub use raw::*;
 pub use reply::{FileInfo, HandoffReply, HelloReply, Reply, RevokeReport};
 pub use request::{
-    BindRequest, CreateRequest, DepositRequest, Hello, RequestBody, StatusQuery, VmSelector,
+    BindRequest, CreateRequest, DepositRequest, HandoffRequest, Hello, RequestBody, StatusQuery,
+    VmSelector,
 };
 pub use status::{
     encode_status_page, BindingStatus, FileStatus, LeaseStatus, OwnerStatus, StatusPage,

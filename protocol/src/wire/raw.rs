@@ -108,10 +108,10 @@ raw_struct!(
 raw_struct!(
     /// HANDOFF request payload (the pidfd travels beside it).
     RawHandoff, 8, {
+    /// The lease socket's fd number in the named process.
+    fd: Le32,
     /// Zero.
     flags: Le32,
-    /// Zero.
-    pad: Le32,
 });
 
 raw_struct!(

@@ -56,6 +56,14 @@ impl BindRequest {
     }
 }
 
+/// HANDOFF: which process holds the lease socket now, and at which fd
+/// number (the process's pidfd travels beside the payload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandoffRequest {
+    /// The lease socket's fd number in that process.
+    pub fd: u32,
+}
+
 /// DEPOSIT (the fd travels beside the payload).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DepositRequest {
@@ -119,7 +127,7 @@ pub enum RequestBody {
     /// SCRUB.
     Scrub(Name),
     /// HANDOFF (the pidfd travels beside the payload).
-    Handoff,
+    Handoff(HandoffRequest),
 }
 
 impl RequestBody {
@@ -136,7 +144,7 @@ impl RequestBody {
             RequestBody::Status(_) => Request::Status,
             RequestBody::Revoke(_) => Request::Revoke,
             RequestBody::Scrub(_) => Request::Scrub,
-            RequestBody::Handoff => Request::Handoff,
+            RequestBody::Handoff(_) => Request::Handoff,
         }
     }
 
@@ -245,8 +253,9 @@ impl RequestBody {
             Request::Handoff => {
                 let raw: RawHandoff = read_raw(payload);
                 zero_pad(raw.flags, "HANDOFF flags")?;
-                zero_pad(raw.pad, "HANDOFF pad")?;
-                RequestBody::Handoff
+                RequestBody::Handoff(HandoffRequest {
+                    fd: raw.fd.to_native(),
+                })
             }
         })
     }
@@ -316,7 +325,12 @@ impl RequestBody {
                 };
                 RawVmSelector { uuid, name }.as_slice().to_vec()
             }
-            RequestBody::Handoff => RawHandoff::default().as_slice().to_vec(),
+            RequestBody::Handoff(h) => RawHandoff {
+                fd: h.fd.into(),
+                flags: 0.into(),
+            }
+            .as_slice()
+            .to_vec(),
         }
     }
 }

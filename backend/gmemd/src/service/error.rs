@@ -91,10 +91,14 @@ pub enum ServiceError {
         owner: VmId,
     },
     /// HANDOFF named a process that does not hold the lease's socket.
-    #[error("pid {pid} does not hold this lease's socket; hand the socket over first")]
+    #[error(
+        "pid {pid} does not hold this lease's socket as its fd {fd}; hand the socket over first"
+    )]
     NotLeaseHolder {
         /// The process named.
         pid: u32,
+        /// The fd number named.
+        fd: u32,
     },
     /// HANDOFF's fd is not a pidfd of a live process gmemd can see.
     #[error("HANDOFF needs the pidfd of a live process gmemd can see")]

@@ -6,8 +6,8 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use gmem_protocol::server::Response;
 use gmem_protocol::wire::{
-    BindRequest, HandoffReply, Hello, HelloReply, LeaseId, MemoryKind, Name, Request, RevokeReport,
-    VmSelector, VERSION,
+    BindRequest, HandoffReply, HandoffRequest, Hello, HelloReply, LeaseId, MemoryKind, Name,
+    Request, RevokeReport, VmSelector, VERSION,
 };
 use log::{debug, info, warn};
 
@@ -77,11 +77,13 @@ impl Service {
         Ok(Response::ok(Vec::new()))
     }
 
-    /// Records which process holds the lease's socket now, once the kernel
-    /// confirms it does: STATUS shows that process from then on.
+    /// Records which process holds the lease's socket now (as its fd
+    /// `req.fd`), once the kernel confirms it does: STATUS shows that
+    /// process from then on.
     pub(super) fn handoff(
         &mut self,
         session: &Session,
+        req: HandoffRequest,
         pidfd: &OwnedFd,
     ) -> ServiceResult<Response> {
         let lease = Self::require_lease(session, Request::Handoff)?;
@@ -90,9 +92,9 @@ impl Service {
             .ok_or_else(|| {
                 ServiceError::NotPidfd(std::io::Error::from_raw_os_error(libc::ESRCH))
             })?;
-        match peer::process_holds_peer(pidfd.as_fd(), session.socket_inode) {
+        match peer::process_holds_peer(pidfd.as_fd(), req.fd, session.socket_inode) {
             Ok(true) => {}
-            Ok(false) => return Err(ServiceError::NotLeaseHolder { pid }),
+            Ok(false) => return Err(ServiceError::NotLeaseHolder { pid, fd: req.fd }),
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
                 return Err(ServiceError::NotPidfd(e))
             }

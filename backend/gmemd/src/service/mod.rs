@@ -200,7 +200,7 @@ impl Service {
             RequestBody::Status(query) => self.status(query).into(),
             RequestBody::Revoke(vm) => self.revoke(session, &vm)?,
             RequestBody::Scrub(name) => self.scrub(session, &name)?.into(),
-            RequestBody::Handoff => self.handoff(session, &fd())?.into(),
+            RequestBody::Handoff(handoff) => self.handoff(session, handoff, &fd())?.into(),
         })
     }
 

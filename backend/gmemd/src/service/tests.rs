@@ -4,8 +4,9 @@ use std::os::fd::OwnedFd;
 
 use gmem_protocol::conn::Frame;
 use gmem_protocol::wire::{
-    BindRequest, CreateFlags, CreateRequest, DepositRequest, Features, GuestAddress, Header, Hello,
-    MemoryKind, Name, Reply, RequestBody, RevokeReport, VmId, VmSelector,
+    BindRequest, CreateFlags, CreateRequest, DepositRequest, Features, GuestAddress,
+    HandoffRequest, Header, Hello, MemoryKind, Name, Reply, RequestBody, RevokeReport, VmId,
+    VmSelector,
 };
 use rustix::io::Errno;
 
@@ -269,7 +270,8 @@ fn control_sessions_cannot_bind_and_non_operators_get_no_fds() {
         rustix::process::PidfdFlags::empty(),
     )
     .unwrap();
-    let served = serve(&mut svc, &mut ctl, RequestBody::Handoff, vec![pidfd]);
+    let handoff = RequestBody::Handoff(HandoffRequest { fd: 0 });
+    let served = serve(&mut svc, &mut ctl, handoff, vec![pidfd]);
     let reply = Reply::decode(&served.reply.payload).unwrap();
     assert_eq!(reply.status, -Errno::PERM.raw_os_error());
 }
@@ -284,11 +286,12 @@ fn handoff_is_refused_for_a_process_without_the_socket() {
         rustix::process::PidfdFlags::empty(),
     )
     .unwrap();
-    let served = serve(&mut svc, &mut a, RequestBody::Handoff, vec![pidfd]);
+    let handoff = RequestBody::Handoff(HandoffRequest { fd: 0 });
+    let served = serve(&mut svc, &mut a, handoff.clone(), vec![pidfd]);
     let reply = Reply::decode(&served.reply.payload).unwrap();
     assert_ne!(reply.status, 0);
     let memfd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-    let served = serve(&mut svc, &mut a, RequestBody::Handoff, vec![memfd]);
+    let served = serve(&mut svc, &mut a, handoff, vec![memfd]);
     let reply = Reply::decode(&served.reply.payload).unwrap();
     assert_eq!(reply.status, -Errno::INVAL.raw_os_error(), "{}", reply.text);
 }

@@ -366,7 +366,8 @@ fn start(
     let supervisor = Supervisor::new(vm_name.clone(), child, signals, control)?;
     let qemu = supervisor.current().id();
     // gmemd shows QEMU, not this launcher, as the lease's process.
-    if let Err(source) = lease.handoff(supervisor.current().pidfd().as_fd()) {
+    let at = LEASE_FD.unsigned_abs();
+    if let Err(source) = lease.handoff(supervisor.current().pidfd().as_fd(), at) {
         supervisor.kill();
         return Err(LaunchError::Handoff {
             lease: lease_id,

@@ -308,7 +308,8 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
     // gmemd shows the new QEMU as the lease's process from now on.
     match take_lease(&target.process, rec.vm_id(), rec.lease, opts.timeout) {
         Ok(mut lease) => {
-            if let Err(e) = lease.handoff(target.process.pidfd().as_fd()) {
+            let at = LEASE_FD.unsigned_abs();
+            if let Err(e) = lease.handoff(target.process.pidfd().as_fd(), at) {
                 log::warn!("gmemd did not take the handoff of the lease to the new QEMU: {e}");
             }
         }
