@@ -354,3 +354,58 @@ fn requests_in_flight_at_a_revoke_are_answered_not_dropped() {
     assert!(aborted > 0, "the revoke found nothing in flight");
     assert_eq!(served + aborted, SENT, "requests went unanswered");
 }
+
+/// User plus system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of stat; 2 of them sit before ')'.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_revoked_client_that_never_reads_costs_gmemd_nothing() {
+    use std::io::Write;
+
+    use gmem_protocol::wire::{Header, Request, RequestBody, StatusQuery, StatusSection};
+
+    let daemon = Daemon::start();
+    let mut ctl = daemon.control();
+    for n in 0..23 {
+        ctl.create(&name(&format!("file-{n:02}")), 4096, MemoryKind::Memfd)
+            .unwrap();
+    }
+    let x = daemon.lease(vm("vm-x"));
+    let stream = x.stream().try_clone().unwrap();
+    let status = RequestBody::Status(StatusQuery {
+        section: StatusSection::Files,
+        start: 0,
+    })
+    .encode();
+    let mut bytes = Vec::new();
+    for _ in 0..300 {
+        bytes.extend_from_slice(&Header::request(Request::Status, status.len()).to_bytes());
+        bytes.extend_from_slice(&status);
+    }
+    (&stream).write_all(&bytes).unwrap();
+    ctl.revoke(&VmSelector::Name(name("vm-x"))).unwrap();
+    // Its replies sit unread; gmemd waits for it to read, without spinning
+    // (a busy loop would burn the whole window).
+    let ticks_per_second = rustix::param::clock_ticks_per_second();
+    let before = cpu_ticks(daemon.pid());
+    std::thread::sleep(Duration::from_millis(1500));
+    let used = cpu_ticks(daemon.pid()) - before;
+    assert!(
+        used * 2 < ticks_per_second,
+        "gmemd used {used} ticks (of {ticks_per_second}/s) while a revoked client did not read"
+    );
+    // And it still serves everyone else.
+    assert_eq!(ctl.files().unwrap().len(), 23);
+    drop(stream);
+    drop(x);
+}

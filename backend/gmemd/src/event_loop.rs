@@ -113,8 +113,8 @@ struct Connection {
     session: Session,
     /// Reply sent that ends the connection once flushed.
     closing: bool,
-    /// Whether EPOLLOUT is armed (replies are waiting).
-    wants_out: bool,
+    /// The events epoll waits for on it now.
+    armed: Events,
 }
 
 /// Stops a running [`EventLoop`] from another thread.
@@ -297,7 +297,7 @@ impl EventLoop {
                 writer: FrameWriter::new(),
                 session,
                 closing: false,
-                wants_out: false,
+                armed: read_events(),
             },
         );
         Ok(())
@@ -388,19 +388,18 @@ impl EventLoop {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let wants_out = !conn.writer.is_empty();
-        if wants_out == conn.wants_out {
-            return;
-        }
-        conn.wants_out = wants_out;
-        let events = match (wants_out, conn.closing) {
+        let events = match (!conn.writer.is_empty(), conn.closing) {
             // Its read side is shut (or it is going anyway): a hangup
             // shows as EPOLLHUP and a failed send, so RDHUP, which would
-            // stay ready, is not asked for.
+            // stay ready and spin the loop, is not asked for.
             (true, true) => Events::EPOLLOUT,
             (true, false) => Events::EPOLLOUT | Events::EPOLLRDHUP,
             (false, _) => read_events(),
         };
+        if events == conn.armed {
+            return;
+        }
+        conn.armed = events;
         self.rearm(id, events);
     }
 
