@@ -54,9 +54,12 @@ impl FileRecord {
         self.creator.as_ref()
     }
 
-    /// Pids recorded as having received the fd, with the VM they got it for.
-    pub fn holders(&self) -> impl Iterator<Item = (u32, Uuid)> + '_ {
-        self.holders.keys().copied()
+    /// Pids recorded as having received the fd, with the VM they got it for
+    /// and the lease it came through.
+    pub fn holders(&self) -> impl Iterator<Item = (u32, Uuid, Option<LeaseId>)> + '_ {
+        self.holders
+            .iter()
+            .map(|(&(pid, vm), &lease)| (pid, vm, lease))
     }
 }
 
