@@ -91,6 +91,23 @@ fn ledger_scenarios() -> Vec<(&'static str, Vec<Op>)> {
             ]),
         ),
         (
+            "holders-through-a-lease",
+            with(&[
+                // pid 3 got f0 for VM 2 through the open lease 0, then exited.
+                Op::AddHolder {
+                    file: 0,
+                    pid: 3,
+                    vm: 128,
+                },
+                Op::SetAlive { mask: 0 },
+                Op::PruneHolders,
+                bind(1, 0, 0, 0, 0, 1), // refused: lease 0 still open
+                Op::CloseLease { lease: 0 },
+                Op::PruneHolders,
+                bind(1, 0, 0, 0, 0, 1),
+            ]),
+        ),
+        (
             "operator-remove",
             with(&[
                 bind(0, 0, 0, 0, 0, 2),
