@@ -14,7 +14,7 @@ use std::time::Duration;
 use gmem_protocol::conn::{send_message, ConnError, FrameReader};
 use gmem_protocol::wire::GuestAddress;
 use gmem_protocol::wire::{
-    Features, Header, Hello, MemoryKind, Reply, Request, RequestBody, HEADER_SIZE,
+    Features, FileRef, Header, Hello, MemoryKind, Reply, Request, RequestBody, HEADER_SIZE,
 };
 use gmem_tests::{bin, name, vm, Daemon};
 use rustix::io::Errno;
@@ -154,7 +154,7 @@ fn unknown_codes_early_requests_and_garbage_get_error_replies() {
     let mut daemon = Daemon::start();
     let stream = connect(&daemon);
     // Nothing but HELLO before HELLO.
-    let open = RequestBody::Open(name("x"));
+    let open = RequestBody::Open(FileRef::own(name("x")));
     send(&stream, Request::Open.code(), &open.encode(), &[]);
     assert_refused(&reply(&stream), Errno::PROTO, "before HELLO");
     hello(&stream, "vm-a");
@@ -166,7 +166,7 @@ fn unknown_codes_early_requests_and_garbage_get_error_replies() {
     send(&stream, Request::Hello.code(), &again.encode(), &[]);
     assert_refused(&reply(&stream), Errno::PROTO, "already");
     // Unknown request codes.
-    for code in [0, 12, 0x7fff_ffff, u32::MAX] {
+    for code in [0, 14, 0x7fff_ffff, u32::MAX] {
         send(&stream, code, &[1, 2, 3], &[]);
         assert_refused(&reply(&stream), Errno::OPNOTSUPP, "unknown request code");
     }
@@ -421,4 +421,74 @@ fn limits_that_would_serve_nobody_are_refused_at_start() {
         stderr.contains("--max-connections") && stderr.contains("0 is not in 1.."),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_runtime_dir_another_user_could_have_made_is_refused_by_gmemd_and_gmemctl() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for (dir, says) in [(&foreign, "belongs to uid 65534"), (&open, "chmod go-w")] {
+        let out = Command::new(bin("gmemd"))
+            .arg("--state-dir")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(!dir.join("gmemd.sock").exists());
+    }
+    // gmemctl's default socket lives in $XDG_RUNTIME_DIR/gmemd: a directory
+    // there made by someone else is not talked to.
+    let runtime = tmp.path().join("run");
+    std::fs::create_dir(&runtime).unwrap();
+    std::fs::rename(&foreign, runtime.join("gmemd")).unwrap();
+    let out = Command::new(bin("gmemctl"))
+        .arg("status")
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .env_remove("GMEMD_SOCKET")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("belongs to uid 65534"), "{stderr}");
+}
+
+#[test]
+fn the_config_file_is_used_and_its_mistakes_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[quotas]\nfiles = 1\nmemroy = \"1G\"\n").unwrap();
+    let out = Command::new(bin("gmemd"))
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .arg("--config")
+        .arg(&bad)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("bad.toml") && stderr.contains("memroy"), "{stderr}");
+
+    let good = tmp.path().join("good.toml");
+    std::fs::write(&good, "[quotas]\nfiles = 1\n").unwrap();
+    let daemon = Daemon::start_with(&["--config", good.to_str().unwrap()]);
+    let mut a = daemon.lease(vm("vm-a"));
+    a.create(&name("one"), 4096, MemoryKind::Memfd).unwrap();
+    let err = a.create(&name("two"), 4096, MemoryKind::Memfd).unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::DQUOT.raw_os_error()), "{err}");
+    // A flag wins over the file.
+    let daemon = Daemon::start_with(&["--config", good.to_str().unwrap(), "--quota-files", "2"]);
+    let mut a = daemon.lease(vm("vm-a"));
+    a.create(&name("one"), 4096, MemoryKind::Memfd).unwrap();
+    a.create(&name("two"), 4096, MemoryKind::Memfd).unwrap();
 }

@@ -1,18 +1,53 @@
-//! `gmemctl` against a real daemon: status as a table and as JSON, create,
-//! destroy, scrub, revoke and caps, with clear errors and exit codes.
+//! `gmemctl` against a real daemon: status as a table and as JSON (with
+//! namespaces and orphans), create, destroy, scrub, transfer, revoke,
+//! forget and caps, with clear errors and exit codes; `--timeout` against
+//! a daemon that never answers.
 
 // An integration test file is a test module of its own.
 #![allow(clippy::tests_outside_test_module)]
 
-use std::process::Output;
+use std::os::unix::net::UnixListener;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use gmem_protocol::wire::BindRequest;
 use gmem_protocol::wire::GuestAddress;
-use gmem_tests::{name, vm, Daemon};
+use gmem_tests::{name, vm, wait_until, Daemon};
 use serde_json::Value;
 
 fn run(daemon: &Daemon, args: &[&str]) -> Output {
     daemon.gmemctl().args(args).output().expect("gmemctl runs")
+}
+
+/// gmemctl with a socket where no daemon listens (for argument errors,
+/// which come before any connection).
+fn gmemctl_without_daemon() -> Command {
+    let mut cmd = Command::new(gmem_tests::bin("gmemctl"));
+    cmd.env("GMEMD_SOCKET", "/nonexistent/gmemd.sock")
+        .env_remove("GMEMCTL_TIMEOUT");
+    cmd
+}
+
+/// Runs gmemctl, which must fail with `code` and say `text` on stderr.
+fn fails(cmd: &mut Command, args: &[&str], code: i32, text: &str) {
+    let out = cmd.args(args).output().expect("gmemctl runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    assert!(stderr.contains(text), "{args:?}: {stderr}");
+}
+
+fn status_json(daemon: &Daemon) -> Value {
+    serde_json::from_str(&ok(daemon, &["status", "--json"])).unwrap()
+}
+
+/// The JSON entry of file `name` in namespace `vm` (`None`: operators').
+fn find_file(status: &Value, vm: Option<&str>, name: &str) -> Option<Value> {
+    status["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name && f["vm"]["name"].as_str() == vm)
+        .cloned()
 }
 
 fn ok(daemon: &Daemon, args: &[&str]) -> String {
@@ -30,6 +65,9 @@ fn status_create_destroy_and_json_shape() {
     let daemon = Daemon::start();
     assert!(ok(&daemon, &["create", "ram0", "--size", "64M"]).contains("64 MiB memfd"));
     let mut a = daemon.lease(vm("vm-a"));
+    // An operators' file becomes vm-a's before vm-a may bind it.
+    assert!(ok(&daemon, &["transfer", "ram0", "--to", "vm-a"])
+        .contains("transferred ram0 to vm-a/ram0"));
     a.bind(&BindRequest::new(
         2,
         GuestAddress(0x1_0000_0000),
@@ -42,6 +80,9 @@ fn status_create_destroy_and_json_shape() {
     let json: Value = serde_json::from_str(&ok(&daemon, &["status", "--json"])).unwrap();
     let file = &json["files"][0];
     assert_eq!(file["name"], "ram0");
+    assert_eq!(file["vm"]["name"], "vm-a");
+    assert_eq!(file["vm"]["uuid"], vm("vm-a").uuid.to_string());
+    assert_eq!(file["orphan_secs"], Value::Null);
     assert_eq!(file["size"], 64 << 20);
     assert_eq!(file["kind"], "memfd");
     assert_eq!(file["owner"]["name"], "vm-a");
@@ -57,14 +98,16 @@ fn status_create_destroy_and_json_shape() {
     assert_eq!(lease["uid"], 0);
 
     let table = ok(&daemon, &["status"]);
+    assert!(table.starts_with("NAMESPACE "), "{table}");
+    let row = table.lines().find(|l| l.contains("ram0")).unwrap();
     assert!(
-        table.contains("ram0") && table.contains("vm-a (lease"),
+        row.starts_with("vm-a ") && row.contains("vm-a (lease"),
         "{table}"
     );
 
     // Destroying a bound file is refused for non-operators only; root is one.
     a.unbind(2).unwrap();
-    assert!(ok(&daemon, &["destroy", "ram0"]).contains("destroyed ram0"));
+    assert!(ok(&daemon, &["destroy", "vm-a/ram0"]).contains("destroyed vm-a/ram0"));
     let json: Value = serde_json::from_str(&ok(&daemon, &["status", "--json"])).unwrap();
     assert_eq!(json["files"].as_array().unwrap().len(), 0);
 }
@@ -73,7 +116,7 @@ fn status_create_destroy_and_json_shape() {
 fn errors_are_clear_and_exit_nonzero() {
     let daemon = Daemon::start();
     for (args, text) in [
-        (&["destroy", "nope"][..], "no memory file named nope"),
+        (&["destroy", "nope"][..], "no memory file"),
         (&["revoke", "ghost"][..], "no open lease for VM ghost"),
         (
             &["create", "x", "--size", "100"][..],
@@ -97,8 +140,12 @@ fn errors_are_clear_and_exit_nonzero() {
     // Argument errors exit 2, like every clap program, and say what is wrong.
     for (args, text) in [
         (
-            &["create", "bad/name", "--size", "4M"][..],
+            &["create", "bad name", "--size", "4M"][..],
             "characters outside",
+        ),
+        (
+            &["create", "vm1/ram", "--size", "4M"][..],
+            "gmemctl transfer NAME --to VM",
         ),
         (
             &["create", "x", "--size", "18446744073709551616"],
@@ -148,7 +195,10 @@ fn revoke_and_scrub_from_the_cli() {
         out.contains("1 lease(s) ended, 1 binding(s) dropped, 1 file(s) scrubbed"),
         "{out}"
     );
-    assert!(ok(&daemon, &["scrub", "ram"]).contains("scrubbed ram"));
+    // The file stays in vm-a's namespace after the lease: an operator
+    // names it there.
+    fails(&mut daemon.gmemctl(), &["scrub", "ram"], 1, "errno 2");
+    assert!(ok(&daemon, &["scrub", "vm-a/ram"]).contains("scrubbed vm-a/ram"));
 }
 
 #[test]
@@ -159,4 +209,221 @@ fn caps_reports_this_host() {
     assert_eq!(json["kvm"], has_kvm);
     assert!(json.get("memfd_secret").is_some() && json.get("hugepages").is_some());
     assert!(ok(&daemon, &["caps"]).contains("guest_memfd"));
+}
+
+#[test]
+fn file_and_vm_arguments_are_checked_before_connecting() {
+    for (args, text) in [
+        (&["destroy", "a/b/c"][..], "more than one '/'"),
+        (&["destroy", "/ram"], "expected VM/NAME"),
+        (&["scrub", "vm1/"], "expected VM/NAME"),
+        (&["scrub", "vm1/.ram"], "starts with '.'"),
+        (
+            &["destroy", "bad vm/ram"],
+            "neither a VM UUID nor a VM name",
+        ),
+        (&["transfer", "ram"], "--to <VM>"),
+        (
+            &["transfer", "ram", "--to", "vm1", "--to-operators"],
+            "cannot be used with",
+        ),
+        (
+            &["transfer", "ram", "--to", "bad vm"],
+            "neither a VM UUID nor a VM name",
+        ),
+        (
+            &["transfer", "ram", "--to", "vm1", "--as", "vm2/ram"],
+            "characters outside",
+        ),
+        (
+            &["transfer", "x/y/z", "--to-operators"],
+            "more than one '/'",
+        ),
+        (&["forget"], "<VM>"),
+        (&["forget", "a b"], "neither a VM UUID nor a VM name"),
+        (&["--timeout", "0", "status"], "expected more than 0"),
+        (
+            &["status", "--timeout", "soon"],
+            "is not a number of seconds",
+        ),
+        (&["destroy", "ram", "--timeout=-1"], "expected more than 0"),
+        // upgrade keeps its own --timeout (whole seconds per step).
+        (&["upgrade", "vm1", "--timeout", "0.5"], "invalid digit"),
+    ] {
+        fails(&mut gmemctl_without_daemon(), args, 2, text);
+    }
+    // GMEMCTL_TIMEOUT is checked like the flag.
+    fails(
+        gmemctl_without_daemon().env("GMEMCTL_TIMEOUT", "never"),
+        &["status"],
+        2,
+        "is not a number of seconds",
+    );
+    // Well-formed arguments get as far as connecting.
+    fails(
+        &mut gmemctl_without_daemon(),
+        &["transfer", "vm1/ram", "--to-operators", "--as", "pool.1"],
+        1,
+        "cannot connect to gmemd at /nonexistent/gmemd.sock",
+    );
+}
+
+#[test]
+fn a_daemon_that_does_not_answer_is_named_within_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("mute.sock");
+    // Listens, never accepts: connect succeeds into the backlog and HELLO
+    // never gets an answer.
+    let _listener = UnixListener::bind(&socket).unwrap();
+    let want = format!("gmemd at {} did not answer within 0.3s", socket.display());
+    for (env, args) in [
+        (None, &["--timeout", "0.3", "status"][..]),
+        (None, &["status", "--json", "--timeout", "0.3"]),
+        (Some("0.3"), &["destroy", "vm1/ram"]),
+        (Some("0.3"), &["transfer", "ram", "--to", "vm1"]),
+        (Some("0.3"), &["forget", "vm1"]),
+        // After the subcommand it wins over the one before it.
+        (
+            None,
+            &["--timeout", "60", "revoke", "vm1", "--timeout", "0.3"],
+        ),
+    ] {
+        let mut cmd = Command::new(gmem_tests::bin("gmemctl"));
+        cmd.env("GMEMD_SOCKET", &socket)
+            .env_remove("GMEMCTL_TIMEOUT");
+        if let Some(secs) = env {
+            cmd.env("GMEMCTL_TIMEOUT", secs);
+        }
+        let start = Instant::now();
+        fails(&mut cmd, args, 1, &want);
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{args:?} took {:?}",
+            start.elapsed()
+        );
+    }
+}
+
+#[test]
+fn transfer_moves_files_between_namespaces() {
+    let daemon = Daemon::start();
+    ok(&daemon, &["create", "pool0", "--size", "4M"]);
+    // Content written through an operator's fd of the old inode.
+    let (old_fd, _) = daemon.control().open(&name("pool0")).unwrap();
+    rustix::io::pwrite(&old_fd, b"template", 0).unwrap();
+
+    // The VM must be known (a lease or files) to receive a file.
+    fails(
+        &mut daemon.gmemctl(),
+        &["transfer", "pool0", "--to", "vm-a"],
+        1,
+        "errno 2",
+    );
+    let mut a = daemon.lease(vm("vm-a"));
+    let out = ok(
+        &daemon,
+        &["transfer", "pool0", "--to", "vm-a", "--as", "vm-a.ram"],
+    );
+    assert!(
+        out.contains("transferred pool0 to vm-a/vm-a.ram: 4 MiB memfd"),
+        "{out}"
+    );
+    // The VM's fresh inode has the content; the old inode is zeroed.
+    let (new_fd, _) = a.open(&name("vm-a.ram")).unwrap();
+    let mut buf = [0u8; 8];
+    rustix::io::pread(&new_fd, &mut buf, 0).unwrap();
+    assert_eq!(&buf, b"template");
+    rustix::io::pread(&old_fd, &mut buf, 0).unwrap();
+    assert_eq!(buf, [0; 8]);
+    drop(new_fd);
+
+    let status = status_json(&daemon);
+    assert!(find_file(&status, None, "pool0").is_none(), "{status}");
+    let file = find_file(&status, Some("vm-a"), "vm-a.ram").expect("moved file");
+    assert_eq!(file["orphan_secs"], Value::Null);
+
+    // Addressed by UUID, the same file; the destination name is taken.
+    ok(&daemon, &["create", "pool1", "--size", "4M"]);
+    let uuid = vm("vm-a").uuid.to_string();
+    fails(
+        &mut daemon.gmemctl(),
+        &["transfer", "pool1", "--to", &uuid, "--as", "vm-a.ram"],
+        1,
+        "errno 17",
+    );
+    // A bound file stays where it is.
+    a.bind(&BindRequest::new(
+        0,
+        GuestAddress(0),
+        name("vm-a.ram"),
+        0,
+        1 << 20,
+    ))
+    .unwrap();
+    fails(
+        &mut daemon.gmemctl(),
+        &["transfer", &format!("{uuid}/vm-a.ram"), "--to-operators"],
+        1,
+        "errno 16",
+    );
+    a.unbind(0).unwrap();
+    let out = ok(
+        &daemon,
+        &[
+            "transfer",
+            &format!("{uuid}/vm-a.ram"),
+            "--to-operators",
+            "--as",
+            "back",
+        ],
+    );
+    assert!(out.contains("to back (operators')"), "{out}");
+    let status = status_json(&daemon);
+    let back = find_file(&status, None, "back").expect("returned file");
+    assert!(
+        back["vm"].is_null() && back["orphan_secs"].is_null(),
+        "{back}"
+    );
+    assert!(find_file(&status, Some("vm-a"), "vm-a.ram").is_none());
+    let table = ok(&daemon, &["status"]);
+    let row = table.lines().find(|l| l.contains(" back ")).unwrap();
+    assert!(row.starts_with("- "), "{table}");
+}
+
+#[test]
+fn orphans_show_their_age_and_forget_frees_the_vm() {
+    let daemon = Daemon::start();
+    let mut a = daemon.lease(vm("vm-a"));
+    a.create(&name("ram"), 1 << 20, gmem_protocol::MemoryKind::Memfd)
+        .unwrap();
+    // Forget refuses a VM that has a lease.
+    fails(&mut daemon.gmemctl(), &["forget", "vm-a"], 1, "errno 16");
+    drop(a);
+
+    // Once the lease is gone its file is an orphan, aging.
+    let file = wait_until(Duration::from_secs(10), "vm-a's lease to end", || {
+        find_file(&status_json(&daemon), Some("vm-a"), "ram").filter(|f| f["orphan_secs"].is_u64())
+    });
+    assert!(file["orphan_secs"].as_u64().unwrap() < 60, "{file}");
+    let table = ok(&daemon, &["status"]);
+    let row = table.lines().find(|l| l.contains(" ram ")).unwrap();
+    let words: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(words[0], "vm-a", "{table}");
+    // ORPHAN is the column before BINDINGS ("-": none).
+    let age = words[words.len() - 2];
+    assert!(
+        age.ends_with('s') && age[..age.len() - 1].parse::<u64>().is_ok(),
+        "{table}"
+    );
+
+    let out = ok(&daemon, &["forget", "vm-a"]);
+    assert!(out.contains("forgot VM vm-a"), "{out}");
+    assert!(find_file(&status_json(&daemon), Some("vm-a"), "ram").is_none());
+    fails(&mut daemon.gmemctl(), &["forget", "vm-a"], 1, "errno 2");
+    fails(
+        &mut daemon.gmemctl(),
+        &["destroy", "vm-a/ram"],
+        1,
+        "errno 2",
+    );
 }

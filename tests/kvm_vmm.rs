@@ -1,9 +1,9 @@
 //! Real KVM memslots from gmemd memory (`/dev/kvm` required; with
 //! `GMEM_E2E=require` its absence fails the test): a guest runs from a
 //! daemon-owned memory file across VMM processes, survives SIGKILL of its
-//! VMM, is kept from a second VM while any process of the first can reach
-//! it, runs from a deposited guest_memfd that gmemd lets go of, and the
-//! vm-memory adapter sees exactly the daemon's bytes.
+//! VMM, reaches a second VM only when an operator transfers it (a copy in a
+//! fresh inode), runs from a deposited guest_memfd that gmemd lets go of,
+//! and the vm-memory adapter sees exactly the daemon's bytes.
 
 // An integration test file is a test module of its own.
 #![allow(clippy::tests_outside_test_module)]
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use gmem_protocol::guest_memory::{guest_memory, RegionSpec};
 use gmem_protocol::kvm::{bind_region, KvmBindError};
-use gmem_protocol::wire::MemoryKind;
+use gmem_protocol::wire::{FileRef, MemoryKind, VmSelector};
 use gmem_tests::{bin, e2e, example, name, vm, wait_until, ChildGuard, Daemon};
 use kvm_bindings::kvm_userspace_memory_region2;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
@@ -50,10 +50,15 @@ fn assert_ran(out: &Output, counter: u64) {
     );
 }
 
-/// The counter as the daemon's file holds it, read through an operator's
-/// fd (control sessions are not recorded as holders).
-fn counter_in_file(daemon: &Daemon) -> u64 {
-    let (fd, _) = daemon.control().open(&name("ram")).unwrap();
+/// VM `vm_name`'s file "ram", as an operator names it.
+fn ram_of(vm_name: &str) -> FileRef {
+    FileRef::vm(VmSelector::Name(name(vm_name)), name("ram"))
+}
+
+/// The counter as VM `vm_name`'s file holds it, read through an
+/// operator's fd.
+fn counter_in_file(daemon: &Daemon, vm_name: &str) -> u64 {
+    let (fd, _) = daemon.control().open_in(&ram_of(vm_name)).unwrap();
     read_u64(&fd, COUNTER_GPA)
 }
 
@@ -79,7 +84,7 @@ fn the_counter_lives_in_gmemd_memory_across_vmm_processes() {
     for run in 1..=RUNS {
         assert_ran(&run_vmm(&daemon, "vm-a"), run);
     }
-    assert_eq!(counter_in_file(&daemon), RUNS);
+    assert_eq!(counter_in_file(&daemon, "vm-a"), RUNS);
     let files = daemon.control().files().unwrap();
     assert!(files[0].owner.is_none() && files[0].bindings.is_empty());
     assert!(daemon.log().contains("bound slot 0 gpa 0x0 -> ram"));
@@ -104,7 +109,7 @@ fn sigkill_mid_run_keeps_memory_and_the_next_vmm_continues() {
     let files = daemon.control().files().unwrap();
     assert!(files[0].bindings.is_empty() && files[0].owner.is_none());
     assert_eq!(
-        counter_in_file(&daemon),
+        counter_in_file(&daemon, "vm-a"),
         2,
         "boot counter of the killed run"
     );
@@ -112,46 +117,46 @@ fn sigkill_mid_run_keeps_memory_and_the_next_vmm_continues() {
 }
 
 #[test]
-fn another_vm_waits_for_every_process_of_the_first_or_a_scrub() {
+fn another_vm_gets_the_memory_only_by_transfer_never_the_inode() {
     if !e2e::kvm() {
         return;
     }
     let daemon = Daemon::start();
-    // 1. While vm-a's VMM runs (bound), vm-b is refused, naming the owner.
+    // 1. While vm-a's VMM runs, vm-b's VMM runs on vm-b's own "ram": its
+    //    counter starts at 1, vm-a's memory is out of its reach.
     let mut running = ChildGuard::spawn_piped(
         "gmem-vmm",
         gmem_vmm(&daemon, "vm-a", &["--loop", "--delay", "2000"]),
     );
     running.wait_for_output("GMEM-VMM: tick 1", Duration::from_secs(30));
-    let out = run_vmm(&daemon, "vm-b");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("owned by VM vm-a"), "{stderr}");
+    assert_ran(&run_vmm(&daemon, "vm-b"), 1);
+    // 2. A process of vm-a keeps an fd of its RAM; vm-a's VMM dies.
+    let (spy, _) = daemon.control().open_in(&ram_of("vm-a")).unwrap();
     running.kill9();
     wait_no_leases(&daemon);
-
-    // 2. A process that received the fd for vm-a, and lives, still blocks vm-b.
-    let mut holder = daemon.spawn_client("vm-a", &["--open", "ram", "--hold"]);
-    let out = run_vmm(&daemon, "vm-b");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        stderr.contains(&format!("reachable by pid {}", holder.pid())),
-        "{stderr}"
-    );
-
-    // 3. Gone: accepted, and vm-b sees vm-a's counter (1, from the killed run) go on.
-    holder.kill9();
+    // 3. An operator hands vm-a's RAM to vm-c (known while it has a
+    //    lease): vm-c's guest counts on from vm-a's run, in an inode the
+    //    spy's fd does not reach: it reads zeros and its writes reach no
+    //    guest.
+    let vm_c = daemon.lease(vm("vm-c"));
+    let mut ctl = daemon.control();
+    ctl.transfer(&ram_of("vm-a"), &ram_of("vm-c")).unwrap();
+    drop(vm_c);
     wait_no_leases(&daemon);
-    assert_ran(&run_vmm(&daemon, "vm-b"), 2);
-
-    // 4. A live holder again, lifted by a scrub, which leaves zeros.
-    let holder = daemon.spawn_client("vm-b", &["--open", "ram", "--hold"]);
-    assert!(!run_vmm(&daemon, "vm-c").status.success());
-    daemon.control().scrub(&name("ram")).unwrap();
-    assert_eq!(counter_in_file(&daemon), 0, "scrub leaves zeros");
-    assert_ran(&run_vmm(&daemon, "vm-c"), 1);
+    assert_eq!(read_u64(&spy, COUNTER_GPA), 0, "the old inode is punched");
+    rustix::io::pwrite(&spy, &99u64.to_le_bytes(), COUNTER_GPA).unwrap();
+    assert_ran(&run_vmm(&daemon, "vm-c"), 2);
+    assert_eq!(read_u64(&spy, COUNTER_GPA), 99);
+    // 4. A scrub of vm-c's RAM leaves zeros: its next run counts from 1.
+    let holder = daemon.spawn_client("vm-c", &["--open", "ram", "--hold"]);
+    wait_until(Duration::from_secs(10), "the holder's lease", || {
+        (!daemon.control().leases().unwrap().is_empty()).then_some(())
+    });
     drop(holder);
+    wait_no_leases(&daemon);
+    ctl.scrub_in(&ram_of("vm-c")).unwrap();
+    assert_eq!(counter_in_file(&daemon, "vm-c"), 0, "scrub leaves zeros");
+    assert_ran(&run_vmm(&daemon, "vm-c"), 1);
 }
 
 #[test]
@@ -173,7 +178,7 @@ fn a_deposited_guest_memfd_runs_the_guest_and_is_let_go() {
     assert!(stdout.contains("GMEM-VMM: counter 1\n"), "{stdout}");
     wait_no_leases(&daemon);
     let log = daemon.log();
-    assert!(log.contains("deposited guest_memfd ram"), "{log}");
+    assert!(log.contains("deposited guest_memfd vm-p/ram"), "{log}");
     assert!(log.contains("closed guest_memfd ram"), "{log}");
     let targets = daemon.fd_targets();
     assert!(
@@ -211,14 +216,22 @@ fn a_guest_memfd_is_bound_only_by_the_vm_that_deposited_it() {
         .unwrap();
     drop(gmem);
 
-    // The kernel binds a guest_memfd to its own VM only: another VM's BIND
-    // is refused, and so is an operator's REVOKE-by-proxy of it.
+    // The kernel binds a guest_memfd to its own VM only: another VM cannot
+    // even name it, and an operator's REVOKE of that VM leaves it alone.
     let bind = BindRequest::new(0, GuestAddress(0), name("private"), 0, SIZE);
     let mut b = daemon.lease(vm("vm-b"));
     let err = b.bind(&bind).unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::NOENT.raw_os_error()), "{err}");
+    // Nor can it be moved to one.
+    let err = daemon
+        .control()
+        .transfer(
+            &FileRef::vm(VmSelector::Name(name("vm-a")), name("private")),
+            &FileRef::vm(VmSelector::Name(name("vm-b")), name("private")),
+        )
+        .unwrap_err();
     assert_eq!(err.errno(), Some(Errno::PERM.raw_os_error()), "{err}");
-    let text = err.message().unwrap();
-    assert!(text.contains("deposited by VM vm-a"), "{text}");
+    assert!(err.message().unwrap().contains("guest_memfd"), "{err}");
     let report = daemon
         .control()
         .revoke(&gmem_protocol::VmSelector::Name(name("vm-b")))

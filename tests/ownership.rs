@@ -1,11 +1,11 @@
-//! DESIGN invariants 1 and 2 over the real socket: ownership follows the
-//! first BIND and ends with the last UNBIND; every validation refuses with its
-//! own error and changes nothing.
+//! DESIGN invariants 1, 2 and 6 over the real socket: ownership follows the
+//! first BIND and ends with the last UNBIND; each VM names only its own
+//! files; every validation refuses with its own error and changes nothing.
 
 // An integration test file is a test module of its own.
 #![allow(clippy::tests_outside_test_module)]
 
-use gmem_protocol::wire::{BindRequest, GuestAddress, MemoryKind};
+use gmem_protocol::wire::{BindRequest, FileRef, GuestAddress, MemoryKind, VmSelector};
 use gmem_protocol::{ClientError, FileStatus};
 use gmem_tests::{name, vm, wait_until, Daemon};
 use rustix::io::Errno;
@@ -31,8 +31,9 @@ fn file_status(daemon: &Daemon, file: &str) -> FileStatus {
 }
 
 #[test]
-fn first_bind_owns_second_vm_refused_last_unbind_frees() {
-    let daemon = Daemon::start();
+fn first_bind_owns_another_vm_cannot_name_it_last_unbind_frees() {
+    // Root as a plain client: operators (uid 4242 here) may name any file.
+    let daemon = Daemon::start_with(&["--allow-uid", "0", "--admin-uid", "4242"]);
     let mut a = daemon.lease(vm("vm-a"));
     let mut b = daemon.lease(vm("vm-b"));
     a.create(&name("ram"), 4 * MIB, MemoryKind::Memfd).unwrap();
@@ -43,15 +44,24 @@ fn first_bind_owns_second_vm_refused_last_unbind_frees() {
     assert_eq!(owner.vm.name.as_str(), "vm-a");
     assert_eq!(Some(owner.lease), a.lease());
 
+    // "ram" on vm-b's lease is vm-b's own file, and it has none yet.
     let err = b.bind(&bind("ram", 0, 0, 2 * MIB, MIB)).unwrap_err();
-    assert_eq!(errno_of(&err), Errno::BUSY);
-    let message = err.message().unwrap();
-    assert!(message.contains("owned by VM vm-a"), "{message}");
-    // The text says what a user can do: stop that VM, or revoke it.
-    assert!(message.contains("`gmemctl revoke vm-a`"), "{message}");
-    assert!(!message.contains("unbind it there"), "{message}");
-    // Opening it is refused too: an fd is as good as a binding.
-    assert_eq!(errno_of(&b.open(&name("ram")).unwrap_err()), Errno::BUSY);
+    assert_eq!(errno_of(&err), Errno::NOENT);
+    assert!(err.message().unwrap().contains("vm-b/ram"), "{err}");
+    assert_eq!(errno_of(&b.open(&name("ram")).unwrap_err()), Errno::NOENT);
+    // Naming vm-a's file takes an operator.
+    let vm_a_ram = FileRef::vm(VmSelector::Name(name("vm-a")), name("ram"));
+    assert_eq!(errno_of(&b.open_in(&vm_a_ram).unwrap_err()), Errno::PERM);
+    assert_eq!(errno_of(&b.destroy_in(&vm_a_ram).unwrap_err()), Errno::PERM);
+    // vm-b makes its own "ram": another file.
+    b.create(&name("ram"), MIB, MemoryKind::Memfd).unwrap();
+    b.bind(&bind("ram", 0, 0, 0, MIB)).unwrap();
+    let files = daemon.control().scoped_files().unwrap();
+    let owners: Vec<_> = files
+        .iter()
+        .map(|f| (f.vm.as_ref().unwrap().name.as_str(), f.file.size))
+        .collect();
+    assert_eq!(owners, [("vm-a", 4 * MIB), ("vm-b", MIB)]);
 
     a.unbind(0).unwrap();
     assert!(
@@ -59,14 +69,19 @@ fn first_bind_owns_second_vm_refused_last_unbind_frees() {
         "one binding left"
     );
     a.unbind(1).unwrap();
+    let files = daemon.control().scoped_files().unwrap();
+    let a_ram = files
+        .iter()
+        .find(|f| f.vm.as_ref().unwrap().name.as_str() == "vm-a")
+        .unwrap();
+    assert!(a_ram.file.owner.is_none(), "last binding gone");
+    // Destroying a bound file says what to do.
+    let err = b.destroy(&name("ram")).unwrap_err();
+    assert_eq!(errno_of(&err), Errno::BUSY);
     assert!(
-        file_status(&daemon, "ram").owner.is_none(),
-        "last binding gone"
+        err.message().unwrap().contains("`gmemctl revoke vm-b`"),
+        "{err}"
     );
-
-    b.bind(&bind("ram", 0, 0, 2 * MIB, MIB)).unwrap();
-    let owner = file_status(&daemon, "ram").owner.expect("owned again");
-    assert_eq!(owner.vm.name.as_str(), "vm-b");
 }
 
 #[test]
@@ -184,10 +199,12 @@ fn files_belong_to_the_vm_that_made_them_across_its_leases() {
         "vm-a's lease to end",
         || daemon.control().leases().unwrap().is_empty().then_some(()),
     );
-    // Another VM may not destroy vm-a's files...
+    // Another VM cannot even name vm-a's files...
     let mut b = daemon.lease(vm("vm-b"));
     let err = b.destroy(&name("scratch")).unwrap_err();
-    assert_eq!(errno_of(&err), Errno::PERM);
+    assert_eq!(errno_of(&err), Errno::NOENT);
+    let scratch = FileRef::vm(VmSelector::Name(name("vm-a")), name("scratch"));
+    assert_eq!(errno_of(&b.destroy_in(&scratch).unwrap_err()), Errno::PERM);
     // ...vm-a, relaunched on a new lease, may.
     let mut a = daemon.lease(vm("vm-a"));
     a.destroy(&name("scratch")).unwrap();

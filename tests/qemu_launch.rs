@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use gmem_tests::qemu::{
     elapsed_ms, find_bytes, gmemctl, gmemctl_json, LaunchSpec, Vm, BOOT_TIMEOUT,
 };
-use gmem_tests::{e2e, name, wait_until, ChildGuard, Daemon};
+use gmem_tests::{e2e, vm_file, wait_until, ChildGuard, Daemon};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -87,7 +87,10 @@ fn a_linux_guest_boots_from_gmemd_memory_and_its_ram_outlives_qemu() {
     assert!(ram["owner"].is_null() && ram["bindings"].as_array().unwrap().is_empty());
     // What the guest wrote into its RAM (a tmpfs file) is in gmemd's file,
     // read through an fd OPENed from gmemd by an operator.
-    let (fd, info) = daemon.control().open(&name("boot-vm.ram")).unwrap();
+    let (fd, info) = daemon
+        .control()
+        .open_in(&vm_file("boot-vm", "boot-vm.ram"))
+        .unwrap();
     assert_eq!(info.size, 512 * MIB);
     let needle = format!("GMEM-MARKER:{marker}\n");
     let at = find_bytes(&fd, needle.as_bytes()).expect("the guest's marker in gmemd's file");
@@ -184,7 +187,10 @@ fn the_recorded_bindings_are_where_qemu_maps_ram() {
         assert!(vm.wait_exit(Duration::from_secs(30)).success());
         wait_no_leases(&daemon);
         // Sparse, but counted against gmemd's memory limit.
-        daemon.control().destroy(&name(&ram_file)).unwrap();
+        daemon
+            .control()
+            .destroy_in(&vm_file(&vm_name, &ram_file))
+            .unwrap();
     }
 }
 
@@ -257,7 +263,10 @@ fn a_guest_boots_from_hugetlb_memory() {
     let mut vm = Vm::launch(&daemon, dir.path(), "huge-vm", &spec);
     assert!(vm.wait_exit(BOOT_TIMEOUT).success());
     assert!(vm.serial.text().contains("GMEM-GUEST: done"));
-    let (fd, info) = daemon.control().open(&name("huge-vm.ram")).unwrap();
+    let (fd, info) = daemon
+        .control()
+        .open_in(&vm_file("huge-vm", "huge-vm.ram"))
+        .unwrap();
     assert_eq!(info.page_size, 2 * MIB);
     assert!(find_bytes(&fd, b"GMEM-MARKER:huge\n").is_some());
 }

@@ -1,7 +1,8 @@
 //! A VM's RAM outlives its QEMU: QEMU killed with SIGKILL ends the lease
 //! and its bindings, and a relaunch of the VM maps the same memory with its
-//! content. While the VM runs, a second launch of it, or of another VM on
-//! its memory file, is refused.
+//! content. While the VM runs, a second launch of it, or of another VM under
+//! its UUID, is refused; another VM naming its memory file gets a file of
+//! its own.
 
 // An integration test file is a test module of its own.
 #![allow(clippy::tests_outside_test_module)]
@@ -11,7 +12,7 @@ use std::time::Duration;
 use gmem_tests::qemu::{
     find_bytes, gmemctl_json, launch_command, read_guest, LaunchSpec, Vm, BOOT_TIMEOUT,
 };
-use gmem_tests::{e2e, name, wait_until, ChildGuard, Daemon};
+use gmem_tests::{e2e, vm_file, wait_until, ChildGuard, Daemon};
 use rustix::process::{kill_process, Pid, Signal};
 
 /// Runs a second `gmemctl launch` that must be refused; returns its output.
@@ -44,12 +45,13 @@ fn sigkill_ends_the_lease_and_a_relaunch_gets_the_same_memory() {
     // While it runs: the same VM cannot be launched twice...
     let text = refused_launch(&daemon, dir.path(), "kill-vm", &spec);
     assert!(text.contains("VM kill-vm is already running"), "{text}");
-    // ...and another VM cannot take its memory file.
+    // ...nor can another name claim its UUID.
     let mut other = spec.clone();
-    other.gmemctl_args = vec!["--file".into(), "kill-vm.ram".into()];
+    let uuid = gmem_tests::vm("kill-vm").uuid.to_string();
+    other.gmemctl_args = vec!["--uuid".into(), uuid.clone()];
     let text = refused_launch(&daemon, dir.path(), "other-vm", &other);
     assert!(
-        text.contains("cannot get memory file kill-vm.ram") && text.contains("kill-vm"),
+        text.contains(&format!("VM {uuid} is named kill-vm")),
         "{text}"
     );
     // A refused launch leaves nothing in the run directory, not even its lock.
@@ -62,7 +64,7 @@ fn sigkill_ends_the_lease_and_a_relaunch_gets_the_same_memory() {
     assert_eq!(leases.len(), 1, "{leases:?}");
     assert_eq!(leases[0].vm.name.as_str(), "kill-vm");
     let ino = {
-        let (fd, _) = ctl.open(&name("kill-vm.ram")).unwrap();
+        let (fd, _) = ctl.open_in(&vm_file("kill-vm", "kill-vm.ram")).unwrap();
         rustix::fs::fstat(&fd).unwrap().st_ino
     };
 
@@ -87,7 +89,7 @@ fn sigkill_ends_the_lease_and_a_relaunch_gets_the_same_memory() {
     let files = ctl.files().unwrap();
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(files[0].owner.is_none() && files[0].bindings.is_empty());
-    let (fd, _) = ctl.open(&name("kill-vm.ram")).unwrap();
+    let (fd, _) = ctl.open_in(&vm_file("kill-vm", "kill-vm.ram")).unwrap();
     assert_eq!(rustix::fs::fstat(&fd).unwrap().st_ino, ino);
     let needle = format!("GMEM-MARKER:{marker}\n");
     let at = find_bytes(&fd, needle.as_bytes()).expect("the marker survives QEMU");

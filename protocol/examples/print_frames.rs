@@ -4,9 +4,9 @@
 //! `cargo run -p gmem-protocol --example print_frames`
 
 use gmem_protocol::wire::{
-    encode_status_page, BindingStatus, CreateFlags, CreateRequest, Features, FileInfo, FileStatus,
-    GuestAddress, Header, Hello, HelloReply, LeaseId, MemoryKind, Name, OwnerStatus, Reply,
-    Request, RequestBody, StatusQuery, StatusSection, VmId, VERSION,
+    encode_status_page, BindingStatus, CreateFlags, CreateRequest, Features, FileInfo, FileRef,
+    FileStatus, GuestAddress, Header, Hello, HelloReply, LeaseId, MemoryKind, Name, OwnerStatus,
+    Reply, Request, RequestBody, StatusQuery, StatusSection, VmId, VmSelector, VERSION,
 };
 
 /// Prints one frame: the 12 header bytes on one line, then the payload in
@@ -56,7 +56,7 @@ fn main() {
         }),
     );
     reply(
-        "HELLO reply (features 0xf, lease 1, version 1)",
+        "HELLO reply (features 0x1f, lease 1, version 1)",
         Request::Hello,
         &Reply::ok(
             HelloReply {
@@ -95,6 +95,11 @@ fn main() {
         "CREATE error reply (EEXIST = 17, no fd)",
         Request::Create,
         &Reply::error(17, "memory file ram0 already exists"),
+    );
+
+    request(
+        "OPEN request, scoped (an operator names vm-a's ram0 by VM name)",
+        &RequestBody::Open(FileRef::vm(VmSelector::Name(name("vm-a")), name("ram0"))),
     );
 
     request(

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use crate::conn::{send_message, ConnError, FrameReader};
 use crate::wire::{
-    BindRequest, CreateFlags, CreateRequest, DepositRequest, Features, FileInfo, FileStatus,
-    HandoffReply, HandoffRequest, Header, Hello, HelloReply, LeaseId, LeaseStatus, MemoryKind,
-    Name, Reply, Request, RequestBody, RevokeReport, StatusPage, StatusQuery, StatusSection, VmId,
-    VmSelector, WireError,
+    BindRequest, CreateFlags, CreateRequest, DepositRequest, Features, FileInfo, FileRef,
+    FileStatus, HandoffReply, HandoffRequest, Header, Hello, HelloReply, LeaseId, LeaseStatus,
+    MemoryKind, Name, Reply, Request, RequestBody, RevokeReport, ScopedFileStatus, StatusPage,
+    StatusQuery, StatusSection, TransferRequest, VmId, VmSelector, WireError,
 };
 
 /// Errors of the client.
@@ -217,12 +217,22 @@ impl Client {
         self.file_call(&request, &[])
     }
 
-    /// Opens an existing memory file.
+    /// Opens an existing memory file of the session's own namespace (its
+    /// VM's; the operators' for a control session).
     ///
     /// # Errors
     /// [`ClientError::Refused`] with `ENOENT`, `EPERM`, …
     pub fn open(&mut self, name: &Name) -> ClientResult<(OwnedFd, FileInfo)> {
-        self.file_call(&RequestBody::Open(name.clone()), &[])
+        self.open_in(&FileRef::own(name.clone()))
+    }
+
+    /// Opens a file of any namespace (an operator's request unless it is
+    /// the session's own; needs feature `VM_SCOPE` for a scoped name).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `ENOENT`, `EPERM`, `EOPNOTSUPP`, …
+    pub fn open_in(&mut self, file: &FileRef) -> ClientResult<(OwnedFd, FileInfo)> {
+        self.file_call(&RequestBody::Open(file.clone()), &[])
     }
 
     fn file_call(
@@ -286,21 +296,61 @@ impl Client {
         Ok(HandoffReply::decode(&body)?.pid)
     }
 
-    /// Forgets a memory file.
+    /// Forgets a memory file of the session's own namespace.
     ///
     /// # Errors
     /// [`ClientError::Refused`] with `ENOENT`, `EBUSY`, `EPERM`.
     pub fn destroy(&mut self, name: &Name) -> ClientResult<()> {
-        self.call(&RequestBody::Destroy(name.clone()), &[])
+        self.destroy_in(&FileRef::own(name.clone()))
+    }
+
+    /// Forgets a memory file of any namespace.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `ENOENT`, `EBUSY`, `EPERM`, `EOPNOTSUPP`.
+    pub fn destroy_in(&mut self, file: &FileRef) -> ClientResult<()> {
+        self.call(&RequestBody::Destroy(file.clone()), &[])
             .map(drop)
     }
 
-    /// Destroys a file's content and forgets which processes received it.
+    /// Operator: destroys a file's content, in the session's own namespace.
     ///
     /// # Errors
     /// [`ClientError::Refused`] with `ENOENT`, `EBUSY`, `EPERM`.
     pub fn scrub(&mut self, name: &Name) -> ClientResult<()> {
-        self.call(&RequestBody::Scrub(name.clone()), &[]).map(drop)
+        self.scrub_in(&FileRef::own(name.clone()))
+    }
+
+    /// Operator: destroys a file's content, in any namespace.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `ENOENT`, `EBUSY`, `EPERM`, `EOPNOTSUPP`.
+    pub fn scrub_in(&mut self, file: &FileRef) -> ClientResult<()> {
+        self.call(&RequestBody::Scrub(file.clone()), &[]).map(drop)
+    }
+
+    /// Operator: moves a file to another namespace (and name). The file
+    /// that arrives is an inode no process outside gmemd ever had an fd
+    /// of; what was in the old one is copied into it.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `EPERM`, `ENOENT`, `EEXIST`, `EBUSY`.
+    pub fn transfer(&mut self, from: &FileRef, to: &FileRef) -> ClientResult<FileInfo> {
+        let request = RequestBody::Transfer(TransferRequest {
+            from: from.clone(),
+            to: to.clone(),
+        });
+        let (body, _) = self.call(&request, &[])?;
+        Ok(FileInfo::decode(&body)?)
+    }
+
+    /// Operator: destroys every file of a VM that has no lease and unties
+    /// it from its principal, so any principal may use its UUID and name.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `EPERM`, `ENOENT`, `EBUSY`.
+    pub fn forget(&mut self, vm: &VmSelector) -> ClientResult<()> {
+        self.call(&RequestBody::Forget(vm.clone()), &[]).map(drop)
     }
 
     /// Operator: ends a VM's lease and destroys the content only it owned.
@@ -318,6 +368,14 @@ impl Client {
     /// Connection or decode errors.
     pub fn files(&mut self) -> ClientResult<Vec<FileStatus>> {
         self.all_pages(StatusSection::Files, FileStatus::decode_page)
+    }
+
+    /// Every memory file with its namespace (feature `VM_SCOPE`).
+    ///
+    /// # Errors
+    /// Connection or decode errors.
+    pub fn scoped_files(&mut self) -> ClientResult<Vec<ScopedFileStatus>> {
+        self.all_pages(StatusSection::ScopedFiles, ScopedFileStatus::decode_page)
     }
 
     /// Every open lease, walking all STATUS pages.
@@ -378,7 +436,9 @@ impl Client {
         let frame = self
             .reader
             .read_frame(self.stream.as_fd())?
-            .ok_or(ConnError::Closed)?;
+            // A blocking socket only yields no frame when its read timeout
+            // ([`Client::set_timeout`]) expired: not a hangup.
+            .ok_or_else(|| ConnError::Io(std::io::ErrorKind::TimedOut.into()))?;
         let unexpected = |what: String| ClientError::UnexpectedReply {
             request: code,
             what,

@@ -25,8 +25,8 @@ pub mod wire;
 
 pub use client::{Client, ClientError, ClientResult};
 pub use wire::{
-    BindRequest, FileInfo, FileStatus, GuestAddress, LeaseId, LeaseStatus, MemoryKind, Name,
-    RevokeReport, Uuid, VmId, VmSelector,
+    BindRequest, FileInfo, FileRef, FileStatus, GuestAddress, LeaseId, LeaseStatus, MemoryKind,
+    Name, RevokeReport, Scope, ScopedFileStatus, Uuid, VmId, VmSelector,
 };
 
 /// Formats an error and its sources as one line, `a: b: c`, the way the

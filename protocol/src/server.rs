@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn a_valid_request_decodes_with_its_fds() {
-        let body = RequestBody::Open(Name::new("f").unwrap());
+        let body = RequestBody::Open(crate::wire::FileRef::own(Name::new("f").unwrap()));
         let decoded = decode_request(frame(3, body.encode(), vec![])).unwrap();
         assert_eq!(decoded.body, body);
         assert!(decoded.fds.is_empty());
@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn each_syntax_error_has_its_errno() {
-        let open = RequestBody::Open(Name::new("f").unwrap()).encode();
+        let open = RequestBody::Open(crate::wire::FileRef::own(Name::new("f").unwrap())).encode();
         let mut reply_flagged = frame(3, open.clone(), vec![]);
         reply_flagged.header.is_reply = true;
         let cases = vec![

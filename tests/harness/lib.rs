@@ -8,6 +8,7 @@ pub mod guest;
 pub mod hugepages;
 pub mod process;
 pub mod qemu;
+pub mod tenant;
 
 use std::path::PathBuf;
 
@@ -92,6 +93,14 @@ pub fn name(text: &str) -> Name {
 }
 
 /// A VM identity with a UUID derived from its name.
+pub fn vm_file(vm_name: &str, file: &str) -> gmem_protocol::wire::FileRef {
+    gmem_protocol::wire::FileRef::vm(
+        gmem_protocol::wire::VmSelector::Name(name(vm_name)),
+        name(file),
+    )
+}
+
+/// A VM identity whose UUID is derived from its name.
 pub fn vm(text: &str) -> VmId {
     VmId::from_name(name(text))
 }

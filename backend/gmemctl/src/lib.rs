@@ -5,14 +5,21 @@
 //!   `hotplug`, `unplug`.
 //! - [`qmp`]: a blocking QMP client (QEMU Machine Protocol) with fd passing.
 //! - [`caps`]: what this host offers (KVM, guest_memfd, hugepages, secretmem).
-//! - [`report`]: `gmemctl status` as a table or JSON.
+//! - [`address`]: VMs and files on the command line (`VM/NAME`, `NAME`).
+//! - [`session`]: a control session with gmemd, every request bounded by
+//!   `--timeout`; `status`, `create`, `destroy`, `scrub`, `transfer`,
+//!   `revoke`, `forget`.
+//! - [`report`]: `gmemctl status` as a table or JSON, with each file's
+//!   namespace and orphans' age.
 //!
 //! Sizes, the default socket path, signalfds, hugepage pools and
 //! `memfd_secret` come from the daemon's crate, so both programs agree.
 
+pub mod address;
 pub mod caps;
 pub mod launch;
 pub mod qmp;
 pub mod report;
+pub mod session;
 
 pub use gmem_protocol::error_chain;

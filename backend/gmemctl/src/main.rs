@@ -1,4 +1,8 @@
 //! `gmemctl`: the operator CLI of gmemd.
+//!
+//! Files are named `VM/NAME` (file `NAME` of that VM, the VM by name or
+//! UUID) or `NAME` (an operators' file): see [`gmemctl::address`]. Every
+//! request to gmemd is bounded by `--timeout` (see [`gmemctl::session`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,15 +10,19 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use gmem_protocol::wire::{MemoryKind, Name, Uuid, VmId, VmSelector};
-use gmem_protocol::Client;
+use gmemctl::address::{parse_file, parse_new_file_name, parse_uuid, parse_vm_selector, FileArg};
 use gmemctl::launch::{
     HotplugOptions, HotplugReport, LaunchOptions, RunDir, UnplugOptions, UnplugReport,
     UpgradeOptions, UpgradeReport,
 };
+use gmemctl::session::{parse_timeout, Session};
 use gmemd::config::default_socket;
 use gmemd::size::{format_size, parse_size};
 
-/// Operate gmemd: inspect, create and destroy memory, revoke VMs.
+/// Operate gmemd: inspect, create, move and destroy memory, revoke and forget VMs.
+///
+/// Files are named VM/NAME (file NAME of VM, a VM name or UUID) or NAME
+/// (a file of the operators' namespace, where `create` puts them).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -24,21 +32,62 @@ struct Args {
     /// Where launched VMs keep their records and sockets [default: vms/ beside the socket].
     #[arg(long, env = "GMEMCTL_RUN_DIR", global = true)]
     run_dir: Option<PathBuf>,
+    /// Bound on gmemd's answer to each request (connecting included), in
+    /// seconds. Also taken after status, create, destroy, scrub, revoke,
+    /// transfer and forget; upgrade, hotplug and unplug have their own.
+    #[arg(
+        long,
+        env = "GMEMCTL_TIMEOUT",
+        value_name = "SECS",
+        default_value = "5",
+        value_parser = parse_timeout
+    )]
+    timeout: Duration,
     #[command(subcommand)]
     command: Command,
 }
 
+/// `--timeout` after a subcommand that talks to gmemd. Not a global
+/// argument: `upgrade`, `hotplug` and `unplug` have a `--timeout` of their
+/// own, and a global one would leak its value (and `GMEMCTL_TIMEOUT`) into
+/// theirs.
+#[derive(Debug, clap::Args)]
+struct RequestTimeout {
+    /// Bound on gmemd's answer to each request, in seconds [default: the
+    /// --timeout before the subcommand, $GMEMCTL_TIMEOUT, or 5].
+    #[arg(long = "timeout", value_name = "SECS", value_parser = parse_timeout)]
+    timeout: Option<Duration>,
+}
+
+/// Where `transfer` moves a file: exactly one of `--to VM`, `--to-operators`.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct Destination {
+    /// The VM (name or UUID) whose namespace receives the file.
+    #[arg(long, value_name = "VM", value_parser = parse_vm_selector)]
+    to: Option<VmSelector>,
+    /// Return the file to the operators' namespace.
+    #[arg(long)]
+    to_operators: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Memory files, owners, bindings and leases.
+    /// Memory files with their namespaces, owners and bindings; leases.
+    ///
+    /// A file of a VM that has no lease is an orphan: ORPHAN says how long
+    /// ago the VM's last lease ended.
     Status {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        bound: RequestTimeout,
     },
-    /// Create a named memory file.
+    /// Create a memory file in the operators' namespace.
     Create {
-        /// File name.
+        /// File name (give it to a VM with `transfer NAME --to VM`).
+        #[arg(value_parser = parse_new_file_name)]
         name: Name,
         /// Size, e.g. 512M or 1G.
         #[arg(long, value_parser = parse_size)]
@@ -46,22 +95,58 @@ enum Command {
         /// memfd, hugetlb-2m, hugetlb-1g or secret.
         #[arg(long, default_value = "memfd")]
         kind: MemoryKind,
+        #[command(flatten)]
+        bound: RequestTimeout,
     },
     /// Forget a memory file (its memory is freed once no VMM maps it).
     Destroy {
-        /// File name.
-        name: Name,
+        /// VM/NAME (a VM's file) or NAME (an operators' file).
+        #[arg(value_name = "FILE", value_parser = parse_file)]
+        file: FileArg,
+        #[command(flatten)]
+        bound: RequestTimeout,
     },
     /// Destroy a file's content and forget who received it.
     Scrub {
-        /// File name.
-        name: Name,
+        /// VM/NAME (a VM's file) or NAME (an operators' file).
+        #[arg(value_name = "FILE", value_parser = parse_file)]
+        file: FileArg,
+        #[command(flatten)]
+        bound: RequestTimeout,
+    },
+    /// Move an unbound file to a VM's namespace (or back to the operators').
+    ///
+    /// The file arrives as a fresh inode holding a copy of its content,
+    /// which no process that had the old one can reach; the old inode is
+    /// zeroed. guest_memfd files never move.
+    Transfer {
+        /// VM/NAME (a VM's file) or NAME (an operators' file).
+        #[arg(value_name = "FILE", value_parser = parse_file)]
+        file: FileArg,
+        #[command(flatten)]
+        to: Destination,
+        /// Name at the destination [default: the file's name].
+        #[arg(long = "as", value_name = "NAME")]
+        rename: Option<Name>,
+        #[command(flatten)]
+        bound: RequestTimeout,
     },
     /// End a VM's lease and destroy the content only it owned.
     Revoke {
         /// VM name or UUID.
         #[arg(value_parser = parse_vm_selector)]
         vm: VmSelector,
+        #[command(flatten)]
+        bound: RequestTimeout,
+    },
+    /// Destroy every file of a VM without a lease and free its UUID and
+    /// name for any principal (revoke its lease first).
+    Forget {
+        /// VM name or UUID.
+        #[arg(value_parser = parse_vm_selector)]
+        vm: VmSelector,
+        #[command(flatten)]
+        bound: RequestTimeout,
     },
     /// What this host supports: KVM, guest_memfd, memfd_secret, hugepages.
     Caps {
@@ -161,20 +246,6 @@ enum Command {
     },
 }
 
-fn parse_uuid(text: &str) -> Result<Uuid, String> {
-    Uuid::parse(text).ok_or_else(|| format!("invalid UUID {text:?}"))
-}
-
-/// A VM by UUID (the 8-4-4-4-12 form) or else by name.
-fn parse_vm_selector(text: &str) -> Result<VmSelector, String> {
-    match Uuid::parse(text) {
-        Some(uuid) => Ok(VmSelector::Uuid(uuid)),
-        None => Name::new(text)
-            .map(VmSelector::Name)
-            .map_err(|e| format!("{text:?} is neither a VM UUID nor a VM name: {e}")),
-    }
-}
-
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = Args::parse();
@@ -188,40 +259,82 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let socket = args.socket.unwrap_or_else(default_socket);
+    let socket = match args.socket {
+        Some(socket) => socket,
+        None => {
+            // A guessable default (/tmp/gmemd-UID) may have been made by
+            // another user, to catch what gmemctl sends.
+            let socket = default_socket();
+            if let Some(dir) = socket.parent() {
+                gmemd::runtime_dir::check_trusted(dir)?;
+            }
+            socket
+        }
+    };
     let run_dir = args
         .run_dir
         .map_or_else(|| RunDir::for_socket(&socket), RunDir::new);
-    let connect = || Client::connect_control(&socket);
+    let connect =
+        |bound: &RequestTimeout| Session::connect(&socket, bound.timeout.unwrap_or(args.timeout));
     match args.command {
-        Command::Status { json } => {
-            let mut client = connect()?;
-            let files = client.files()?;
-            let leases = client.leases()?;
+        Command::Status { json, bound } => {
+            let status = connect(&bound)?.status()?;
             if json {
-                println!("{}", gmemctl::report::status_json(&files, &leases));
+                println!("{}", gmemctl::report::status_json(&status));
             } else {
-                print!("{}", gmemctl::report::status_table(&files, &leases));
+                print!("{}", gmemctl::report::status_table(&status));
             }
         }
-        Command::Create { name, size, kind } => {
-            let (_fd, info) = connect()?.create(&name, size, kind)?;
+        Command::Create {
+            name,
+            size,
+            kind,
+            bound,
+        } => {
+            let info = connect(&bound)?.create(&name, size, kind)?;
             println!("created {name}: {} {}", format_size(info.size), info.kind);
         }
-        Command::Destroy { name } => {
-            connect()?.destroy(&name)?;
-            println!("destroyed {name}");
+        Command::Destroy { file, bound } => {
+            connect(&bound)?.destroy(&file)?;
+            println!("destroyed {file}");
         }
-        Command::Scrub { name } => {
-            connect()?.scrub(&name)?;
-            println!("scrubbed {name}: content destroyed, holders forgotten");
+        Command::Scrub { file, bound } => {
+            connect(&bound)?.scrub(&file)?;
+            println!("scrubbed {file}: content destroyed, holders forgotten");
         }
-        Command::Revoke { vm } => {
-            let report = connect()?.revoke(&vm)?;
+        Command::Transfer {
+            file,
+            to,
+            rename,
+            bound,
+        } => {
+            let name = rename.unwrap_or_else(|| file.name.clone());
+            let dest = match to.to {
+                Some(vm) => FileArg::in_vm(vm, name),
+                None => FileArg::operators(name),
+            };
+            let info = connect(&bound)?.transfer(&file, &dest)?;
+            let place = if dest.is_scoped() {
+                ""
+            } else {
+                " (operators')"
+            };
+            println!(
+                "transferred {file} to {dest}{place}: {} {} in a fresh inode; the old one is zeroed",
+                format_size(info.size),
+                info.kind
+            );
+        }
+        Command::Revoke { vm, bound } => {
+            let report = connect(&bound)?.revoke(&vm)?;
             println!(
                 "revoked VM {vm}: {} lease(s) ended, {} binding(s) dropped, {} file(s) scrubbed",
                 report.leases, report.bindings, report.scrubbed
             );
+        }
+        Command::Forget { vm, bound } => {
+            connect(&bound)?.forget(&vm)?;
+            println!("forgot VM {vm}: its files are destroyed, its UUID and name are free");
         }
         Command::Caps { json } => {
             let caps = gmemctl::caps::probe();

@@ -1,25 +1,127 @@
-//! Daemon configuration: who may connect, who is an operator, and limits.
+//! Daemon configuration: who may connect, who is an operator, what ties a
+//! VM to its principal, limits and quotas.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::principal::TieRules;
 
 /// Resource limits. Each one refused with a clear error when reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Bytes of all memory files together.
+    /// Bytes of all memory files together, retired ones included.
     pub max_total_memory: u64,
+    /// Memory files gmemd keeps at once (each is an fd of gmemd's).
+    pub max_files: usize,
     /// Files one VM may create or deposit (and still have), across all its
     /// leases.
     pub max_files_per_vm: usize,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Of those, how many only operators may use.
+    pub reserved_operator_connections: usize,
+    /// How long a connection may take to send HELLO.
+    pub hello_timeout: Duration,
+    /// Destroy the files of a VM that has had no lease for this long.
+    pub expire_orphans: Option<Duration>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_total_memory: physical_memory().unwrap_or(1 << 30),
+            max_files: 8192,
             max_files_per_vm: 64,
-            max_connections: 4096,
+            max_connections: 1024,
+            reserved_operator_connections: 8,
+            hello_timeout: Duration::from_secs(5),
+            expire_orphans: None,
+        }
+    }
+}
+
+/// fds gmemd needs besides connections and files: epoll, timer, signals,
+/// listener, fds in flight, logging.
+pub const SPARE_FDS: usize = 64;
+
+impl Limits {
+    /// The fds these limits can take: per connection its socket, a pidfd
+    /// of a process holding files and one of a HANDOFF; per file its fd.
+    pub fn fds_needed(&self) -> usize {
+        self.max_connections
+            .saturating_mul(3)
+            .saturating_add(self.max_files)
+            .saturating_add(SPARE_FDS)
+    }
+
+    /// Lowers `max_connections` (and if that is not enough, `max_files`) so
+    /// that gmemd cannot run out of its `nofile` fds. Returns what was
+    /// lowered, for the log.
+    pub fn fit_fds(&mut self, nofile: usize) -> Option<String> {
+        if self.fds_needed() <= nofile {
+            return None;
+        }
+        let before = (self.max_connections, self.max_files);
+        let room = nofile.saturating_sub(SPARE_FDS);
+        // Files keep at least half of the room.
+        self.max_files = self.max_files.min(room / 2).max(1);
+        self.max_connections = ((room - self.max_files.min(room)) / 3).max(1);
+        self.reserved_operator_connections = self
+            .reserved_operator_connections
+            .min(self.max_connections.saturating_sub(1));
+        Some(format!(
+            "RLIMIT_NOFILE is {nofile}: connections lowered from {} to {}, files from {} to {}",
+            before.0, self.max_connections, before.1, self.max_files
+        ))
+    }
+}
+
+/// Parses a duration: `500ms`, `30s`, `5m`, `2h`, `7d`; a bare number is
+/// seconds.
+///
+/// # Errors
+/// What is wrong with the text.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s, 5m, 2h or 7d"))?;
+    let secs = |mul: u64| {
+        n.checked_mul(mul)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration {text:?} is too long"))
+    };
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => Err(format!(
+            "invalid duration unit {unit:?} in {text:?}: use ms, s, m, h or d"
+        )),
+    }
+}
+
+/// What one principal (a VM's tie, or a peer at accept) may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quotas {
+    /// Memory files of all its VMs.
+    pub files: usize,
+    /// Bytes of those, and of retired memory its holders may still reach.
+    pub memory: u64,
+    /// Connections at once, counted per peer principal at accept.
+    pub connections: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            files: 256,
+            memory: physical_memory().unwrap_or(1 << 30),
+            connections: 64,
         }
     }
 }
@@ -48,6 +150,10 @@ pub struct Config {
     pub admin_uids: Vec<u32>,
     /// Limits.
     pub limits: Limits,
+    /// Quotas per principal.
+    pub quotas: Quotas,
+    /// What ties a VM to the principal of its first lease.
+    pub ties: TieRules,
 }
 
 impl Default for Config {
@@ -62,6 +168,8 @@ impl Default for Config {
             allowed_uids: uids.clone(),
             admin_uids: uids,
             limits: Limits::default(),
+            quotas: Quotas::default(),
+            ties: TieRules::default(),
         }
     }
 }
@@ -128,13 +236,40 @@ mod tests {
         let c = Config {
             allowed_uids: vec![1000],
             admin_uids: vec![0, 7],
-            limits: Limits::default(),
+            ..Config::default()
         };
         assert_eq!(c.admission(0), Admission::Operator);
         assert_eq!(c.admission(7), Admission::Operator);
         assert_eq!(c.admission(1000), Admission::Client);
         assert_eq!(c.admission(1001), Admission::Refused);
         assert_eq!(c.connecting_uids(), vec![0, 7, 1000]);
+    }
+
+    #[test]
+    fn limits_fit_the_fd_limit() {
+        let mut l = Limits::default();
+        assert_eq!(l.fit_fds(1 << 20), None);
+        let said = l.fit_fds(1024).unwrap();
+        assert!(said.contains("1024"), "{said}");
+        assert!(l.fds_needed() <= 1024, "{l:?}");
+        assert!(l.max_connections >= 1 && l.max_files >= 1);
+        assert!(l.reserved_operator_connections < l.max_connections);
+        let mut tiny = Limits::default();
+        tiny.fit_fds(10);
+        assert_eq!((tiny.max_connections, tiny.max_files), (1, 1));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
+        assert!(parse_duration("5y").unwrap_err().contains("unit"));
+        assert!(parse_duration("s")
+            .unwrap_err()
+            .contains("invalid duration"));
+        assert!(parse_duration("99999999999999999d").is_err());
     }
 
     #[test]

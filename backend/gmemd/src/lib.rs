@@ -15,11 +15,15 @@
 //! [`config::default_socket`].
 
 pub mod config;
+pub mod config_file;
 pub mod event_loop;
 pub mod hugepages;
 pub mod ledger;
+pub mod log_limit;
 pub mod memory;
 pub mod peer;
+pub mod principal;
+pub mod runtime_dir;
 pub mod service;
 pub mod signals;
 pub mod size;

@@ -2,10 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
-use gmemd::config::{default_state_dir, Config, Limits};
+use gmemd::config::{default_state_dir, parse_duration, Config, Limits, Quotas};
+use gmemd::config_file::ConfigFile;
 use gmemd::event_loop::EventLoop;
+use gmemd::principal::PrincipalMode;
 use gmemd::service::Service;
 use gmemd::size::{format_size, parse_size};
 
@@ -16,9 +19,13 @@ struct Args {
     /// Socket to listen on [default: STATE_DIR/gmemd.sock].
     #[arg(long, env = "GMEMD_SOCKET")]
     socket: Option<PathBuf>,
-    /// Runtime directory [default: $XDG_RUNTIME_DIR/gmemd, /run/gmemd for root].
+    /// Runtime directory, gmemd's own (not writable by others) [default:
+    /// $XDG_RUNTIME_DIR/gmemd, /run/gmemd for root].
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Config file (TOML): principal, patterns per VM, quotas. Flags win.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Uids allowed to connect as clients (repeatable) [default: gmemd's uid
     /// and root]. Operators are always allowed as well.
     #[arg(long = "allow-uid")]
@@ -26,9 +33,23 @@ struct Args {
     /// Uids allowed operator requests (repeatable) [default: gmemd's uid and root].
     #[arg(long = "admin-uid")]
     admin_uids: Vec<u32>,
+    /// What ties a VM to the principal of its first lease: uid, uid+cgroup,
+    /// uid+label or uid+cgroup+label [default: uid].
+    #[arg(long)]
+    principal: Option<PrincipalMode>,
+    /// Cgroup pattern of every VM (`*`, `?`; `{vm}` is the VM's name)
+    /// [default: the exact cgroup of its first lease].
+    #[arg(long)]
+    cgroup_pattern: Option<String>,
+    /// Security label pattern of every VM, likewise.
+    #[arg(long)]
+    label_pattern: Option<String>,
     /// Limit on all memory files together, e.g. 64G or 1.5T [default: host RAM].
     #[arg(long, value_parser = parse_size)]
     max_memory: Option<u64>,
+    /// Memory files gmemd keeps at once [default: 8192, lowered to fit RLIMIT_NOFILE].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_files: Option<u32>,
     /// Files one VM may create or deposit, across all its leases.
     #[arg(
         long,
@@ -36,13 +57,29 @@ struct Args {
         default_value_t = Limits::default().max_files_per_vm
     )]
     max_files_per_vm: usize,
-    /// Connections served at once (at least 1).
-    #[arg(
-        long,
-        default_value_t = u32::try_from(Limits::default().max_connections).unwrap_or(u32::MAX),
-        value_parser = clap::value_parser!(u32).range(1..)
-    )]
-    max_connections: u32,
+    /// Connections served at once (at least 1) [default: 1024, lowered to fit RLIMIT_NOFILE].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+    /// Connection slots only operators may use.
+    #[arg(long, default_value_t = Limits::default().reserved_operator_connections)]
+    reserved_operator_connections: usize,
+    /// Files all VMs of one principal may have [default: 256].
+    #[arg(long)]
+    quota_files: Option<usize>,
+    /// Memory all VMs of one principal may have, destroyed memory its
+    /// processes still hold included [default: --max-memory].
+    #[arg(long, value_parser = parse_size)]
+    quota_memory: Option<u64>,
+    /// Connections one principal may hold at once [default: 64].
+    #[arg(long)]
+    quota_connections: Option<usize>,
+    /// How long a new connection may take to send HELLO, e.g. 5s.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    hello_timeout: Duration,
+    /// Destroy the files of a VM that has had no lease for this long, e.g.
+    /// 7d [default: never].
+    #[arg(long, value_parser = parse_duration)]
+    expire_orphans: Option<Duration>,
 }
 
 fn main() -> ExitCode {
@@ -59,11 +96,45 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
-    std::fs::create_dir_all(&state_dir)
-        .map_err(|e| format!("cannot create state dir {}: {e}", state_dir.display()))?;
-    let socket = args.socket.unwrap_or_else(|| state_dir.join("gmemd.sock"));
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    gmemd::runtime_dir::prepare(&state_dir)?;
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| state_dir.join("gmemd.sock"));
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let config = config_from(args, file)?;
+    log::info!(
+        "gmemd {}: state dir {}, clients may connect from uids {:?} (operators {:?} always \
+         may), VMs tied to {}, memory limit {}, {} file(s) (per VM {}), {} connection(s) ({} \
+         for operators); per principal: {} file(s), {}, {} connection(s); HELLO within {:?}",
+        env!("CARGO_PKG_VERSION"),
+        state_dir.display(),
+        config.connecting_uids(),
+        config.admin_uids,
+        config.ties.mode,
+        format_size(config.limits.max_total_memory),
+        config.limits.max_files,
+        config.limits.max_files_per_vm,
+        config.limits.max_connections,
+        config.limits.reserved_operator_connections,
+        config.quotas.files,
+        format_size(config.quotas.memory),
+        config.quotas.connections,
+        config.limits.hello_timeout,
+    );
+    let mut event_loop = EventLoop::bind(&socket, Service::new(config))?;
+    event_loop.stop_on_signals()?;
+    event_loop.run()?;
+    Ok(())
+}
 
+/// The configuration from flags over the file over defaults; the limits
+/// fitted to the fds gmemd may have.
+fn config_from(args: Args, file: ConfigFile) -> Result<Config, Box<dyn std::error::Error>> {
     let mut config = Config::default();
     if !args.allow_uids.is_empty() {
         config.allowed_uids = args.allow_uids;
@@ -71,32 +142,63 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if !args.admin_uids.is_empty() {
         config.admin_uids = args.admin_uids;
     }
+    let limits = &mut config.limits;
     if let Some(max) = args.max_memory {
-        config.limits.max_total_memory = max;
+        limits.max_total_memory = max;
     }
-    config.limits.max_files_per_vm = args.max_files_per_vm;
-    config.limits.max_connections = usize::try_from(args.max_connections)?;
-    raise_fd_limit();
-    log::info!(
-        "gmemd {}: state dir {}, clients may connect from uids {:?} (operators {:?} always \
-         may), memory limit {}, {} file(s) per VM, {} connection(s)",
-        env!("CARGO_PKG_VERSION"),
-        state_dir.display(),
-        config.connecting_uids(),
-        config.admin_uids,
-        format_size(config.limits.max_total_memory),
-        config.limits.max_files_per_vm,
-        config.limits.max_connections,
-    );
-
-    let mut event_loop = EventLoop::bind(&socket, Service::new(config))?;
-    event_loop.stop_on_signals()?;
-    event_loop.run()?;
-    Ok(())
+    limits.max_files_per_vm = args.max_files_per_vm;
+    limits.reserved_operator_connections = args.reserved_operator_connections;
+    limits.hello_timeout = args.hello_timeout;
+    limits.expire_orphans = args.expire_orphans;
+    if let Some(n) = args.max_files {
+        limits.max_files = usize::try_from(n)?;
+    }
+    if let Some(n) = args.max_connections {
+        limits.max_connections = usize::try_from(n)?;
+    }
+    let nofile = raise_fd_limit();
+    if let Some(lowered) = limits.fit_fds(nofile) {
+        log::warn!("{lowered}");
+    }
+    let defaults = Quotas::default();
+    config.quotas = Quotas {
+        files: args
+            .quota_files
+            .or(file.quota_files)
+            .unwrap_or(defaults.files),
+        memory: args
+            .quota_memory
+            .or(file.quota_memory)
+            .unwrap_or(config.limits.max_total_memory),
+        connections: args
+            .quota_connections
+            .or(file.quota_connections)
+            .unwrap_or(defaults.connections),
+    };
+    let ties = &mut config.ties;
+    ties.mode = args.principal.or(file.principal).unwrap_or_default();
+    ties.cgroup_pattern = args.cgroup_pattern.or(file.cgroup_pattern);
+    ties.label_pattern = args.label_pattern.or(file.label_pattern);
+    ties.vms = file.vms;
+    let unused = |what: &str, on: bool, set: bool| {
+        (set && !on).then(|| {
+            format!(
+                "a {what} pattern is given but --principal {} does not match {what}s",
+                ties.mode
+            )
+        })
+    };
+    if let Some(e) = unused("cgroup", ties.mode.cgroup, ties.cgroup_pattern.is_some())
+        .or_else(|| unused("label", ties.mode.label, ties.label_pattern.is_some()))
+    {
+        return Err(e.into());
+    }
+    Ok(config)
 }
 
 /// Every client and every memory file is an fd: use the hard limit.
-fn raise_fd_limit() {
+/// Returns the limit gmemd runs with.
+fn raise_fd_limit() -> usize {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current < limit.maximum {
@@ -105,4 +207,7 @@ fn raise_fd_limit() {
             log::warn!("cannot raise RLIMIT_NOFILE: {e}");
         }
     }
+    let now = getrlimit(Resource::Nofile).current;
+    now.and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(usize::MAX)
 }

@@ -8,20 +8,23 @@ Python 3.9+ standard library only. Usage:
 runs a short scenario against a live gmemd: HELLO as a VM, CREATE a memfd
 (mmap it, write and read back; reply fds are their own open file
 descriptions), BIND, STATUS (files and leases), error cases, the 64-binding
-limit, holders, UNBIND, DESTROY; HANDOFF (to our own pid, to a child that
-holds the lease socket, refused for a child that does not, for a non-pidfd,
-an exited process, a control session and without the feature); then, as an
-operator control session, DEPOSIT (sealed only once accepted, hugetlb
-memfds refused), STATUS paging and the clamped cursor, DESTROY of another
-VM's bound file, REVOKE (also an ambiguous name), SCRUB, a REVOKE with
-hundreds of requests in flight (each answered, ECONNABORTED after the
-served ones, then the close), and guest_memfd deposits when /dev/kvm is
-usable. Run as root, it also connects as uid 65534 (nobody): with gmemd's
-default uid lists that peer must get EACCES and a closed connection for
-anything it sends; if gmemd was started with `--allow-uid 65534` (and 65534
-is not an operator), the non-operator rules of DESTROY, CREATE, OPEN,
-DEPOSIT, REVOKE and SCRUB are checked instead. Exits non-zero if anything
-is not as the spec says, and prints "all checks passed" last otherwise.
+limit, names per VM, UNBIND, DESTROY; then, as an operator control session,
+DEPOSIT (sealed only once accepted, hugetlb memfds refused), STATUS paging
+and the clamped cursor, DESTROY of a VM's bound file, one name one UUID at
+HELLO, REVOKE, SCRUB; feature VM_SCOPE: scoped names, TRANSFER of an
+operators' file into a VM (a fresh inode: the creator's old fd reads zeros
+and its writes never reach the VM) and back, FORGET; HANDOFF (to our own
+pid, to a child that holds the lease socket, refused for a child that does
+not, for a non-pidfd, an exited process, a control session and without the
+feature); a REVOKE with hundreds of requests in flight (each answered,
+ECONNABORTED after the served ones, then the close), and guest_memfd
+deposits when /dev/kvm is usable. Run as root, it also connects as uid
+65534 (nobody): with gmemd's default uid lists that peer must get EACCES
+and a closed connection for anything it sends; if gmemd was started with
+`--allow-uid 65534` (and 65534 is not an operator), the non-operator rules
+are checked instead (refusals, a VM tied to another principal, scoped
+names, need-to-know STATUS). Exits non-zero if anything is not as the spec
+says, and prints "all checks passed" last otherwise.
 
 Files: wire.py (layouts, encode/decode), connection.py (framing, fd
 passing, requests), expect.py (assertion helpers), checks_*.py (scenarios).
@@ -43,6 +46,7 @@ from gmem_client.checks_handoff import handoff_checks  # noqa: E402
 from gmem_client.checks_operator import operator_checks  # noqa: E402
 from gmem_client.checks_other_uid import other_uid_checks  # noqa: E402
 from gmem_client.checks_revoke_inflight import revoke_in_flight_checks  # noqa: E402
+from gmem_client.checks_tenants import tenant_checks  # noqa: E402
 from gmem_client.checks_vm import vm_checks  # noqa: E402
 from gmem_client.connection import Connection  # noqa: E402
 
@@ -70,6 +74,7 @@ def main(argv):
     ctl = Connection(path)
     ctl.hello_control()
     operator_checks(path, ctl)
+    tenant_checks(path, ctl)
     handoff_checks(path, ctl)
     revoke_in_flight_checks(path, ctl)
     guest_memfd_checks(path, ctl)

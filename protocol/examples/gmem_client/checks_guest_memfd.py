@@ -48,7 +48,10 @@ def guest_memfd_checks(path, ctl):
     info = vm.deposit("py-gm-ram", gmem, KIND_GUEST_MEMFD)
     print(f"DEPOSIT guest_memfd py-gm-ram from a VM lease: {info}")
     assert info == {"size": size, "page_size": 4096, "kind": "guest_memfd", "created": True}
-    expect_error("OPEN a guest_memfd", errno.EPERM, ctl.open, "py-gm-ram")
+    expect_error("OPEN a guest_memfd", errno.EPERM, ctl.open_in, "py-gm-ram",
+                 uuid_from_name("py-gm"))
+    expect_error("TRANSFER a guest_memfd", errno.EPERM, ctl.transfer,
+                 ("py-gm-ram", uuid_from_name("py-gm")), ("py-gm-moved",))
     vm.bind(0, 0, "py-gm-ram", 0, size)
     report = ctl.revoke(uuid_from_name("py-gm"))
     print(f"  REVOKE of its VM: {report}")

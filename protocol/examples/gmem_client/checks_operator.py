@@ -1,7 +1,7 @@
 """As an operator control session: DEPOSIT of memfds, STATUS paging,
-DESTROY of another VM's bound file, REVOKE (also by an ambiguous name) and
-SCRUB (§7.6, §7.7, §7.9, §7.10, §9). Needs the peer uid to be an operator
-(the default for gmemd's own uid and root)."""
+DESTROY of a VM's bound file (by scoped name), one name one UUID at HELLO,
+REVOKE and SCRUB (§6.5, §7.6, §7.7, §7.9, §7.10, §9). Needs the peer uid to
+be an operator (the default for gmemd's own uid and root)."""
 
 import errno
 import fcntl
@@ -50,7 +50,7 @@ def operator_checks(path, ctl):
 
     paging(ctl)
     destroy_bound_of_other_vm(path, ctl)
-    ambiguous_revoke(path, ctl)
+    one_name_one_uuid(path, ctl)
     revoke_bound(path, ctl)
 
 
@@ -109,14 +109,18 @@ def paging(ctl):
 
 
 def destroy_bound_of_other_vm(path, ctl):
-    """§7.7: an operator destroys any file, dropping the owner's bindings."""
+    """§7.7: an operator destroys any file, dropping the owner's bindings.
+    A VM's file is named in the VM's namespace (§7.3); a plain name on a
+    control session is an operators' file."""
     vm = Connection(path)
     vm.hello_vm("py-owner", uuid_from_name("py-owner"))
     fd, _ = vm.create("py-owned", 3 * 4096)
     os.close(fd)
     vm.bind(1, 0, "py-owned", 0, 4096)
     vm.bind(2, 1 << 20, "py-owned", 4096, 4096)
-    ctl.destroy("py-owned")
+    expect_error("DESTROY of a VM's file by plain name on a control session", errno.ENOENT,
+                 ctl.destroy, "py-owned")
+    ctl.destroy_in("py-owned", vm_name="py-owner")
     me = lease_entry(ctl, vm.lease)
     assert me["bindings"] == 0 and me["files"] == 0, me
     expect_error("UNBIND a slot whose file an operator destroyed", errno.ENOENT, vm.unbind, 1)
@@ -124,19 +128,25 @@ def destroy_bound_of_other_vm(path, ctl):
     vm.close()
 
 
-def ambiguous_revoke(path, ctl):
-    """§7.9: a name shared by two leases (different UUIDs) is refused."""
+def one_name_one_uuid(path, ctl):
+    """§6.5, §7.1, §7.9: while a VM is known, its name is not another UUID's
+    and its UUID not another name's (EEXIST, the connection still awaits
+    HELLO); REVOKE by name therefore always names one VM."""
     a, b = Connection(path), Connection(path)
     a.hello_vm("py-twin", uuid_from_name("py-twin"))
-    b.hello_vm("py-twin", uuid_from_name("py-twin-b"))
-    expect_error("REVOKE by a name two leases share", errno.EINVAL, ctl.revoke, bytes(16), "py-twin")
+    expect_error("HELLO with a known VM name and another UUID", errno.EEXIST,
+                 b.hello_vm, "py-twin", uuid_from_name("py-twin-b"))
+    expect_error("HELLO with a known UUID and another name", errno.EEXIST,
+                 b.hello_vm, "py-twin-b", uuid_from_name("py-twin"))
+    b.hello_vm("py-twin-b", uuid_from_name("py-twin-b"))
+    print("  HELLO after two refused ones, on the same connection: ok")
     report = ctl.revoke(uuid_from_name("py-twin-b"))
     assert report == {"leases": 1, "bindings": 0, "scrubbed": 0}, report
     report = ctl.revoke(vm_name="py-twin")
     assert report["leases"] == 1
-    left = [entry for entry in ctl.status_all(SECTION_LEASES) if entry["name"] == "py-twin"]
+    left = [entry for entry in ctl.status_all(SECTION_LEASES) if entry["name"].startswith("py-twin")]
     assert left == [], left
-    print("  REVOKE by UUID, then by the now unique name: ok")
+    print("  REVOKE by UUID, then by name: ok")
     for conn in (a, b):
         expect_closed(conn, "revoked connection")
         conn.close()
@@ -157,13 +167,13 @@ def revoke_bound(path, ctl):
     print("  revoked VM's connection closed by gmemd: ok")
     assert os.pread(fd, 6, 0) == bytes(6)
     print("  old fd reads zeros after REVOKE: ok")
-    fd2, _ = ctl.open("py-victim-ram")
+    fd2, _ = ctl.open_in("py-victim-ram", vm_name="py-victim")
     assert os.fstat(fd2).st_ino != os.fstat(fd).st_ino
-    print("  OPEN after REVOKE returns a fresh inode: ok")
+    print("  OPEN (scoped) after REVOKE returns a fresh inode: ok")
     expect_error("REVOKE unknown VM", errno.ENOENT, ctl.revoke, uuid_from_name("nobody"))
-    ctl.scrub("py-victim-ram")
-    print("SCRUB py-victim-ram: ok")
-    ctl.destroy("py-victim-ram")
+    ctl.scrub_in("py-victim-ram", uuid_from_name("py-victim"))
+    print("SCRUB py-victim/py-victim-ram: ok")
+    ctl.destroy_in("py-victim-ram", vm_name="py-victim")
     for f in (fd, fd2):
         os.close(f)
     vm.close()

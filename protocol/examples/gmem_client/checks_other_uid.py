@@ -2,18 +2,19 @@
 as uid 65534 (nobody) from a child process. With gmemd's default uid lists
 that peer gets EACCES and a closed connection for anything it sends; if
 gmemd was started with `--allow-uid 65534` (and 65534 is not an operator),
-the non-operator rules of DESTROY, CREATE, OPEN, DEPOSIT, REVOKE and SCRUB
-are checked instead."""
+the non-operator rules are checked instead: DESTROY, CREATE, OPEN, DEPOSIT,
+REVOKE, SCRUB, TRANSFER and FORGET, a VM tied to another principal (§6.5),
+scoped names and need-to-know STATUS."""
 
 import errno
 import os
 import sys
 
 from .connection import Connection, GmemError
-from .expect import expect_closed, expect_error, file_names
+from .expect import expect_closed, expect_error, file_names, lease_entry
 from .wire import (
     FLAG_REPLY, HELLO, HELLO_CONTROL, KIND_HUGETLB_2M, RAW_HELLO, RAW_STATUS_QUERY,
-    STATUS, VERSION, uuid_from_name,
+    SECTION_LEASES, SECTION_SCOPED_FILES, STATUS, VERSION, uuid_from_name,
 )
 
 OTHER_UID = 65534  # nobody
@@ -50,10 +51,10 @@ def other_uid_checks(path, ctl):
     _, status = os.waitpid(pid, 0)
     os.close(pfd)
     assert os.waitstatus_to_exitcode(status) == 0, f"checks as uid {OTHER_UID} failed"
-    ctl.destroy("py-root-file")
+    ctl.destroy_in("py-root-file", vm_name="py-root-vm")
     ctl.destroy("py-ctl-file")
     if "py-np-old" in file_names(ctl):
-        ctl.destroy("py-np-old")  # left by the non-operator's ended lease
+        ctl.destroy_in("py-np-old", vm_name="py-np-vm")  # left by the non-operator's ended lease
     owner.close()
 
 
@@ -103,24 +104,52 @@ def non_operator(path):
     os.close(m)
     expect_error("REVOKE", errno.EPERM, ctl.revoke, uuid_from_name("py-root-vm"))
     expect_error("SCRUB", errno.EPERM, ctl.scrub, "py-ctl-file")
-    expect_error("control DESTROY of an unbound file", errno.EPERM, ctl.destroy, "py-ctl-file")
-    expect_error("control DESTROY of an unknown file", errno.ENOENT, ctl.destroy, "py-nothing")
-    assert "py-ctl-file" in file_names(ctl)
+    expect_error("TRANSFER", errno.EPERM, ctl.transfer, ("py-ctl-file",),
+                 ("py-x", uuid_from_name("py-root-vm")))
+    expect_error("FORGET", errno.EPERM, ctl.forget, uuid_from_name("py-root-vm"))
+    expect_error("control DESTROY of an operators' file", errno.EPERM, ctl.destroy, "py-ctl-file")
+    expect_error("control DESTROY of an unknown file", errno.EPERM, ctl.destroy, "py-nothing")
+    # Need to know (§9): none of root's VMs or the operators' files.
+    assert file_names(ctl) == [], file_names(ctl)
+    assert ctl.status_all(SECTION_LEASES) == []
+    print("  STATUS of a non-operator control session shows nothing of others: ok")
+
+    # §6.5: py-root-vm is tied to uid 0.
+    thief = Connection(path)
+    expect_error("HELLO as another principal's VM", errno.EACCES, thief.hello_vm,
+                 "py-root-vm", uuid_from_name("py-root-vm"))
+    thief.close()
 
     old = Connection(path)
     old.hello_vm("py-np-vm", uuid_from_name("py-np-vm"))
     fd, _ = old.create("py-np-old", 4096)
     os.close(fd)
-    old.close()  # its lease ends; py-np-old stays py-np-vm's file
+    old.close()  # its lease ends; py-np-old stays in py-np-vm's namespace
     vm = Connection(path)
     vm.hello_vm("py-np-vm2", uuid_from_name("py-np-vm2"))
-    expect_error("DESTROY a file another lease created", errno.EPERM, vm.destroy, "py-root-file")
-    expect_error("DESTROY a control session's file", errno.EPERM, vm.destroy, "py-ctl-file")
-    expect_error("DESTROY a file of an ended lease (same uid)", errno.EPERM, vm.destroy, "py-np-old")
+    expect_error("DESTROY a file of another uid's VM", errno.ENOENT, vm.destroy, "py-root-file")
+    expect_error("DESTROY an operators' file", errno.ENOENT, vm.destroy, "py-ctl-file")
+    expect_error("DESTROY a file of another VM (same uid)", errno.ENOENT, vm.destroy, "py-np-old")
+    expect_error("scoped OPEN of another VM's file", errno.EPERM, vm.open_in, "py-root-file",
+                 uuid_from_name("py-root-vm"))
+    expect_error("scoped OPEN of an operators' file", errno.EPERM, vm.open_in, "py-ctl-file")
     fd, _ = vm.create("py-np-own", 2 * 4096)
     os.close(fd)
+    fd, _ = vm.open_in("py-np-own", vm_name="py-np-vm2")
+    os.close(fd)
+    print("  scoped OPEN of the own VM's file: ok")
     vm.bind(0, 0, "py-np-own", 0, 4096)
     expect_error("DESTROY of the own file while bound", errno.EBUSY, vm.destroy, "py-np-own")
+    names = [e["name"] for e in vm.status_all(SECTION_SCOPED_FILES)]
+    assert names == ["py-np-own"], names
+    leases = vm.status_all(SECTION_LEASES)
+    assert [e["lease"] for e in leases] == [vm.lease], leases
+    assert lease_entry(vm, vm.lease)["files"] == 1
+    print("  STATUS of a non-operator lease shows its own VM only: ok")
+    # A control session of the same principal sees the VMs tied to it (§9).
+    assert sorted(file_names(ctl)) == ["py-np-old", "py-np-own"], file_names(ctl)
+    assert [e["lease"] for e in ctl.status_all(SECTION_LEASES)] == [vm.lease]
+    print("  STATUS of its control session shows the VMs tied to uid 65534: ok")
     vm.unbind(0)
     vm.destroy("py-np-own")
     print("  DESTROY of the own, unbound file: ok")

@@ -1,6 +1,6 @@
 """As a VM lease: HELLO, CREATE/OPEN fds, BIND, STATUS, error replies,
-frame-level refusals, holders, the 64-binding limit, UNBIND, DESTROY and a
-framing error (§4–§9)."""
+frame-level refusals, names per VM, the 64-binding limit, UNBIND, DESTROY
+and a framing error (§4–§9)."""
 
 import errno
 import fcntl
@@ -71,10 +71,10 @@ def vm_checks(path):
     error_replies(c, file_name, size, vm_name, uuid, st.st_ino)
     frame_refusals(c, fd)
 
-    # A second VM may not take the file while we own it, nor while we hold it.
+    # Another VM does not see the file at all: names are per VM (§8).
     other = Connection(path)
     other.hello_vm("py-vm2", uuid_from_name("py-vm2"))
-    expect_error("OPEN by another VM while bound", errno.EBUSY, other.open, file_name)
+    expect_error("OPEN of another VM's file (plain name)", errno.ENOENT, other.open, file_name)
     busy = Connection(path)
     expect_error("HELLO for a VM that has a lease", errno.EBUSY, busy.hello_vm, vm_name, uuid)
     busy.close()
@@ -84,7 +84,7 @@ def vm_checks(path):
     after = [f for f in c.status_all(SECTION_FILES) if f["name"] == file_name][0]
     print(f"STATUS after UNBIND: owner {after['owner']}, bindings {after['bindings']}")
     assert after["owner"] is None and after["bindings"] == []
-    holders(path, other, file_name)
+    names_per_vm(path, other, file_name, fd)
 
     binding_limit(path)
 
@@ -143,17 +143,19 @@ def frame_refusals(c, some_fd):
     print("  NEED_REPLY flag accepted: ok")
 
 
-def holders(path, other, file_name):
-    """§8.4: a live process that received the fd for py-vm blocks other VMs,
-    except when that process is the requester itself."""
+def names_per_vm(path, other, file_name, fd):
+    """§7.3, §7.4, §8: another VM (another process, too) reaches nothing of
+    py-vm's namespace by name, and its own file of the same name is another
+    file: nobody can pre-create a name another VM will use."""
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
         try:
             child = Connection(path)
             child.hello_vm("py-vm3", uuid_from_name("py-vm3"))
-            expect_error("BIND by another VM (child process) while our pid holds the fd",
-                         errno.EBUSY, child.bind, 0, 0, file_name, 0, 4096)
+            expect_error("BIND of another VM's file (child process)", errno.ENOENT,
+                         child.bind, 0, 0, file_name, 0, 4096)
+            expect_error("DESTROY of another VM's file", errno.ENOENT, child.destroy, file_name)
             sys.stdout.flush()
             os._exit(0)
         except BaseException as e:  # noqa: BLE001 - report and fail the child
@@ -162,9 +164,16 @@ def holders(path, other, file_name):
             os._exit(1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "child check failed"
+    expect_error("BIND of another VM's file from the process that holds its fd",
+                 errno.ENOENT, other.bind, 0, 0, file_name, 0, 4096)
+    fd2, info = other.create(file_name, 4096)
+    assert info["created"] and os.fstat(fd2).st_ino != os.fstat(fd).st_ino
+    assert os.pread(fd2, 13, 0) == bytes(13)
     other.bind(0, 0, file_name, 0, 4096)
-    print("  BIND by another VM from the holder process itself: allowed")
+    print(f"  py-vm2 CREATEs and BINDs its own {file_name}: another file (zeros): ok")
     other.unbind(0)
+    other.destroy(file_name)
+    os.close(fd2)
 
 
 def binding_limit(path):

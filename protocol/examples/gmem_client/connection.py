@@ -10,12 +10,13 @@ import socket
 import struct
 
 from .wire import (
-    ALL_FEATURES, BIND, CREATE, DEPOSIT, DESTROY, FLAG_REPLY, HANDOFF, HEADER,
-    HEADER_SIZE, HELLO, HELLO_CONTROL, MAX_FDS, MAX_PAYLOAD, OPEN, RAW_BIND,
-    RAW_CREATE, RAW_DEPOSIT, RAW_HANDOFF, RAW_HELLO, RAW_HELLO_REPLY, RAW_NAME,
-    RAW_REPLY_HEAD, RAW_STATUS_QUERY, RAW_UNBIND, RAW_VM_SELECTOR,
-    REQUEST_NAMES, REVOKE, SCRUB, STATUS, UNBIND, VERSION, decode_file_reply,
+    ALL_FEATURES, BIND, CREATE, DEPOSIT, DESTROY, FLAG_REPLY, FORGET, HANDOFF,
+    HEADER, HEADER_SIZE, HELLO, HELLO_CONTROL, MAX_FDS, MAX_PAYLOAD, OPEN,
+    RAW_BIND, RAW_CREATE, RAW_DEPOSIT, RAW_HANDOFF, RAW_HELLO, RAW_HELLO_REPLY,
+    RAW_NAME, RAW_REPLY_HEAD, RAW_STATUS_QUERY, RAW_UNBIND, REQUEST_NAMES, REVOKE,
+    SCRUB, STATUS, TRANSFER, UNBIND, VERSION, decode_file_reply,
     decode_handoff_reply, decode_revoke_reply, decode_status_page, name_field,
+    scoped_name, vm_selector,
 )
 
 # No check should ever wait this long for gmemd.
@@ -151,6 +152,12 @@ class Connection:
         body, fds = self.call(OPEN, RAW_NAME.pack(name_field(name)), reply_fds=1)
         return fds[0], decode_file_reply(body)
 
+    def open_in(self, name, uuid=bytes(16), vm_name=None):
+        """OPEN with a scoped name (§7.3, VM_SCOPE): a VM's file by the VM's
+        UUID or name, or with neither an operators' file."""
+        body, fds = self.call(OPEN, scoped_name(name, uuid, vm_name), reply_fds=1)
+        return fds[0], decode_file_reply(body)
+
     def bind(self, slot, gpa, name, offset, size):
         self.call(BIND, RAW_BIND.pack(slot, 0, gpa, offset, size, name_field(name)))
 
@@ -160,6 +167,9 @@ class Connection:
     def destroy(self, name):
         self.call(DESTROY, RAW_NAME.pack(name_field(name)))
 
+    def destroy_in(self, name, uuid=bytes(16), vm_name=None):
+        self.call(DESTROY, scoped_name(name, uuid, vm_name))
+
     def deposit(self, name, fd, kind=0):
         body, _ = self.call(DEPOSIT, RAW_DEPOSIT.pack(kind, 0, name_field(name)), (fd,))
         return decode_file_reply(body)
@@ -167,10 +177,22 @@ class Connection:
     def scrub(self, name):
         self.call(SCRUB, RAW_NAME.pack(name_field(name)))
 
+    def scrub_in(self, name, uuid=bytes(16), vm_name=None):
+        self.call(SCRUB, scoped_name(name, uuid, vm_name))
+
     def revoke(self, uuid=bytes(16), vm_name=None):
-        sel = RAW_VM_SELECTOR.pack(uuid, name_field(vm_name) if vm_name else bytes(64))
-        body, _ = self.call(REVOKE, sel)
+        body, _ = self.call(REVOKE, vm_selector(uuid, vm_name))
         return decode_revoke_reply(body)
+
+    def transfer(self, src, dst):
+        """TRANSFER (§7.12): `src` and `dst` are (name, uuid, vm_name) as for
+        scoped_name. Returns the destination's file info; no fd comes."""
+        body, _ = self.call(TRANSFER, scoped_name(*src) + scoped_name(*dst))
+        return decode_file_reply(body)
+
+    def forget(self, uuid=bytes(16), vm_name=None):
+        """FORGET (§7.13): destroys a VM's files and unties it."""
+        self.call(FORGET, vm_selector(uuid, vm_name))
 
     def handoff(self, pidfd, fd, flags=0):
         """Tells gmemd which process holds the lease socket now; returns its pid."""

@@ -2,9 +2,10 @@
 and look-ups in STATUS tables."""
 
 import errno
+import time
 
 from .connection import GmemError
-from .wire import SECTION_FILES, SECTION_LEASES
+from .wire import SECTION_FILES, SECTION_LEASES, SECTION_SCOPED_FILES
 
 
 def expect_error(what, want, fn, *args):
@@ -36,3 +37,19 @@ def lease_entry(conn, lease):
 
 def file_names(conn):
     return [entry["name"] for entry in conn.status_all(SECTION_FILES)]
+
+
+def scoped_files(conn, name=None):
+    """STATUS section 2 entries (§9), those of file `name` if given."""
+    return [e for e in conn.status_all(SECTION_SCOPED_FILES) if name is None or e["name"] == name]
+
+
+def wait_until(what, predicate, timeout=10.0):
+    """Polls `predicate` every 10 ms until it is true; fails after `timeout` s.
+    gmemd sees a closed connection on its own time, so what follows from a
+    close (a lease's end) is waited for, never assumed."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.01)

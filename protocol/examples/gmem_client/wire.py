@@ -19,16 +19,19 @@ FLAG_NEED_REPLY = 0x8
 # --- requests (§7) ----------------------------------------------------------
 
 (HELLO, CREATE, OPEN, BIND, UNBIND, DEPOSIT, DESTROY, STATUS, REVOKE, SCRUB,
- HANDOFF) = range(1, 12)
+ HANDOFF, TRANSFER, FORGET) = range(1, 14)
 REQUEST_NAMES = {
     1: "HELLO", 2: "CREATE", 3: "OPEN", 4: "BIND", 5: "UNBIND", 6: "DEPOSIT",
     7: "DESTROY", 8: "STATUS", 9: "REVOKE", 10: "SCRUB", 11: "HANDOFF",
+    12: "TRANSFER", 13: "FORGET",
 }
 
 # --- features (§6.3) and flags ----------------------------------------------
 
 FEATURE_DEPOSIT, FEATURE_SCRUB, FEATURE_REVOKE, FEATURE_HANDOFF = 0x1, 0x2, 0x4, 0x8
-ALL_FEATURES = FEATURE_DEPOSIT | FEATURE_SCRUB | FEATURE_REVOKE | FEATURE_HANDOFF
+FEATURE_VM_SCOPE = 0x10
+ALL_FEATURES = (FEATURE_DEPOSIT | FEATURE_SCRUB | FEATURE_REVOKE | FEATURE_HANDOFF
+                | FEATURE_VM_SCOPE)
 HELLO_CONTROL = 0x1
 CREATE_OPEN_EXISTING = 0x1
 FILE_CREATED = 0x1
@@ -39,8 +42,9 @@ KIND_NAMES = {0: "memfd", 1: "hugetlb-2m", 2: "hugetlb-1g", 3: "secret", 4: "gue
 KIND_MEMFD, KIND_HUGETLB_2M, KIND_SECRET, KIND_GUEST_MEMFD = 0, 1, 3, 4
 MAX_BINDINGS_PER_FILE = 64
 MAX_IN_FLIGHT_AT_REVOKE = 1024
-SECTION_FILES, SECTION_LEASES = 0, 1
+SECTION_FILES, SECTION_LEASES, SECTION_SCOPED_FILES = 0, 1, 2
 FILES_PER_PAGE = 23  # files entries without bindings in one page (§9)
+SCOPED_FILES_PER_PAGE = 15  # scoped-files entries without bindings (§9)
 
 # --- payload / body layouts (packed, little-endian) ---------------------------
 
@@ -62,13 +66,17 @@ RAW_VM_SELECTOR = struct.Struct("<16s64s")       # 80
 RAW_REVOKE_REPLY = struct.Struct("<IIII")        # 16
 RAW_HANDOFF = struct.Struct("<II")               # 8
 RAW_HANDOFF_REPLY = struct.Struct("<II")         # 8
+RAW_SCOPED_NAME = struct.Struct("<16s64s64s")    # 144
+RAW_TRANSFER = struct.Struct("<16s64s64s16s64s64s")  # 288
+RAW_FILE_SPACE = struct.Struct("<16s64sQ")       # 88
 
 for _s, _n in [(RAW_HELLO, 96), (RAW_HELLO_REPLY, 24), (RAW_CREATE, 80), (RAW_FILE_REPLY, 24),
                (RAW_NAME, 64), (RAW_BIND, 96), (RAW_UNBIND, 8), (RAW_STATUS_QUERY, 8),
                (RAW_STATUS_PAGE, 16), (RAW_FILE_ENTRY, 176), (RAW_BINDING_ENTRY, 32),
                (RAW_LEASE_ENTRY, 112), (RAW_REPLY_HEAD, 8), (RAW_DEPOSIT, 72),
                (RAW_VM_SELECTOR, 80), (RAW_REVOKE_REPLY, 16), (RAW_HANDOFF, 8),
-               (RAW_HANDOFF_REPLY, 8)]:
+               (RAW_HANDOFF_REPLY, 8), (RAW_SCOPED_NAME, 144), (RAW_TRANSFER, 288),
+               (RAW_FILE_SPACE, 88)]:
     assert _s.size == _n, (_s.format, _s.size, _n)
 
 # Largest reply (§4.3): header + a full payload.
@@ -111,6 +119,25 @@ def uuid_text(u: bytes) -> str:
 # Appendix A cross-check against the worked example.
 assert uuid_text(uuid_from_name("vm-a")) == "266f834d-d2d9-896f-8fb1-83fd93cf1f56"
 
+# --- namespaces (§7.3, §7.12) ----------------------------------------------------
+
+
+def scoped_name(name, uuid=bytes(16), vm_name=None):
+    """RawScopedName: `name` in VM `uuid`'s namespace, else in the namespace
+    of the VM named `vm_name`, else (neither given) in the operators'."""
+    return RAW_SCOPED_NAME.pack(uuid, name_field(vm_name) if vm_name else bytes(64),
+                                name_field(name))
+
+
+def vm_selector(uuid=bytes(16), vm_name=None):
+    """RawVmSelector (§7.9): a VM by UUID, or by name when the UUID is zero."""
+    return RAW_VM_SELECTOR.pack(uuid, name_field(vm_name) if vm_name else bytes(64))
+
+
+# §11's worked example of a scoped OPEN payload (vm-a's ram0, by VM name).
+assert scoped_name("ram0", vm_name="vm-a") == (
+    bytes(16) + b"vm-a".ljust(64, b"\0") + b"ram0".ljust(64, b"\0"))
+
 # --- reply bodies (§7, §9) -------------------------------------------------------
 
 
@@ -132,10 +159,24 @@ def decode_handoff_reply(body):
     return pid
 
 
-def _decode_file_entry(body, pos):
+def _decode_file_entry(body, pos, scoped=False):
+    """A files entry (§9): RawFileEntry, in section 2 then RawFileSpace,
+    then its bindings."""
     (size, page_size, kind, nbind, owner_uuid, owner_lease, name,
      owner_name) = RAW_FILE_ENTRY.unpack_from(body, pos)
     pos += RAW_FILE_ENTRY.size
+    entry = {"name": name_from_field(name), "size": size, "page_size": page_size,
+             "kind": KIND_NAMES[kind]}
+    if scoped:
+        uuid, vm_name, idle_secs = RAW_FILE_SPACE.unpack_from(body, pos)
+        pos += RAW_FILE_SPACE.size
+        if uuid == bytes(16):
+            assert vm_name == bytes(64) and idle_secs == 0, \
+                f"operators' file {entry['name']}: vm_name {vm_name!r}, idle_secs {idle_secs}"
+            entry["vm"] = None
+        else:
+            entry["vm"] = {"uuid": uuid_text(uuid), "name": name_from_field(vm_name)}
+        entry["idle_secs"] = idle_secs
     bindings = []
     for _ in range(nbind):
         slot, _flags, gpa, offset, bsize = RAW_BINDING_ENTRY.unpack_from(body, pos)
@@ -145,9 +186,12 @@ def _decode_file_entry(body, pos):
     if owner_uuid != bytes(16):
         owner = {"uuid": uuid_text(owner_uuid), "name": name_from_field(owner_name),
                  "lease": owner_lease}
-    entry = {"name": name_from_field(name), "size": size, "page_size": page_size,
-             "kind": KIND_NAMES[kind], "owner": owner, "bindings": bindings}
+    entry.update(owner=owner, bindings=bindings)
     return entry, pos
+
+
+def _decode_scoped_file_entry(body, pos):
+    return _decode_file_entry(body, pos, scoped=True)
 
 
 def _decode_lease_entry(body, pos):
@@ -161,7 +205,8 @@ def decode_status_page(section, body):
     """(total, count, next, entries) of one STATUS page (§9)."""
     total, count, nxt, _pad = RAW_STATUS_PAGE.unpack_from(body)
     pos, entries = RAW_STATUS_PAGE.size, []
-    decode = _decode_file_entry if section == SECTION_FILES else _decode_lease_entry
+    decode = {SECTION_FILES: _decode_file_entry, SECTION_LEASES: _decode_lease_entry,
+              SECTION_SCOPED_FILES: _decode_scoped_file_entry}[section]
     for _ in range(count):
         entry, pos = decode(body, pos)
         entries.append(entry)

@@ -45,6 +45,10 @@ wire_enum! {
         Scrub = 10 => "SCRUB",
         /// Tell gmemd which process holds the lease socket now (1 fd: its pidfd).
         Handoff = 11 => "HANDOFF",
+        /// Operator: move a file to another namespace, as a fresh inode.
+        Transfer = 12 => "TRANSFER",
+        /// Operator: untie a VM from its principal.
+        Forget = 13 => "FORGET",
     }
 }
 
@@ -75,9 +79,16 @@ impl Request {
             Request::Unbind => RawUnbind::SIZE,
             Request::Deposit => RawDeposit::SIZE,
             Request::Status => RawStatusQuery::SIZE,
-            Request::Revoke => RawVmSelector::SIZE,
+            Request::Revoke | Request::Forget => RawVmSelector::SIZE,
             Request::Handoff => RawHandoff::SIZE,
+            Request::Transfer => RawTransfer::SIZE,
         }
+    }
+
+    /// Whether the request also takes a [`RawScopedName`] payload (feature
+    /// `VM_SCOPE`) instead of its plain `RawName`.
+    pub fn has_scoped_form(self) -> bool {
+        matches!(self, Request::Open | Request::Destroy | Request::Scrub)
     }
 }
 
@@ -93,6 +104,9 @@ bitflags! {
         const REVOKE = 1 << 2;
         /// HANDOFF: the process holding a lease socket is shown in STATUS.
         const HANDOFF = 1 << 3;
+        /// Files addressed in a namespace (OPEN, DESTROY, SCRUB), TRANSFER,
+        /// FORGET, and STATUS files with their namespace.
+        const VM_SCOPE = 1 << 4;
     }
 }
 

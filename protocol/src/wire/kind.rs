@@ -52,5 +52,7 @@ wire_enum! {
         Files = 0 => "files",
         /// Open leases.
         Leases = 1 => "leases",
+        /// Memory files with their namespace (feature `VM_SCOPE`).
+        ScopedFiles = 2 => "scoped-files",
     }
 }

@@ -221,11 +221,12 @@ pub use kind::{MemoryKind, StatusSection};
 pub use raw::*;
 pub use reply::{FileInfo, HandoffReply, HelloReply, Reply, RevokeReport};
 pub use request::{
-    BindRequest, CreateRequest, DepositRequest, HandoffRequest, Hello, RequestBody, StatusQuery,
-    VmSelector,
+    BindRequest, CreateRequest, DepositRequest, FileRef, HandoffRequest, Hello, RequestBody, Scope,
+    StatusQuery, TransferRequest, VmSelector,
 };
 pub use status::{
-    encode_status_page, BindingStatus, FileStatus, LeaseStatus, OwnerStatus, StatusPage,
+    encode_status_page, encode_status_page_from, BindingStatus, FileStatus, LeaseStatus,
+    OwnerStatus, ScopedFileStatus, StatusPage,
 };
 /// Guest-physical addresses are vm-memory's, as in every rust-vmm VMM.
 pub use vm_memory::GuestAddress;

@@ -106,6 +106,49 @@ raw_struct!(
 });
 
 raw_struct!(
+    /// A file in a namespace: OPEN, DESTROY and SCRUB payload with feature
+    /// `VM_SCOPE`, and each half of TRANSFER. Both `uuid` and `vm_name`
+    /// zero: the operators' namespace.
+    RawScopedName, 144, {
+    /// VM UUID, or zero.
+    uuid: [u8; 16],
+    /// VM name (used when the UUID is zero), or zero.
+    vm_name: [u8; NAME_LEN],
+    /// File name.
+    name: [u8; NAME_LEN],
+});
+
+raw_struct!(
+    /// TRANSFER request payload.
+    RawTransfer, 288, {
+    /// The file's namespace: VM UUID, or zero.
+    from_uuid: [u8; 16],
+    /// Its VM's name (used when the UUID is zero), or zero.
+    from_vm_name: [u8; NAME_LEN],
+    /// The file's name.
+    from_name: [u8; NAME_LEN],
+    /// The namespace it goes to, likewise.
+    to_uuid: [u8; 16],
+    /// Likewise.
+    to_vm_name: [u8; NAME_LEN],
+    /// Its name there.
+    to_name: [u8; NAME_LEN],
+});
+
+raw_struct!(
+    /// The namespace of a file in a scoped STATUS files entry, after
+    /// `RawFileEntry` and before its bindings.
+    RawFileSpace, 88, {
+    /// The VM whose file it is; zero for an operators' file.
+    uuid: [u8; 16],
+    /// Its name; zero for an operators' file.
+    vm_name: [u8; NAME_LEN],
+    /// Seconds since the VM's last lease ended; 0 while it has one (and
+    /// for operators' files).
+    idle_secs: Le64,
+});
+
+raw_struct!(
     /// HANDOFF request payload (the pidfd travels beside it).
     RawHandoff, 8, {
     /// The lease socket's fd number in the named process.

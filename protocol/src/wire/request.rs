@@ -91,6 +91,102 @@ pub enum VmSelector {
     Name(Name),
 }
 
+/// The namespace a file name is looked up in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// The session's own: a lease's VM, or the operators' for a control
+    /// session. What a name without scope means.
+    Own,
+    /// The operators' namespace (pools, templates, `gmemctl create`).
+    Operators,
+    /// A VM's namespace.
+    Vm(VmSelector),
+}
+
+/// A file: a name in a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// Where the name is looked up.
+    pub scope: Scope,
+    /// The name.
+    pub name: Name,
+}
+
+impl FileRef {
+    /// `name` in the session's own namespace.
+    pub fn own(name: Name) -> Self {
+        FileRef {
+            scope: Scope::Own,
+            name,
+        }
+    }
+
+    /// `name` in the operators' namespace.
+    pub fn operators(name: Name) -> Self {
+        FileRef {
+            scope: Scope::Operators,
+            name,
+        }
+    }
+
+    /// `name` in VM `vm`'s namespace.
+    pub fn vm(vm: VmSelector, name: Name) -> Self {
+        FileRef {
+            scope: Scope::Vm(vm),
+            name,
+        }
+    }
+
+    fn to_raw(&self) -> RawScopedName {
+        let (uuid, vm_name) = match &self.scope {
+            Scope::Own | Scope::Operators => ([0; 16], [0; NAME_LEN]),
+            Scope::Vm(VmSelector::Uuid(u)) => (u.0, [0; NAME_LEN]),
+            Scope::Vm(VmSelector::Name(n)) => ([0; 16], n.to_field()),
+        };
+        RawScopedName {
+            uuid,
+            vm_name,
+            name: self.name.to_field(),
+        }
+    }
+
+    fn from_parts(
+        uuid: [u8; 16],
+        vm_name: &[u8; NAME_LEN],
+        name: &[u8; NAME_LEN],
+    ) -> WireResult<Self> {
+        let scope = match (Uuid(uuid).is_nil(), vm_name.iter().all(|&b| b == 0)) {
+            (true, true) => Scope::Operators,
+            (true, false) => Scope::Vm(VmSelector::Name(Name::from_field(vm_name, "vm name")?)),
+            (false, true) => Scope::Vm(VmSelector::Uuid(Uuid(uuid))),
+            (false, false) => return Err(WireError::NonZeroPadding("scope name with uuid")),
+        };
+        Ok(FileRef {
+            scope,
+            name: Name::from_field(name, "file name")?,
+        })
+    }
+}
+
+impl fmt::Display for FileRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.scope {
+            Scope::Own => write!(f, "{}", self.name),
+            Scope::Operators => write!(f, "operators' {}", self.name),
+            Scope::Vm(vm) => write!(f, "{vm}/{}", self.name),
+        }
+    }
+}
+
+/// TRANSFER: a file moves to another namespace (and name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferRequest {
+    /// The file.
+    pub from: FileRef,
+    /// Where it goes.
+    pub to: FileRef,
+}
+
 impl fmt::Display for VmSelector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -108,7 +204,7 @@ pub enum RequestBody {
     /// CREATE.
     Create(CreateRequest),
     /// OPEN.
-    Open(Name),
+    Open(FileRef),
     /// BIND.
     Bind(BindRequest),
     /// UNBIND.
@@ -119,15 +215,19 @@ pub enum RequestBody {
     /// DEPOSIT.
     Deposit(DepositRequest),
     /// DESTROY.
-    Destroy(Name),
+    Destroy(FileRef),
     /// STATUS.
     Status(StatusQuery),
     /// REVOKE.
     Revoke(VmSelector),
     /// SCRUB.
-    Scrub(Name),
+    Scrub(FileRef),
     /// HANDOFF (the pidfd travels beside the payload).
     Handoff(HandoffRequest),
+    /// TRANSFER.
+    Transfer(TransferRequest),
+    /// FORGET.
+    Forget(VmSelector),
 }
 
 impl RequestBody {
@@ -145,6 +245,8 @@ impl RequestBody {
             RequestBody::Revoke(_) => Request::Revoke,
             RequestBody::Scrub(_) => Request::Scrub,
             RequestBody::Handoff(_) => Request::Handoff,
+            RequestBody::Transfer(_) => Request::Transfer,
+            RequestBody::Forget(_) => Request::Forget,
         }
     }
 
@@ -152,7 +254,8 @@ impl RequestBody {
     pub fn decode(code: u32, payload: &[u8]) -> WireResult<Self> {
         let request = Request::try_from(code)?;
         let expected = request.request_len();
-        if payload.len() != expected {
+        let scoped = request.has_scoped_form() && payload.len() == RawScopedName::SIZE;
+        if payload.len() != expected && !scoped {
             return Err(WireError::BadLength {
                 request,
                 expected,
@@ -197,12 +300,17 @@ impl RequestBody {
                 })
             }
             Request::Open | Request::Destroy | Request::Scrub => {
-                let raw: RawName = read_raw(payload);
-                let name = Name::from_field(&raw.name, "file name")?;
+                let file = if scoped {
+                    let raw: RawScopedName = read_raw(payload);
+                    FileRef::from_parts(raw.uuid, &raw.vm_name, &raw.name)?
+                } else {
+                    let raw: RawName = read_raw(payload);
+                    FileRef::own(Name::from_field(&raw.name, "file name")?)
+                };
                 match request {
-                    Request::Open => RequestBody::Open(name),
-                    Request::Destroy => RequestBody::Destroy(name),
-                    _ => RequestBody::Scrub(name),
+                    Request::Open => RequestBody::Open(file),
+                    Request::Destroy => RequestBody::Destroy(file),
+                    _ => RequestBody::Scrub(file),
                 }
             }
             Request::Bind => {
@@ -238,16 +346,28 @@ impl RequestBody {
                     start: raw.start.to_native(),
                 })
             }
-            Request::Revoke => {
+            Request::Revoke | Request::Forget => {
                 let raw: RawVmSelector = read_raw(payload);
                 let uuid = Uuid(raw.uuid);
-                RequestBody::Revoke(if uuid.is_nil() {
+                let vm = if uuid.is_nil() {
                     VmSelector::Name(Name::from_field(&raw.name, "vm name")?)
                 } else {
                     if raw.name != [0; NAME_LEN] {
-                        return Err(WireError::NonZeroPadding("REVOKE name with uuid"));
+                        return Err(WireError::NonZeroPadding("VM name with uuid"));
                     }
                     VmSelector::Uuid(uuid)
+                };
+                if request == Request::Revoke {
+                    RequestBody::Revoke(vm)
+                } else {
+                    RequestBody::Forget(vm)
+                }
+            }
+            Request::Transfer => {
+                let raw: RawTransfer = read_raw(payload);
+                RequestBody::Transfer(TransferRequest {
+                    from: FileRef::from_parts(raw.from_uuid, &raw.from_vm_name, &raw.from_name)?,
+                    to: FileRef::from_parts(raw.to_uuid, &raw.to_vm_name, &raw.to_name)?,
                 })
             }
             Request::Handoff => {
@@ -286,8 +406,15 @@ impl RequestBody {
             }
             .as_slice()
             .to_vec(),
-            RequestBody::Open(n) | RequestBody::Destroy(n) | RequestBody::Scrub(n) => {
-                RawName { name: n.to_field() }.as_slice().to_vec()
+            RequestBody::Open(f) | RequestBody::Destroy(f) | RequestBody::Scrub(f) => {
+                match f.scope {
+                    Scope::Own => RawName {
+                        name: f.name.to_field(),
+                    }
+                    .as_slice()
+                    .to_vec(),
+                    _ => f.to_raw().as_slice().to_vec(),
+                }
             }
             RequestBody::Bind(b) => RawBind {
                 slot: b.slot.into(),
@@ -318,7 +445,20 @@ impl RequestBody {
             }
             .as_slice()
             .to_vec(),
-            RequestBody::Revoke(sel) => {
+            RequestBody::Transfer(t) => {
+                let (from, to) = (t.from.to_raw(), t.to.to_raw());
+                RawTransfer {
+                    from_uuid: from.uuid,
+                    from_vm_name: from.vm_name,
+                    from_name: from.name,
+                    to_uuid: to.uuid,
+                    to_vm_name: to.vm_name,
+                    to_name: to.name,
+                }
+                .as_slice()
+                .to_vec()
+            }
+            RequestBody::Revoke(sel) | RequestBody::Forget(sel) => {
                 let (uuid, name) = match sel {
                     VmSelector::Uuid(u) => (u.0, [0; NAME_LEN]),
                     VmSelector::Name(n) => ([0; 16], n.to_field()),

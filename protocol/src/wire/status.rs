@@ -1,4 +1,5 @@
-//! STATUS pages: files with owners and bindings, and leases.
+//! STATUS pages: files with owners and bindings (and their namespace, in
+//! scoped pages), and leases.
 
 use vm_memory::ByteValued;
 
@@ -79,11 +80,22 @@ pub fn encode_status_page<T>(
     entries: &[T],
     encode: impl Fn(&T) -> Vec<u8>,
 ) -> (Vec<u8>, u32) {
+    encode_status_page_from(total, start, entries.iter(), |e| encode(e))
+}
+
+/// As [`encode_status_page`], pulling entries from an iterator only until
+/// the page is full: a page costs what fits in it, however many follow.
+pub fn encode_status_page_from<T>(
+    total: u32,
+    start: u32,
+    entries: impl IntoIterator<Item = T>,
+    encode: impl Fn(&T) -> Vec<u8>,
+) -> (Vec<u8>, u32) {
     let budget = MAX_PAYLOAD - RawReplyHead::SIZE - RawStatusPage::SIZE;
     let mut body = Vec::new();
     let mut count = 0u32;
     for entry in entries {
-        let bytes = encode(entry);
+        let bytes = encode(&entry);
         if body.len() + bytes.len() > budget {
             break;
         }
@@ -110,6 +122,11 @@ impl FileStatus {
 
     /// Encodes the entry and its bindings.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_with(None)
+    }
+
+    /// The entry, then `space` (scoped pages only), then the bindings.
+    fn encode_with(&self, space: Option<&RawFileSpace>) -> Vec<u8> {
         let (owner_uuid, owner_lease, owner_name) = match &self.owner {
             Some(o) => (o.vm.uuid.0, o.lease.get(), o.vm.name.to_field()),
             None => ([0; 16], 0, [0; NAME_LEN]),
@@ -127,6 +144,9 @@ impl FileStatus {
         }
         .as_slice()
         .to_vec();
+        if let Some(space) = space {
+            out.extend_from_slice(space.as_slice());
+        }
         for b in &self.bindings {
             out.extend_from_slice(
                 RawBindingEntry {
@@ -144,44 +164,118 @@ impl FileStatus {
 
     /// Decodes a files page body.
     pub fn decode_page(body: &[u8]) -> WireResult<StatusPage<FileStatus>> {
-        let (head, mut rest) = split_page(body)?;
-        let mut entries = Vec::new();
-        for _ in 0..head.count.to_native() {
-            let (raw, tail) = take::<RawFileEntry>(rest)?;
-            let owner = if raw.owner_uuid == [0; 16] {
-                None
-            } else {
-                Some(OwnerStatus {
-                    vm: VmId {
-                        uuid: Uuid(raw.owner_uuid),
-                        name: Name::from_field(&raw.owner_name, "owner name")?,
-                    },
-                    lease: LeaseId::from_field(raw.owner_lease.to_native(), "owner lease")?,
-                })
-            };
-            let mut bindings = Vec::new();
+        decode_files(body, |raw, rest| {
+            let (file, rest) = FileStatus::decode_entry(raw, rest)?;
+            Ok((file, rest))
+        })
+    }
+
+    /// Decodes the bindings after `raw` (and after its space, in a scoped
+    /// page); returns the entry and what follows it.
+    fn decode_entry(raw: RawFileEntry, mut rest: &[u8]) -> WireResult<(Self, &[u8])> {
+        let owner = if raw.owner_uuid == [0; 16] {
+            None
+        } else {
+            Some(OwnerStatus {
+                vm: VmId {
+                    uuid: Uuid(raw.owner_uuid),
+                    name: Name::from_field(&raw.owner_name, "owner name")?,
+                },
+                lease: LeaseId::from_field(raw.owner_lease.to_native(), "owner lease")?,
+            })
+        };
+        let mut bindings = Vec::new();
+        for _ in 0..raw.bindings.to_native() {
+            let (b, tail) = take::<RawBindingEntry>(rest)?;
             rest = tail;
-            for _ in 0..raw.bindings.to_native() {
-                let (b, tail) = take::<RawBindingEntry>(rest)?;
-                rest = tail;
-                bindings.push(BindingStatus {
-                    slot: b.slot.to_native(),
-                    gpa: GuestAddress(b.gpa.to_native()),
-                    offset: b.offset.to_native(),
-                    size: b.size.to_native(),
-                });
-            }
-            entries.push(FileStatus {
-                name: Name::from_field(&raw.name, "file name")?,
-                size: raw.size.to_native(),
-                page_size: raw.page_size.to_native(),
-                kind: MemoryKind::try_from(raw.kind.to_native())?,
-                owner,
-                bindings,
+            bindings.push(BindingStatus {
+                slot: b.slot.to_native(),
+                gpa: GuestAddress(b.gpa.to_native()),
+                offset: b.offset.to_native(),
+                size: b.size.to_native(),
             });
         }
-        finish_page(head, rest, entries)
+        let file = FileStatus {
+            name: Name::from_field(&raw.name, "file name")?,
+            size: raw.size.to_native(),
+            page_size: raw.page_size.to_native(),
+            kind: MemoryKind::try_from(raw.kind.to_native())?,
+            owner,
+            bindings,
+        };
+        Ok((file, rest))
     }
+}
+
+/// A file with its namespace, in a scoped STATUS files page (feature
+/// `VM_SCOPE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopedFileStatus {
+    /// The file.
+    pub file: FileStatus,
+    /// The VM whose file it is; `None` for an operators' file.
+    pub vm: Option<VmId>,
+    /// Seconds since that VM's last lease ended; 0 while it has one.
+    pub idle_secs: u64,
+}
+
+impl ScopedFileStatus {
+    /// Wire size of this entry with its bindings.
+    pub fn encoded_len(&self) -> usize {
+        self.file.encoded_len() + RawFileSpace::SIZE
+    }
+
+    /// Encodes the entry, its namespace and its bindings.
+    pub fn encode(&self) -> Vec<u8> {
+        let (uuid, vm_name) = match &self.vm {
+            Some(vm) => (vm.uuid.0, vm.name.to_field()),
+            None => ([0; 16], [0; NAME_LEN]),
+        };
+        let space = RawFileSpace {
+            uuid,
+            vm_name,
+            idle_secs: self.idle_secs.into(),
+        };
+        self.file.encode_with(Some(&space))
+    }
+
+    /// Decodes a scoped files page body.
+    pub fn decode_page(body: &[u8]) -> WireResult<StatusPage<ScopedFileStatus>> {
+        decode_files(body, |raw, rest| {
+            let (space, rest) = take::<RawFileSpace>(rest)?;
+            let vm = match (Uuid(space.uuid).is_nil(), space.vm_name == [0; NAME_LEN]) {
+                (true, true) => None,
+                (false, false) => Some(VmId {
+                    uuid: Uuid(space.uuid),
+                    name: Name::from_field(&space.vm_name, "space vm name")?,
+                }),
+                _ => return Err(WireError::BadReply("file space with half an identity")),
+            };
+            let (file, rest) = FileStatus::decode_entry(raw, rest)?;
+            let entry = ScopedFileStatus {
+                file,
+                vm,
+                idle_secs: space.idle_secs.to_native(),
+            };
+            Ok((entry, rest))
+        })
+    }
+}
+
+/// Decodes a files page whose entries start with a `RawFileEntry`.
+fn decode_files<T>(
+    body: &[u8],
+    mut entry: impl FnMut(RawFileEntry, &[u8]) -> WireResult<(T, &[u8])>,
+) -> WireResult<StatusPage<T>> {
+    let (head, mut rest) = split_page(body)?;
+    let mut entries = Vec::new();
+    for _ in 0..head.count.to_native() {
+        let (raw, tail) = take::<RawFileEntry>(rest)?;
+        let (decoded, tail) = entry(raw, tail)?;
+        rest = tail;
+        entries.push(decoded);
+    }
+    finish_page(head, rest, entries)
 }
 
 impl LeaseStatus {

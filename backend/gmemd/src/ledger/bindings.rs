@@ -1,11 +1,13 @@
-//! Bindings: a VM's memslots backed by file ranges, validated like
-//! `kvm_gmem_bind`, and the owner they set and clear (invariants 1 and 2).
+//! Bindings: a VM's memslots backed by ranges of its own files, validated
+//! like `kvm_gmem_bind`, and the owner they set and clear (invariants 1 and
+//! 2). A VM binds only files of its namespace, so a file's owner is always
+//! that VM.
 
 use gmem_protocol::wire::{
     BindRequest, GuestAddress, LeaseId, MemoryKind, Name, MAX_BINDINGS_PER_FILE,
 };
 
-use super::{Ledger, LedgerError, LedgerResult, Owner};
+use super::{FileKey, Ledger, LedgerError, LedgerResult, Owner};
 
 /// One binding as the ledger stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,33 +33,23 @@ impl Binding {
 }
 
 impl Ledger {
-    /// Binds a file range into lease `id`'s VM. Validation follows
-    /// `kvm_gmem_bind`; `is_alive` tells whether a recorded holder process
-    /// still exists (invariant 6). Returns whether this bind set the owner.
+    /// Binds a file range of lease `id`'s VM into that VM. Validation
+    /// follows `kvm_gmem_bind`. Returns whether this bind set the owner.
     ///
     /// # Errors
     /// Any binding refusal; the ledger is unchanged then.
-    pub fn bind(
-        &mut self,
-        id: LeaseId,
-        req: &BindRequest,
-        is_alive: &mut dyn FnMut(u32) -> bool,
-    ) -> LedgerResult<bool> {
+    pub fn bind(&mut self, id: LeaseId, req: &BindRequest) -> LedgerResult<bool> {
         let lease = self.lease(id)?;
         let vm = &lease.vm;
-        self.check_access(&req.name, vm.uuid, lease.peer.pid, is_alive)?;
-        let file = self.file(&req.name)?;
-        if file.spec.kind == MemoryKind::GuestMemfd {
-            match &file.creator {
-                Some(depositor) if depositor.uuid == vm.uuid => {}
-                // Deposits come from leases, so a guest_memfd always has one.
-                depositor => {
-                    return Err(LedgerError::ForeignGuestMemfd {
-                        name: req.name.clone(),
-                        depositor: depositor.clone().unwrap_or_else(|| vm.clone()),
-                    })
-                }
-            }
+        // A VM binds files of its own namespace only.
+        let key = FileKey::vm(vm.uuid, req.name.clone());
+        let file = self.file(&key)?;
+        // The kernel binds a guest_memfd to the KVM VM of the VMM that made
+        // it; a later lease of the same VM is another KVM VM.
+        if file.spec.kind == MemoryKind::GuestMemfd && file.depositor != Some(id) {
+            return Err(LedgerError::ForeignGuestMemfd {
+                file: self.label(&key),
+            });
         }
 
         let page_size = file.spec.page_size;
@@ -68,7 +60,7 @@ impl Ledger {
         ] {
             if value % page_size != 0 {
                 return Err(LedgerError::Misaligned {
-                    name: req.name.clone(),
+                    file: self.label(&key),
                     field,
                     value,
                     page_size,
@@ -83,7 +75,7 @@ impl Ledger {
             .checked_add(req.size)
             .filter(|end| *end <= file.spec.size)
             .ok_or_else(|| LedgerError::PastEnd {
-                name: req.name.clone(),
+                file: self.label(&key),
                 offset: req.offset,
                 size: req.size,
                 file_size: file.spec.size,
@@ -101,7 +93,7 @@ impl Ledger {
         if let Some((&start, &(_, slot, size))) = file.ranges.range(..file_end).next_back() {
             if start + size > req.offset {
                 return Err(LedgerError::FileRangeOverlap {
-                    name: req.name.clone(),
+                    file: self.label(&key),
                     offset: req.offset,
                     size: req.size,
                     slot,
@@ -113,7 +105,7 @@ impl Ledger {
         }
         if file.ranges.len() >= MAX_BINDINGS_PER_FILE {
             return Err(LedgerError::TooManyBindings {
-                name: req.name.clone(),
+                file: self.label(&key),
                 limit: MAX_BINDINGS_PER_FILE,
             });
         }
@@ -131,7 +123,7 @@ impl Ledger {
 
         // Every check passed: apply.
         let vm = vm.clone();
-        let file = self.files.get_mut(&req.name).expect("file checked above");
+        let file = self.files.get_mut(&key).expect("file checked above");
         let sets_owner = file.owner.is_none();
         if sets_owner {
             file.owner = Some(Owner { vm, lease: id });
@@ -169,7 +161,8 @@ impl Ledger {
             .remove(&slot)
             .ok_or(LedgerError::UnknownSlot { slot })?;
         let mut cleared = false;
-        if let Some(file) = self.files.get_mut(&binding.file) {
+        let key = FileKey::vm(lease.vm.uuid, binding.file.clone());
+        if let Some(file) = self.files.get_mut(&key) {
             file.ranges.remove(&binding.offset);
             if file.ranges.is_empty() {
                 cleared = file.owner.take().is_some();

@@ -1,61 +1,87 @@
 //! Refusals of the ledger, each naming what it refused, why, and what to
-//! do about it, with the errno a reply carries.
+//! do about it, with the errno a reply carries. Files are named as users
+//! see them: `vm/name`, or the bare name of an operators' file.
 
-use gmem_protocol::wire::{LeaseId, Name, VmId};
+use gmem_protocol::wire::{LeaseId, Name, Uuid, VmId};
+
+use crate::principal::TieError;
 use rustix::io::Errno;
 
 /// Refusals of the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {
     /// No memory file of that name.
-    #[error("no memory file named {name}")]
+    #[error("no memory file {file}")]
     UnknownFile {
-        /// File name.
-        name: Name,
+        /// The file (`vm/name`, or the name of an operators' file).
+        file: String,
     },
     /// A memory file of that name exists.
-    #[error("memory file {name} already exists")]
+    #[error("memory file {file} already exists")]
     FileExists {
-        /// File name.
+        /// The file.
+        file: String,
+    },
+    /// No VM with that UUID or name has been seen.
+    #[error("no VM {0} is known to gmemd (a VM is known from its first lease for as long as it has a lease or files)")]
+    UnknownVmId(String),
+    /// The VM belongs to another principal.
+    #[error(
+        "VM {vm} belongs to another principal: only that principal, or an operator, may open \
+         its lease (an operator can free it with `gmemctl forget`, which destroys its memory)"
+    )]
+    OtherPrincipal {
+        /// The VM as the refused client named it (its name or UUID).
+        vm: String,
+    },
+    /// The VM name is taken by another UUID.
+    #[error("VM name {name} belongs to VM {uuid}: one name is one VM")]
+    NameTaken {
+        /// The name.
+        name: Name,
+        /// The VM that has it.
+        uuid: Uuid,
+    },
+    /// The UUID is known under another name.
+    #[error("VM {uuid} is named {name}: a VM keeps its name")]
+    Renamed {
+        /// The UUID.
+        uuid: Uuid,
+        /// Its name.
         name: Name,
     },
-    /// The file is bound by another VM.
+    /// No tie can be made for the VM's first lease.
+    #[error(transparent)]
+    Tie(#[from] TieError),
+    /// The VM has a lease, so it cannot be forgotten.
     #[error(
-        "memory file {name} is owned by VM {owner} (lease {lease}); stop that VM, or end its \
-         lease with `gmemctl revoke {}` (which destroys what only it owned)",
-        owner.name
+        "VM {vm} has lease {lease}: it is running; stop it, or end the lease with `gmemctl \
+         revoke {}`, first",
+        vm.name
     )]
-    NotOwner {
-        /// File name.
-        name: Name,
-        /// Current owner.
-        owner: VmId,
-        /// The owner's lease.
+    VmLeased {
+        /// The VM.
+        vm: VmId,
+        /// Its lease.
         lease: LeaseId,
     },
-    /// A guest_memfd serves only the VM that deposited it.
+    /// A guest_memfd never leaves its VM.
     #[error(
-        "memory file {name} is a guest_memfd deposited by VM {depositor}: the kernel binds it \
-         to that VM only, so no other VM may bind it"
+        "memory file {file} is a guest_memfd: the kernel binds it to the VM of the VMM that \
+         made it, so it cannot move to another namespace"
+    )]
+    GuestMemfdStays {
+        /// The file.
+        file: String,
+    },
+    /// A guest_memfd serves only the lease that deposited it.
+    #[error(
+        "memory file {file} is a guest_memfd deposited by another lease: the kernel binds it \
+         to that VMM's VM only"
     )]
     ForeignGuestMemfd {
-        /// File name.
-        name: Name,
-        /// The VM that deposited it.
-        depositor: VmId,
-    },
-    /// A process that received the file for another VM is still alive.
-    #[error(
-        "memory file {name} is still reachable by pid {pid}, which received it for {holder}; \
-         wait for it to exit, or destroy the content with `gmemctl scrub {name}`"
-    )]
-    HeldElsewhere {
-        /// File name.
-        name: Name,
-        /// The holding process.
-        pid: u32,
-        /// Who it received the file for.
-        holder: String,
+        /// The file.
+        file: String,
     },
     /// The VM already has an open lease.
     #[error(
@@ -72,10 +98,10 @@ pub enum LedgerError {
         pid: u32,
     },
     /// A number is not a multiple of the file's page size.
-    #[error("{field} {value:#x} is not aligned to the {page_size}-byte page size of {name}")]
+    #[error("{field} {value:#x} is not aligned to the {page_size}-byte page size of {file}")]
     Misaligned {
-        /// File name.
-        name: Name,
+        /// The file.
+        file: String,
         /// `offset`, `size` or `gpa`.
         field: &'static str,
         /// The value.
@@ -87,10 +113,10 @@ pub enum LedgerError {
     #[error("a binding must cover at least one page")]
     EmptyBinding,
     /// `offset + size` lies past the end of the file.
-    #[error("range {offset:#x}+{size:#x} ends past the {file_size:#x}-byte file {name}")]
+    #[error("range {offset:#x}+{size:#x} ends past the {file_size:#x}-byte file {file}")]
     PastEnd {
-        /// File name.
-        name: Name,
+        /// The file.
+        file: String,
         /// Offset.
         offset: u64,
         /// Size.
@@ -107,10 +133,10 @@ pub enum LedgerError {
         size: u64,
     },
     /// The file range overlaps another binding of the same file.
-    #[error("range {offset:#x}+{size:#x} of {name} overlaps the binding in slot {slot}")]
+    #[error("range {offset:#x}+{size:#x} of {file} overlaps the binding in slot {slot}")]
     FileRangeOverlap {
-        /// File name.
-        name: Name,
+        /// The file.
+        file: String,
         /// Offset.
         offset: u64,
         /// Size.
@@ -142,13 +168,13 @@ pub enum LedgerError {
     },
     /// The file still has bindings.
     #[error(
-        "memory file {name} is bound in {bindings} slot(s) by VM {owner}; stop that VM, or end \
+        "memory file {file} is bound in {bindings} slot(s) by VM {owner}; stop that VM, or end \
          its lease with `gmemctl revoke {}`, first",
         owner.name
     )]
     FileBound {
-        /// File name.
-        name: Name,
+        /// The file.
+        file: String,
         /// Number of bindings.
         bindings: usize,
         /// The VM that binds it.
@@ -157,19 +183,11 @@ pub enum LedgerError {
     /// No lease matches.
     #[error("no open lease for VM {0}")]
     UnknownVm(String),
-    /// A name matches several VMs' leases.
-    #[error("VM name {name} matches {count} leases; name the VM by UUID")]
-    AmbiguousVm {
-        /// The name.
-        name: Name,
-        /// Matching leases.
-        count: usize,
-    },
     /// The file already has the most bindings a file may have.
-    #[error("memory file {name} already has {limit} bindings")]
+    #[error("memory file {file} already has {limit} bindings")]
     TooManyBindings {
-        /// File name.
-        name: Name,
+        /// The file.
+        file: String,
         /// The limit.
         limit: usize,
     },
@@ -188,14 +206,19 @@ impl LedgerError {
             Self::UnknownFile { .. }
             | Self::UnknownSlot { .. }
             | Self::UnknownVm(_)
+            | Self::UnknownVmId(_)
             | Self::UnknownLease(_) => Errno::NOENT,
-            Self::FileExists { .. } | Self::SlotTaken { .. } | Self::LeaseExists(_) => Errno::EXIST,
-            Self::ForeignGuestMemfd { .. } => Errno::PERM,
-            Self::AmbiguousVm { .. } | Self::Misaligned { .. } | Self::EmptyBinding => Errno::INVAL,
+            Self::FileExists { .. }
+            | Self::SlotTaken { .. }
+            | Self::LeaseExists(_)
+            | Self::NameTaken { .. }
+            | Self::Renamed { .. } => Errno::EXIST,
+            Self::OtherPrincipal { .. } | Self::Tie(_) => Errno::ACCESS,
+            Self::ForeignGuestMemfd { .. } | Self::GuestMemfdStays { .. } => Errno::PERM,
+            Self::Misaligned { .. } | Self::EmptyBinding => Errno::INVAL,
             Self::TooManyBindings { .. } => Errno::NOSPC,
-            Self::NotOwner { .. }
-            | Self::HeldElsewhere { .. }
-            | Self::VmBusy { .. }
+            Self::VmBusy { .. }
+            | Self::VmLeased { .. }
             | Self::FileBound { .. }
             | Self::FileRangeOverlap { .. } => Errno::BUSY,
             Self::PastEnd { .. } => Errno::RANGE,

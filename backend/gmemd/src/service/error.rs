@@ -4,7 +4,7 @@
 use rustix::io::Errno;
 
 use gmem_protocol::server::FrameError;
-use gmem_protocol::wire::{LeaseId, MemoryKind, Name, Request, VmId};
+use gmem_protocol::wire::{LeaseId, MemoryKind, Request, VmId};
 
 use crate::ledger::LedgerError;
 use crate::memory::MemoryError;
@@ -55,6 +55,46 @@ pub enum ServiceError {
         /// Limit (formatted).
         limit: String,
     },
+    /// gmemd keeps as many files as it may.
+    #[error("gmemd keeps {limit} memory files, its limit (--max-files); destroy some first")]
+    TooManyFiles {
+        /// The limit.
+        limit: usize,
+    },
+    /// The principal's file quota would be exceeded.
+    #[error("file quota reached: the VMs of {tie} have {limit} files; destroy one first")]
+    FileQuota {
+        /// The principal.
+        tie: String,
+        /// The quota.
+        limit: usize,
+    },
+    /// The principal's memory quota would be exceeded.
+    #[error(
+        "memory quota reached: {tie} uses {used} (memory it destroyed counts until the \
+         processes it was handed to have exited) + {requested} requested > {limit}"
+    )]
+    MemoryQuota {
+        /// The principal.
+        tie: String,
+        /// Bytes in use (formatted).
+        used: String,
+        /// Bytes requested (formatted).
+        requested: String,
+        /// Quota (formatted).
+        limit: String,
+    },
+    /// gmemd tracks as many processes holding memory fds as it may.
+    #[error(
+        "gmemd already tracks {limit} processes holding memory files; no fd is handed to \
+         pid {pid} until some exit"
+    )]
+    TooManyHolders {
+        /// The process.
+        pid: u32,
+        /// The limit.
+        limit: usize,
+    },
     /// The per-VM file limit would be exceeded.
     #[error("file limit reached: VM {vm} already has {limit} files; destroy one first")]
     FileLimit {
@@ -64,10 +104,10 @@ pub enum ServiceError {
         limit: usize,
     },
     /// CREATE with OPEN_EXISTING found a different file of that name.
-    #[error("memory file {name} exists as {kind}, {size} bytes; not what was asked")]
+    #[error("memory file {file} exists as {kind}, {size} bytes; not what was asked")]
     ExistsDifferently {
-        /// Name.
-        name: Name,
+        /// The file.
+        file: String,
         /// Existing kind.
         kind: MemoryKind,
         /// Existing size.
@@ -75,16 +115,16 @@ pub enum ServiceError {
     },
     /// guest_memfds are only for the VM that created them.
     #[error("memory file {0} is a guest_memfd: only its own VM uses it, it cannot be opened")]
-    GuestMemfdClosed(Name),
+    GuestMemfdClosed(String),
     /// Scrubbing a file that is bound.
     #[error(
-        "memory file {name} is bound in {bindings} slot(s) by VM {owner}; stop that VM, or \
+        "memory file {file} is bound in {bindings} slot(s) by VM {owner}; stop that VM, or \
          end its lease with `gmemctl revoke {}`, before scrubbing",
         owner.name
     )]
     ScrubBound {
-        /// Name.
-        name: Name,
+        /// The file.
+        file: String,
         /// Bindings.
         bindings: usize,
         /// The VM that binds it.
@@ -113,10 +153,10 @@ pub enum ServiceError {
         source: std::io::Error,
     },
     /// Duplicating an fd for a reply failed.
-    #[error("cannot duplicate the fd of {name}")]
+    #[error("cannot duplicate the fd of {file}")]
     DupFd {
-        /// Name.
-        name: Name,
+        /// The file.
+        file: String,
         /// Cause.
         #[source]
         source: std::io::Error,
@@ -144,6 +184,8 @@ impl ServiceError {
             Self::Revoked(_) => Errno::CONNABORTED,
             Self::MemoryLimit { .. } => Errno::NOSPC,
             Self::FileLimit { .. } => Errno::MFILE,
+            Self::TooManyFiles { .. } | Self::TooManyHolders { .. } => Errno::NFILE,
+            Self::FileQuota { .. } | Self::MemoryQuota { .. } => Errno::DQUOT,
             Self::ExistsDifferently { .. } => Errno::EXIST,
             Self::ScrubBound { .. } => Errno::BUSY,
             Self::NotPidfd(e) => {

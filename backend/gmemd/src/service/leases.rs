@@ -6,12 +6,13 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use gmem_protocol::server::Response;
 use gmem_protocol::wire::{
-    BindRequest, HandoffReply, HandoffRequest, Hello, HelloReply, LeaseId, MemoryKind, Name,
-    Request, RevokeReport, VmSelector, VERSION,
+    BindRequest, HandoffReply, HandoffRequest, Hello, HelloReply, LeaseId, Request, RevokeReport,
+    VmSelector, VERSION,
 };
 use log::{debug, info, warn};
 
-use super::{holders, join, Done, Service, ServiceError, ServiceResult, Session, SessionState};
+use super::{join, Done, Service, ServiceError, ServiceResult, Session, SessionState};
+use crate::ledger::{FileKey, Space};
 use crate::peer;
 
 impl Service {
@@ -25,11 +26,22 @@ impl Service {
             }
             Some(vm) => {
                 let id = self.next_lease;
-                self.ledger.open_lease(id, vm.clone(), session.peer)?;
+                let new = self.ledger.vm(vm.uuid).is_none();
+                self.ledger.open_lease(
+                    id,
+                    vm.clone(),
+                    session.peer,
+                    &session.principal,
+                    &self.config.ties,
+                    session.is_operator(),
+                )?;
                 self.next_lease = id.next();
+                let tie = &self.ledger.vm(vm.uuid).expect("just leased").tie;
                 info!(
-                    "lease {id} opened: VM {vm}, pid {}, uid {}",
-                    session.peer.pid, session.peer.uid
+                    "lease {id} opened: VM {vm}, pid {} ({}); {} {tie}",
+                    session.peer.pid,
+                    crate::principal::describe(&session.principal),
+                    if new { "tied to" } else { "tie" },
                 );
                 session.state = SessionState::Lease { id, features };
                 Some(id)
@@ -47,10 +59,7 @@ impl Service {
 
     pub(super) fn bind(&mut self, session: &Session, req: &BindRequest) -> ServiceResult<Response> {
         let lease = Self::require_lease(session, Request::Bind)?;
-        let pidfds = &self.pidfds;
-        let sets_owner = self
-            .ledger
-            .bind(lease, req, &mut |pid| holders::pid_alive(pidfds, pid))?;
+        let sets_owner = self.ledger.bind(lease, req)?;
         info!(
             "{}: bound slot {} gpa {:#x} -> {} +{:#x} size {:#x}{}",
             self.describe(session),
@@ -115,7 +124,7 @@ impl Service {
     /// while that lives, else the one that opened it (`peer_pid`).
     pub(super) fn lease_pid(&self, id: LeaseId, peer_pid: u32) -> u32 {
         match self.handoffs.get(&id) {
-            Some((pid, fd)) if holders::pidfd_alive(fd) => *pid,
+            Some((pid, fd)) if peer::pidfd_alive(fd) => *pid,
             _ => peer_pid,
         }
     }
@@ -127,10 +136,13 @@ impl Service {
         let reason = format!("revoked by {}", self.describe(session));
         let (bindings, released) = self.end_lease_with(lease, &reason);
         let mut scrubbed = 0u32;
-        for name in &released {
-            match self.destroy_content(name) {
+        for key in &released {
+            match self.destroy_content(key) {
                 Ok(()) => scrubbed += 1,
-                Err(e) => warn!("revoke: destroying the content of {name} failed: {e}"),
+                Err(e) => warn!(
+                    "revoke: destroying the content of {} failed: {e}",
+                    self.ledger.label(key)
+                ),
             }
         }
         info!(
@@ -157,8 +169,8 @@ impl Service {
     /// Ends a lease: its bindings go at once (invariant 4), the guest_memfds
     /// its VM deposited are closed (invariant 5). Returns the number of
     /// bindings dropped and the files (still present) whose owner was cleared.
-    fn end_lease_with(&mut self, id: LeaseId, reason: &str) -> (usize, Vec<Name>) {
-        let Ok(end) = self.ledger.close_lease(id) else {
+    fn end_lease_with(&mut self, id: LeaseId, reason: &str) -> (usize, Vec<FileKey>) {
+        let Ok(end) = self.ledger.close_lease(id, self.now()) else {
             // Already ended (revoked before its connection closed).
             return (0, Vec::new());
         };
@@ -172,27 +184,24 @@ impl Service {
         // A deposited guest_memfd pins its VM in the kernel and serves that
         // VM only; with the lease gone nothing can bind it, so gmemd lets go
         // of it (invariant 5).
-        let deposited: Vec<Name> = self
+        let deposited: Vec<FileKey> = self
             .ledger
-            .files()
-            .filter(|(_, f)| {
-                f.spec.kind == MemoryKind::GuestMemfd
-                    && f.creator().is_some_and(|c| c.uuid == end.vm.uuid)
-            })
-            .map(|(name, _)| name.clone())
+            .files_in(Space::Vm(end.vm.uuid))
+            .filter(|(_, f)| f.depositor() == Some(id))
+            .map(|(key, _)| key.clone())
             .collect();
-        for name in &deposited {
-            match self.ledger.remove_file(name, false) {
+        for key in &deposited {
+            match self.ledger.remove_file(key, false) {
                 Ok(_) => {
-                    self.fds.remove(name);
+                    self.fds.remove(key);
                     info!(
-                        "lease {id} (VM {}): closed guest_memfd {name}, gmemd keeps no VM alive",
-                        end.vm.name
+                        "lease {id} (VM {}): closed guest_memfd {}, gmemd keeps no VM alive",
+                        end.vm.name, key.name
                     );
                 }
                 // Only its own VM can bind it, and that VM's bindings just
                 // went with the lease; anything else is a bug worth seeing.
-                Err(e) => warn!("lease {id}: keeping guest_memfd {name}: {e}"),
+                Err(e) => warn!("lease {id}: keeping guest_memfd {}: {e}", key.name),
             }
         }
         self.prune_holders();
@@ -205,7 +214,8 @@ impl Service {
         let released = end
             .released
             .into_iter()
-            .filter(|name| !deposited.contains(name))
+            .map(|name| FileKey::vm(end.vm.uuid, name))
+            .filter(|key| !deposited.contains(key))
             .collect();
         (end.bindings.len(), released)
     }

@@ -9,25 +9,34 @@
 //!
 //! By concept: `session` (a connection's standing), `error` (refusals),
 //! `leases` (HELLO, BIND, UNBIND, HANDOFF, REVOKE and a lease's end),
-//! `files` (CREATE, OPEN, DEPOSIT, DESTROY, SCRUB), `holders` (invariant 6),
-//! `status` (STATUS pages).
+//! `files` (CREATE, OPEN, DEPOSIT, DESTROY, SCRUB), `scope` (which
+//! namespace a name means, and what a session may see), `transfer`
+//! (TRANSFER and FORGET: memory between namespaces), `quota` (limits and
+//! per-principal quotas), `holders` (who received a file, for accounting),
+//! `upkeep` (the periodic work: orphans, retired memory), `status` (STATUS
+//! pages).
 
 mod error;
 mod files;
 mod holders;
 mod leases;
+mod quota;
+mod scope;
 mod session;
 mod status;
 #[cfg(test)]
 mod tests;
+mod transfer;
+mod upkeep;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
+use std::time::Instant;
 
 use gmem_protocol::conn::Frame;
 use gmem_protocol::server::{decode_request, encode_reply, OutgoingReply, Response};
 use gmem_protocol::wire::{Features, LeaseId, Name, Request, RequestBody, VmId};
-use log::{debug, warn};
+use log::debug;
 
 pub use error::ServiceError;
 pub(crate) use error::ServiceResult;
@@ -35,19 +44,23 @@ use session::SessionState;
 pub use session::{Session, SessionId};
 
 use crate::config::{Admission, Config};
-use crate::ledger::{Ledger, Peer};
+use crate::ledger::{FileKey, Ledger, Peer};
+use crate::principal::Principal;
 
 /// The memory files and their ledger.
 #[derive(Debug)]
 pub struct Service {
     config: Config,
     ledger: Ledger,
-    fds: BTreeMap<Name, OwnedFd>,
-    /// pidfds of processes that received a memory fd (invariant 6).
+    fds: BTreeMap<FileKey, OwnedFd>,
+    /// pidfds of processes that received a memory fd (accounting).
     pidfds: HashMap<u32, OwnedFd>,
     /// The process each lease was handed to (HANDOFF), with its pidfd.
     handoffs: HashMap<LeaseId, (u32, OwnedFd)>,
     next_lease: LeaseId,
+    /// The service's clock starts here (ledger times are seconds since).
+    started: Instant,
+    log_limiter: crate::log_limit::LogLimiter,
 }
 
 const SERVER_FEATURES: Features = Features::all();
@@ -90,7 +103,14 @@ impl Service {
             pidfds: HashMap::new(),
             handoffs: HashMap::new(),
             next_lease: LeaseId::FIRST,
+            started: Instant::now(),
+            log_limiter: crate::log_limit::LogLimiter::new(),
         }
+    }
+
+    /// Seconds on the service's clock.
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_secs()
     }
 
     /// The configuration.
@@ -105,15 +125,23 @@ impl Service {
 
     /// Starts a session for a new connection whose end in gmemd has inode
     /// `socket_inode`. What the peer may do is decided here, once.
-    pub fn open_session(&self, id: SessionId, peer: Peer, socket_inode: u64) -> Session {
+    pub fn open_session(
+        &self,
+        id: SessionId,
+        peer: Peer,
+        principal: Principal,
+        socket_inode: u64,
+    ) -> Session {
         let admission = self.config.admission(peer.uid);
         debug!(
-            "connection {id} from pid {} uid {}: {admission:?}",
-            peer.pid, peer.uid
+            "connection {id} from pid {} ({}): {admission:?}",
+            peer.pid,
+            crate::principal::describe(&principal)
         );
         Session {
             id,
             peer,
+            principal,
             socket_inode,
             admission,
             state: SessionState::AwaitingHello,
@@ -140,7 +168,15 @@ impl Service {
             Err(err) => {
                 let request = Request::try_from(code)
                     .map_or_else(|_| format!("request code {code}"), |r| r.to_string());
-                warn!("refused {request} from {}: {err}", self.describe(session));
+                // A client can make gmemd refuse as often as it likes.
+                let key = format!("refused {} {code} {}", session.peer.uid, err.errno());
+                crate::log_limited!(
+                    self.log_limiter,
+                    key,
+                    log::Level::Warn,
+                    "refused {request} from {}: {err}",
+                    self.describe(session)
+                );
                 let response = Response::error(err.errno(), &err.to_string());
                 (response, err.should_close(), Vec::new())
             }
@@ -182,6 +218,7 @@ impl Service {
             Request::Scrub => Features::SCRUB,
             Request::Revoke => Features::REVOKE,
             Request::Handoff => Features::HANDOFF,
+            Request::Transfer | Request::Forget => Features::VM_SCOPE,
             _ => Features::empty(),
         };
         if !session.features().contains(needed) {
@@ -192,15 +229,17 @@ impl Service {
         Ok(match request {
             RequestBody::Hello(hello) => self.hello(session, hello)?.into(),
             RequestBody::Create(create) => self.create(session, &create)?.into(),
-            RequestBody::Open(name) => self.open(session, &name)?.into(),
+            RequestBody::Open(file) => self.open(session, &file)?.into(),
             RequestBody::Bind(bind) => self.bind(session, &bind)?.into(),
             RequestBody::Unbind { slot } => self.unbind(session, slot)?.into(),
             RequestBody::Deposit(deposit) => self.deposit(session, &deposit, fd())?.into(),
-            RequestBody::Destroy(name) => self.destroy(session, &name)?.into(),
-            RequestBody::Status(query) => self.status(query).into(),
+            RequestBody::Destroy(file) => self.destroy(session, &file)?.into(),
+            RequestBody::Status(query) => self.status(session, query)?.into(),
             RequestBody::Revoke(vm) => self.revoke(session, &vm)?,
-            RequestBody::Scrub(name) => self.scrub(session, &name)?.into(),
+            RequestBody::Scrub(file) => self.scrub(session, &file)?.into(),
             RequestBody::Handoff(handoff) => self.handoff(session, handoff, &fd())?.into(),
+            RequestBody::Transfer(transfer) => self.transfer(session, &transfer)?.into(),
+            RequestBody::Forget(vm) => self.forget(session, &vm)?.into(),
         })
     }
 
@@ -251,4 +290,15 @@ fn join(names: &[Name]) -> String {
         .map(Name::as_str)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A clock for the ledger's times that tests can set.
+#[cfg(test)]
+impl Service {
+    fn advance_clock(&mut self, secs: u64) {
+        self.started = self
+            .started
+            .checked_sub(std::time::Duration::from_secs(secs))
+            .expect("the clock goes back that far");
+    }
 }

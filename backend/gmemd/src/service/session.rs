@@ -1,10 +1,12 @@
-//! One connection's standing: its peer, what it may do, its handshake and
-//! its lease id. The VM behind a lease lives in the ledger alone.
+//! One connection's standing: its peer and principal (read from the kernel
+//! at accept), what it may do, its handshake and its lease id. The VM
+//! behind a lease lives in the ledger alone.
 
 use gmem_protocol::wire::{Features, LeaseId};
 
 use crate::config::Admission;
 use crate::ledger::Peer;
+use crate::principal::Principal;
 
 /// Connection identifier assigned by the event loop.
 pub type SessionId = u64;
@@ -32,6 +34,8 @@ pub struct Session {
     pub id: SessionId,
     /// SO_PEERCRED of the peer.
     pub peer: Peer,
+    /// Who the peer is, as the kernel said at accept.
+    pub principal: Principal,
     /// Inode of gmemd's end of the connection (to find the client's end).
     pub(super) socket_inode: u64,
     pub(super) admission: Admission,
@@ -55,7 +59,13 @@ impl Session {
         }
     }
 
-    pub(super) fn is_operator(&self) -> bool {
+    /// Whether the handshake is still to come.
+    pub fn awaiting_hello(&self) -> bool {
+        self.state == SessionState::AwaitingHello
+    }
+
+    /// Whether the peer is an operator.
+    pub fn is_operator(&self) -> bool {
         self.admission == Admission::Operator
     }
 

@@ -1,42 +1,57 @@
-//! STATUS pages built from the ledger.
-
-use std::collections::HashMap;
+//! STATUS pages built from the ledger, showing each session what it may
+//! see (need to know: a non-operator sees its own VMs only). A page costs
+//! O(start + page): files are read as a range of one namespace at a time,
+//! a lease's file count is kept with its VM.
 
 use gmem_protocol::server::Response;
 use gmem_protocol::wire::{
-    encode_status_page, BindingStatus, FileStatus, LeaseStatus, Name, OwnerStatus, StatusQuery,
-    StatusSection, Uuid,
+    encode_status_page_from, BindingStatus, FileStatus, LeaseStatus, OwnerStatus, ScopedFileStatus,
+    StatusQuery, StatusSection,
 };
 
-use super::Service;
-use crate::ledger::FileRecord;
+use super::scope::View;
+use super::{Service, ServiceError, ServiceResult, Session};
+use crate::ledger::{FileKey, FileRecord, Space};
 
 impl Service {
-    pub(super) fn status(&self, query: StatusQuery) -> Response {
+    pub(super) fn status(&self, session: &Session, query: StatusQuery) -> ServiceResult<Response> {
         let start = query.start as usize;
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let view = self.view(session);
         let body = match query.section {
             StatusSection::Files => {
-                let entries: Vec<FileStatus> = self
-                    .ledger
-                    .files()
+                let entries = self
+                    .visible_files(&view)
                     .skip(start)
-                    .map(|(name, f)| self.file_status(name, f))
-                    .collect();
-                let total = count(self.ledger.files().count());
-                encode_status_page(total, query.start, &entries, FileStatus::encode).0
+                    .map(|(key, f)| self.file_status(key, f));
+                let total = count(self.visible_file_count(&view));
+                encode_status_page_from(total, query.start, entries, FileStatus::encode).0
+            }
+            StatusSection::ScopedFiles => {
+                if !session
+                    .features()
+                    .contains(gmem_protocol::wire::Features::VM_SCOPE)
+                {
+                    return Err(ServiceError::FeatureOff(
+                        gmem_protocol::wire::Request::Status,
+                    ));
+                }
+                let entries = self.visible_files(&view).skip(start).map(|(key, f)| {
+                    let vm = key.vm_uuid().and_then(|uuid| self.ledger.vm(uuid));
+                    ScopedFileStatus {
+                        file: self.file_status(key, f),
+                        vm: vm.map(|v| v.vm.clone()),
+                        idle_secs: self.idle_secs(vm.and_then(|v| v.idle_since)),
+                    }
+                });
+                let total = count(self.visible_file_count(&view));
+                encode_status_page_from(total, query.start, entries, ScopedFileStatus::encode).0
             }
             StatusSection::Leases => {
-                // One pass over the files, not one per lease.
-                let mut files_of: HashMap<Uuid, usize> = HashMap::new();
-                for (_, file) in self.ledger.files() {
-                    if let Some(vm) = file.creator() {
-                        *files_of.entry(vm.uuid).or_default() += 1;
-                    }
-                }
-                let entries: Vec<LeaseStatus> = self
+                let entries = self
                     .ledger
                     .leases()
+                    .filter(|(_, l)| view.shows(Some(l.vm.uuid)))
                     .skip(start)
                     .map(|(id, l)| LeaseStatus {
                         lease: id,
@@ -44,39 +59,64 @@ impl Service {
                         pid: self.lease_pid(id, l.peer.pid),
                         uid: l.peer.uid,
                         bindings: count(l.bindings().count()),
-                        files: count(files_of.get(&l.vm.uuid).copied().unwrap_or(0)),
-                    })
-                    .collect();
-                let total = count(self.ledger.leases().count());
-                encode_status_page(total, query.start, &entries, LeaseStatus::encode).0
+                        files: count(self.ledger.vm(l.vm.uuid).map_or(0, |v| v.files)),
+                    });
+                let total = match &view {
+                    View::All => self.ledger.lease_count(),
+                    View::Vms(vms) => vms
+                        .iter()
+                        .filter(|uuid| self.ledger.vm(**uuid).is_some_and(|v| v.lease.is_some()))
+                        .count(),
+                };
+                encode_status_page_from(count(total), query.start, entries, LeaseStatus::encode).0
             }
         };
-        Response::ok(body)
+        Ok(Response::ok(body))
     }
 
-    fn file_status(&self, name: &Name, file: &FileRecord) -> FileStatus {
+    /// The files `view` shows, in order.
+    fn visible_files<'a>(
+        &'a self,
+        view: &'a View,
+    ) -> Box<dyn Iterator<Item = (&'a FileKey, &'a FileRecord)> + 'a> {
+        match view {
+            View::All => Box::new(self.ledger.files()),
+            View::Vms(vms) => Box::new(
+                vms.iter()
+                    .flat_map(|uuid| self.ledger.files_in(Space::Vm(*uuid))),
+            ),
+        }
+    }
+
+    fn visible_file_count(&self, view: &View) -> usize {
+        match view {
+            View::All => self.ledger.file_count(),
+            View::Vms(vms) => vms
+                .iter()
+                .map(|uuid| self.ledger.vm(*uuid).map_or(0, |v| v.files))
+                .sum(),
+        }
+    }
+
+    /// A file's entry: its bindings come from the file's own ranges, so an
+    /// entry costs O(its bindings).
+    fn file_status(&self, key: &FileKey, file: &FileRecord) -> FileStatus {
         let owner = file.owner.as_ref().map(|o| OwnerStatus {
             vm: o.vm.clone(),
             lease: o.lease,
         });
         let bindings = file
-            .owner
-            .as_ref()
-            .and_then(|o| self.ledger.lease(o.lease).ok())
-            .map(|l| {
-                l.bindings()
-                    .filter(|b| &b.file == name)
-                    .map(|b| BindingStatus {
-                        slot: b.slot,
-                        gpa: b.gpa,
-                        offset: b.offset,
-                        size: b.size,
-                    })
-                    .collect()
+            .bindings()
+            .filter_map(|(lease, slot)| self.ledger.binding(lease, slot))
+            .map(|b| BindingStatus {
+                slot: b.slot,
+                gpa: b.gpa,
+                offset: b.offset,
+                size: b.size,
             })
-            .unwrap_or_default();
+            .collect();
         FileStatus {
-            name: name.clone(),
+            name: key.name.clone(),
             size: file.spec.size,
             page_size: file.spec.page_size,
             kind: file.spec.kind,

@@ -19,6 +19,9 @@ use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
 use crate::ledger::Peer;
 
+mod principal;
+pub use principal::{parse_cgroup, principal_of};
+
 /// `SO_PEERCRED` of a connection. Read through libc: the kernel reports
 /// pid 0 for a peer in a pid namespace gmemd cannot see, which rustix's
 /// `UCred` (whose pid is non-zero by type) cannot represent.
@@ -200,6 +203,17 @@ pub fn process_holds_peer(pidfd: BorrowedFd<'_>, fd: u32, server_inode: u64) -> 
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
     Ok(held)
+}
+
+/// Whether the process of a pidfd is still running (its pidfd turns
+/// readable on exit, so pid reuse cannot fool this).
+pub fn pidfd_alive(fd: &impl std::os::fd::AsFd) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    matches!(
+        poll(&mut fds, Some(&rustix::event::Timespec::default())),
+        Ok(0)
+    )
 }
 
 #[cfg(test)]

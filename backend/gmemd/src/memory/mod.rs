@@ -16,6 +16,9 @@ use rustix::io::Errno;
 use crate::hugepages;
 use crate::ledger::FileSpec;
 
+mod copy;
+pub use copy::copy_content;
+
 /// Errors of creating and checking memory files.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
@@ -95,7 +98,7 @@ impl MemoryError {
 /// Result alias of this module.
 pub type MemoryResult<T> = Result<T, MemoryError>;
 
-fn syscall(op: &'static str, kind: MemoryKind) -> impl FnOnce(Errno) -> MemoryError {
+pub(crate) fn syscall(op: &'static str, kind: MemoryKind) -> impl FnOnce(Errno) -> MemoryError {
     move |e| MemoryError::Syscall {
         op,
         kind,

@@ -9,21 +9,49 @@
 //! When a REVOKE ends a lease, that lease's connection is closed; the
 //! requests it already sent (up to [`MAX_ABORTED_REPLIES`]) are answered
 //! `ECONNABORTED` first, and it may send no more.
+//!
+//! Nobody can starve the others of connections: a slot is granted at
+//! accept by the [`gate::Gate`] (operators' reserved slots, a quota per
+//! principal), a connection that has not sent HELLO within the deadline is
+//! closed, and when gmemd has no fd left to accept with, the listener
+//! rests for a moment instead of spinning. A timer drives the deadline,
+//! the rest and the service's upkeep. Every line a client can make gmemd
+//! repeat is rate-limited ([`crate::log_limit`]).
+//!
+//! By concept: `connection` (one client: frames and serving), `gate`
+//! (connection slots), `listener` (the socket and its directory).
+
+mod connection;
+mod gate;
+mod listener;
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use epoll::{ControlOptions, Event, Events};
-use gmem_protocol::conn::{FrameReader, FrameWriter};
 use gmem_protocol::wire::LeaseId;
-use log::{debug, error, info, warn};
+use log::{debug, error, info, warn, Level};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
+use crate::log_limit::LogLimiter;
 use crate::peer;
-use crate::service::{Served, Service, Session, SessionId};
+use crate::service::{Served, Service, SessionId};
+use connection::{read_events, serve_connection, Connection};
+pub use gate::{Gate, Refusal};
+
+/// How often the timer ticks: the HELLO deadline's and upkeep's grain.
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// Connections accepted per wakeup before the loop turns to the others.
+pub const ACCEPTS_PER_WAKEUP: usize = 64;
+
+/// How long the listener rests when gmemd has no fd to accept with.
+pub const ACCEPT_REST: Duration = Duration::from_millis(200);
 
 /// Requests served for one client before the loop turns to the others.
 pub const FRAMES_PER_WAKEUP: usize = 64;
@@ -38,15 +66,9 @@ pub enum DaemonError {
     /// Another gmemd answers on the socket.
     #[error("another gmemd is already serving {0}")]
     AlreadyRunning(PathBuf),
-    /// The socket's directory could not be made.
-    #[error("cannot create the socket directory {path}")]
-    SocketDir {
-        /// Directory.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: io::Error,
-    },
+    /// The socket's directory is not gmemd's own.
+    #[error("refusing the socket directory")]
+    SocketDir(#[from] crate::runtime_dir::RuntimeDirError),
     /// Binding the socket failed.
     #[error("cannot listen on {path}")]
     Bind {
@@ -76,6 +98,7 @@ enum Token {
     Listener,
     Exit,
     Signal,
+    Timer,
     Conn(SessionId),
     Unknown(u64),
 }
@@ -88,6 +111,7 @@ impl From<u64> for Token {
             0 => Token::Listener,
             1 => Token::Exit,
             2 => Token::Signal,
+            3 => Token::Timer,
             v if v >= FIRST_CONN => Token::Conn(v),
             v => Token::Unknown(v),
         }
@@ -100,21 +124,10 @@ impl Token {
             Token::Listener => 0,
             Token::Exit => 1,
             Token::Signal => 2,
+            Token::Timer => 3,
             Token::Conn(v) | Token::Unknown(v) => v,
         }
     }
-}
-
-#[derive(Debug)]
-struct Connection {
-    stream: UnixStream,
-    reader: FrameReader,
-    writer: FrameWriter,
-    session: Session,
-    /// Reply sent that ends the connection once flushed.
-    closing: bool,
-    /// The events epoll waits for on it now.
-    armed: Events,
 }
 
 /// Stops a running [`EventLoop`] from another thread.
@@ -139,9 +152,14 @@ pub struct EventLoop {
     socket_path: PathBuf,
     exit: EventFd,
     signals: Option<OwnedFd>,
+    timer: TimerFd,
     conns: HashMap<SessionId, Connection>,
     next_id: SessionId,
     service: Service,
+    gate: Gate,
+    /// The listener rests (out of epoll) until then.
+    resting_until: Option<Instant>,
+    log_limiter: LogLimiter,
 }
 
 impl EventLoop {
@@ -150,7 +168,7 @@ impl EventLoop {
     /// # Errors
     /// [`DaemonError`].
     pub fn bind(socket_path: &Path, service: Service) -> Result<Self, DaemonError> {
-        let listener = listen(socket_path)?;
+        let listener = listener::listen(socket_path)?;
         let setup = |what| move |source| DaemonError::Setup { what, source };
         let raw = epoll::create(true).map_err(setup("epoll_create"))?;
         // SAFETY: `raw` is a new epoll fd returned just above and owned by
@@ -162,20 +180,42 @@ impl EventLoop {
                 source: e,
             }
         })?;
+        let mut timer = TimerFd::new().map_err(|e| DaemonError::Setup {
+            what: "timerfd",
+            source: e.into(),
+        })?;
+        timer
+            .reset(TICK, Some(TICK))
+            .map_err(|e| DaemonError::Setup {
+                what: "timerfd_settime",
+                source: e.into(),
+            })?;
+        let limits = &service.config().limits;
+        let gate = Gate::new(
+            limits.max_connections,
+            limits.reserved_operator_connections,
+            service.config().quotas.connections,
+        );
         let lp = EventLoop {
             epoll,
             listener,
             socket_path: socket_path.to_owned(),
             exit,
             signals: None,
+            timer,
             conns: HashMap::new(),
             next_id: FIRST_CONN,
             service,
+            gate,
+            resting_until: None,
+            log_limiter: LogLimiter::new(),
         };
         lp.add(lp.listener.as_raw_fd(), Token::Listener, Events::EPOLLIN)
             .map_err(setup("epoll_ctl listener"))?;
         lp.add(lp.exit.as_raw_fd(), Token::Exit, Events::EPOLLIN)
             .map_err(setup("epoll_ctl eventfd"))?;
+        lp.add(lp.timer.as_raw_fd(), Token::Timer, Events::EPOLLIN)
+            .map_err(setup("epoll_ctl timerfd"))?;
         info!("listening on {}", socket_path.display());
         Ok(lp)
     }
@@ -250,6 +290,7 @@ impl EventLoop {
                         info!("signal {signal} received, shutting down");
                         return Ok(());
                     }
+                    Token::Timer => self.tick(),
                     Token::Conn(id) => self.serve(id, flags),
                     Token::Unknown(data) => warn!("event for unknown token {data}: {flags:?}"),
                 }
@@ -257,50 +298,127 @@ impl EventLoop {
         }
     }
 
+    /// Accepts what is pending, at most [`ACCEPTS_PER_WAKEUP`]: the
+    /// listener stays ready (level-triggered) if more wait, and clients
+    /// already connected are served in between, however fast others
+    /// connect.
     fn accept_all(&mut self) {
-        loop {
+        for _ in 0..ACCEPTS_PER_WAKEUP {
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: log and let the client retry.
-                    error!("accept failed: {e}");
+                    let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                    crate::log_limited!(
+                        self.log_limiter,
+                        "accept",
+                        Level::Error,
+                        "accept failed: {e}{}",
+                        if out_of_fds {
+                            format!("; not accepting for {ACCEPT_REST:?}")
+                        } else {
+                            String::new()
+                        }
+                    );
+                    // The pending connection stays pending: were the
+                    // listener left in epoll, it would wake the loop again
+                    // at once, forever.
+                    self.rest_listener();
                     return;
                 }
             };
-            if let Err(e) = self.admit(stream) {
-                warn!("dropping a new connection: {e}");
-            }
+            self.admit(stream);
         }
     }
 
-    fn admit(&mut self, stream: UnixStream) -> io::Result<()> {
-        if self.conns.len() >= self.service.config().limits.max_connections {
-            return Err(io::Error::other(format!(
-                "connection limit of {} reached",
-                self.service.config().limits.max_connections
-            )));
+    /// Takes the listener out of epoll until the next tick after
+    /// [`ACCEPT_REST`].
+    fn rest_listener(&mut self) {
+        if self.resting_until.is_none() {
+            let _ = epoll::ctl(
+                self.epoll.as_raw_fd(),
+                ControlOptions::EPOLL_CTL_DEL,
+                self.listener.as_raw_fd(),
+                Event::new(Events::empty(), 0),
+            );
         }
-        stream.set_nonblocking(true)?;
-        let peer = peer::peer_of(&stream)?;
-        let inode = peer::socket_inode(stream.as_fd())?;
+        self.resting_until = Some(Instant::now() + ACCEPT_REST);
+    }
+
+    /// The timer: the listener's rest ends, connections past the HELLO
+    /// deadline close, the service does its upkeep.
+    fn tick(&mut self) {
+        // Reading resets the timer's readiness; its count is not needed.
+        let _ = self.timer.wait();
+        let now = Instant::now();
+        if self.resting_until.is_some_and(|until| now >= until) {
+            self.resting_until = None;
+            if let Err(e) = self.add(self.listener.as_raw_fd(), Token::Listener, Events::EPOLLIN) {
+                error!("epoll_ctl listener: {e}");
+            }
+        }
+        let deadline = self.service.config().limits.hello_timeout;
+        let late: Vec<SessionId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.awaiting_hello() && now - c.accepted >= deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.drop_conn(id, format!("no HELLO within {deadline:?}"));
+        }
+        self.service.upkeep();
+    }
+
+    /// Gives a new connection a slot and a session, or closes it at once
+    /// saying why in the log.
+    fn admit(&mut self, stream: UnixStream) {
+        let (peer, principal) = match peer::peer_of(&stream) {
+            Ok(peer) => (peer, peer::principal_of(&stream, peer)),
+            Err(e) => {
+                crate::log_limited!(
+                    self.log_limiter,
+                    "peer",
+                    Level::Warn,
+                    "dropping a new connection: SO_PEERCRED: {e}"
+                );
+                return;
+            }
+        };
+        let operator =
+            self.service.config().admission(peer.uid) == crate::config::Admission::Operator;
+        if let Err(refusal) = self.gate.enter(&principal, operator) {
+            crate::log_limited!(
+                self.log_limiter,
+                format!("gate {}", principal.uid),
+                Level::Warn,
+                "turned away a connection from pid {} ({}): {refusal}",
+                peer.pid,
+                crate::principal::describe(&principal)
+            );
+            return;
+        }
+        let setup = stream
+            .set_nonblocking(true)
+            .and_then(|()| peer::socket_inode(stream.as_fd()));
+        let inode = match setup {
+            Ok(inode) => inode,
+            Err(e) => {
+                self.gate.leave(&principal);
+                warn!("dropping a new connection: {e}");
+                return;
+            }
+        };
         let id = self.next_id;
         self.next_id += 1;
-        self.add(stream.as_raw_fd(), Token::Conn(id), read_events())?;
-        let session = self.service.open_session(id, peer, inode);
-        self.conns.insert(
-            id,
-            Connection {
-                stream,
-                reader: FrameReader::new(),
-                writer: FrameWriter::new(),
-                session,
-                closing: false,
-                armed: read_events(),
-            },
-        );
-        Ok(())
+        if let Err(e) = self.add(stream.as_raw_fd(), Token::Conn(id), read_events()) {
+            self.gate.leave(&principal);
+            warn!("dropping a new connection: epoll_ctl: {e}");
+            return;
+        }
+        let session = self.service.open_session(id, peer, principal, inode);
+        self.conns.insert(id, Connection::new(stream, session));
     }
 
     fn serve(&mut self, id: SessionId, flags: Events) {
@@ -379,6 +497,7 @@ impl EventLoop {
             conn.stream.as_raw_fd(),
             Event::new(Events::empty(), 0),
         );
+        self.gate.leave(&conn.session.principal);
         self.service.close_session(&conn.session, &reason);
     }
 
@@ -427,85 +546,4 @@ impl Drop for EventLoop {
             debug!("removing {}: {e}", self.socket_path.display());
         }
     }
-}
-
-fn read_events() -> Events {
-    Events::EPOLLIN | Events::EPOLLRDHUP
-}
-
-/// Serves one readiness event of a connection: reads and serves requests
-/// while its replies flow; `Err(reason)` closes it. Leases its requests
-/// ended are added to `ended`, and serving stops there.
-fn serve_connection(
-    conn: &mut Connection,
-    service: &mut Service,
-    flags: Events,
-    ended: &mut Vec<LeaseId>,
-) -> Result<(), String> {
-    let fd = conn.stream.as_fd();
-    if conn.closing || !conn.writer.is_empty() {
-        if flags.intersects(Events::EPOLLERR | Events::EPOLLHUP | Events::EPOLLRDHUP)
-            && !conn.closing
-        {
-            return Err("client hung up with replies unread".to_owned());
-        }
-        return Ok(());
-    }
-    for _ in 0..FRAMES_PER_WAKEUP {
-        match conn.reader.read_frame(fd) {
-            Ok(Some(frame)) => {
-                let served = service.serve(&mut conn.session, frame);
-                conn.writer
-                    .push(served.reply.header, &served.reply.payload, served.reply.fds);
-                if served.close {
-                    conn.closing = true;
-                    return Ok(());
-                }
-                if !served.ended.is_empty() {
-                    ended.extend(served.ended);
-                    return Ok(());
-                }
-                // Stop reading while replies are queued: backpressure.
-                if !conn
-                    .writer
-                    .flush(fd)
-                    .map_err(|e| format!("send failed: {e}"))?
-                {
-                    return Ok(());
-                }
-            }
-            Ok(None) => return Ok(()),
-            Err(e) if e.is_hangup() => return Err("client closed the connection".to_owned()),
-            Err(e) => return Err(format!("protocol error: {}", crate::error_chain(&e))),
-        }
-    }
-    Ok(())
-}
-
-/// Makes the socket directory and binds the listener.
-fn listen(path: &Path) -> Result<UnixListener, DaemonError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| DaemonError::SocketDir {
-            path: dir.to_owned(),
-            source,
-        })?;
-    }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(DaemonError::AlreadyRunning(path.to_owned()));
-        }
-        info!("removing stale socket {}", path.display());
-        let _ = std::fs::remove_file(path);
-    }
-    let bind_err = |source| DaemonError::Bind {
-        path: path.to_owned(),
-        source,
-    };
-    let listener = UnixListener::bind(path).map_err(bind_err)?;
-    listener.set_nonblocking(true).map_err(bind_err)?;
-    // Everyone may connect; SO_PEERCRED decides who is served, so a refused
-    // uid gets a clear error instead of a bare EACCES.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(bind_err)?;
-    Ok(listener)
 }

@@ -1,0 +1,55 @@
+//! Periodic work, driven by the event loop's timer: orphans (files of VMs
+//! that have had no lease for a while) are destroyed when the operator
+//! asked for it (`--expire-orphans`), and retired memory whose holders have
+//! all gone stops counting.
+
+use gmem_protocol::wire::VmSelector;
+use log::info;
+
+use super::files::punch;
+use super::Service;
+
+impl Service {
+    /// Runs the periodic work; cheap when there is nothing to do.
+    pub fn upkeep(&mut self) {
+        if !self.ledger.retired().is_empty() {
+            self.prune_holders();
+        }
+        let Some(after) = self.config.limits.expire_orphans else {
+            return;
+        };
+        let now = self.now();
+        let expired: Vec<_> = self
+            .ledger
+            .vms()
+            .filter(|vm| {
+                vm.idle_since
+                    .is_some_and(|since| now.saturating_sub(since) >= after.as_secs())
+            })
+            .map(|vm| vm.vm.clone())
+            .collect();
+        for vm in expired {
+            // No lease, so forgetting cannot be refused.
+            let Ok((entry, files)) = self.ledger.forget(&VmSelector::Uuid(vm.uuid)) else {
+                continue;
+            };
+            for (key, spec) in &files {
+                if let Some(fd) = self.fds.remove(key) {
+                    punch(&fd, spec, &format!("{}/{}", vm.name, key.name));
+                }
+            }
+            info!(
+                "VM {vm} had no lease for {}s (--expire-orphans): its {} file(s) destroyed, \
+                 tie to {} dropped",
+                after.as_secs(),
+                files.len(),
+                entry.tie
+            );
+        }
+    }
+
+    /// Seconds since VM `vm`'s last lease ended; 0 while it has one.
+    pub(super) fn idle_secs(&self, idle_since: Option<u64>) -> u64 {
+        idle_since.map_or(0, |since| self.now().saturating_sub(since))
+    }
+}
