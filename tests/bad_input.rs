@@ -477,7 +477,10 @@ fn the_config_file_is_used_and_its_mistakes_are_named() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("bad.toml") && stderr.contains("memroy"), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("memroy"),
+        "{stderr}"
+    );
 
     let good = tmp.path().join("good.toml");
     std::fs::write(&good, "[quotas]\nfiles = 1\n").unwrap();

@@ -462,7 +462,11 @@ fn orphans_show_their_age_and_expire_when_asked() {
     wait_until(Duration::from_secs(10), "the orphan to expire", || {
         daemon.control().files().unwrap().is_empty().then_some(())
     });
-    assert!(daemon.log().contains("--expire-orphans"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("--expire-orphans"),
+        "{}",
+        daemon.log()
+    );
     // Its VM is forgotten with it: its name is free again.
     let mut b = daemon.lease(gmem_protocol::wire::VmId {
         uuid: vm("other").uuid,

@@ -145,11 +145,8 @@ fn status_rate(daemon: &Daemon) -> f64 {
     };
     let start = Instant::now();
     for _ in 0..RATE_REQUESTS / 10 {
-        c.call(
-            &gmem_protocol::wire::RequestBody::Status(query),
-            &[],
-        )
-        .unwrap();
+        c.call(&gmem_protocol::wire::RequestBody::Status(query), &[])
+            .unwrap();
     }
     per_second(RATE_REQUESTS / 10, start.elapsed())
 }
