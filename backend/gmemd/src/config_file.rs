@@ -12,6 +12,7 @@
 //! connections = 64
 //!
 //! [vm.db1]
+//! uid = 107          # only this uid may be the VM's first lease
 //! cgroup = "/kubepods.slice/*pod1234*"
 //! ```
 
@@ -88,6 +89,7 @@ struct RawQuotas {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVm {
+    uid: Option<u32>,
     cgroup: Option<String>,
     label: Option<String>,
 }
@@ -131,6 +133,7 @@ impl ConfigFile {
                 Ok((
                     name,
                     VmPatterns {
+                        uid: vm.uid,
                         cgroup: vm.cgroup,
                         label: vm.label,
                     },
@@ -165,6 +168,7 @@ files = 10
 memory = "1.5G"
 connections = 3
 [vm.db1]
+uid = 107
 cgroup = "/pods/db1/*"
 "#,
         )
@@ -182,6 +186,7 @@ cgroup = "/pods/db1/*"
         let db1 = &f.vms[&Name::new("db1").unwrap()];
         assert_eq!(db1.cgroup.as_deref(), Some("/pods/db1/*"));
         assert_eq!(db1.label, None);
+        assert_eq!(db1.uid, Some(107));
     }
 
     #[test]

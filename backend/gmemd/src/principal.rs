@@ -180,6 +180,9 @@ impl fmt::Display for Tie {
 /// Patterns for one VM, from the config file.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VmPatterns {
+    /// The uid its first lease must come from: the VM is reserved for it,
+    /// so nobody else can take its name first.
+    pub uid: Option<u32>,
     /// Cgroup pattern.
     pub cgroup: Option<String>,
     /// Label pattern.
@@ -253,7 +256,7 @@ impl TieRules {
                     })
             };
         let tie = Tie {
-            uid: first.uid,
+            uid: own.and_then(|p| p.uid).unwrap_or(first.uid),
             cgroup: matcher(
                 self.mode.cgroup,
                 "cgroup",
@@ -411,7 +414,7 @@ mod tests {
             Name::new("db").unwrap(),
             VmPatterns {
                 cgroup: Some("/db/*".into()),
-                label: None,
+                ..VmPatterns::default()
             },
         );
         let db = principal(
@@ -422,5 +425,34 @@ mod tests {
         assert!(rules.tie_for(&vm("db"), &db).is_ok());
         // Ties are quota keys: one per VM with `{vm}`.
         assert_ne!(rules.tie_for(&vm("db"), &db).unwrap(), tie);
+    }
+
+    #[test]
+    fn a_vm_reserved_for_a_uid_is_tied_to_it_only() {
+        let mut rules = TieRules::default();
+        rules.vms.insert(
+            Name::new("prod").unwrap(),
+            VmPatterns {
+                uid: Some(107),
+                ..VmPatterns::default()
+            },
+        );
+        let err = rules
+            .tie_for(&vm("prod"), &principal(1000, None, None))
+            .unwrap_err();
+        assert!(matches!(err, TieError::Mismatch { .. }), "{err}");
+        assert!(err.to_string().contains("uid 107"), "{err}");
+        let tie = rules
+            .tie_for(&vm("prod"), &principal(107, None, None))
+            .unwrap();
+        assert_eq!(tie.uid, 107);
+        // Other VMs are tied to whoever comes first.
+        assert_eq!(
+            rules
+                .tie_for(&vm("dev"), &principal(1000, None, None))
+                .unwrap()
+                .uid,
+            1000
+        );
     }
 }

@@ -592,7 +592,7 @@ fn cgroup_patterns_tie_every_start_of_a_vm_and_only_it() {
         name("special"),
         VmPatterns {
             cgroup: Some("/special/*".into()),
-            label: None,
+            ..VmPatterns::default()
         },
     );
     refuse(&mut l, |l| {

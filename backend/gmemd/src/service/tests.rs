@@ -189,20 +189,21 @@ fn status(svc: &mut Service, s: &mut Session, section: StatusSection) -> Result<
     )
 }
 
-/// STATUS files: the total and the names on the first page.
+/// STATUS files: the total and the names on the first page, sorted.
 fn files_seen(svc: &mut Service, s: &mut Session) -> (u32, Vec<String>) {
     let reply = status(svc, s, StatusSection::Files).unwrap();
     let page = FileStatus::decode_page(&reply.body).unwrap();
-    let names = page.entries.iter().map(|f| f.name.to_string()).collect();
+    let mut names: Vec<String> = page.entries.iter().map(|f| f.name.to_string()).collect();
+    names.sort();
     (page.total, names)
 }
 
 /// STATUS scoped-files: the total and `vm/name` (or `name`) with the idle
-/// seconds of each.
+/// seconds of each, sorted.
 fn scoped_files_seen(svc: &mut Service, s: &mut Session) -> (u32, Vec<(String, u64)>) {
     let reply = status(svc, s, StatusSection::ScopedFiles).unwrap();
     let page = ScopedFileStatus::decode_page(&reply.body).unwrap();
-    let entries = page
+    let mut entries = page
         .entries
         .iter()
         .map(|e| {
@@ -212,15 +213,17 @@ fn scoped_files_seen(svc: &mut Service, s: &mut Session) -> (u32, Vec<(String, u
             };
             (label, e.idle_secs)
         })
-        .collect();
+        .collect::<Vec<_>>();
+    entries.sort();
     (page.total, entries)
 }
 
-/// STATUS leases: the total and the VM names on the first page.
+/// STATUS leases: the total and the VM names on the first page, sorted.
 fn leases_seen(svc: &mut Service, s: &mut Session) -> (u32, Vec<String>) {
     let reply = status(svc, s, StatusSection::Leases).unwrap();
     let page = LeaseStatus::decode_page(&reply.body).unwrap();
-    let names = page.entries.iter().map(|l| l.vm.name.to_string()).collect();
+    let mut names: Vec<String> = page.entries.iter().map(|l| l.vm.name.to_string()).collect();
+    names.sort();
     (page.total, names)
 }
 
@@ -728,8 +731,7 @@ fn status_shows_each_session_only_what_it_may_see() {
         (2, vec!["f".into(), "g".into()])
     );
     assert_eq!(leases_seen(&mut svc, &mut alice), (1, vec!["a".into()]));
-    let (total, mut entries) = scoped_files_seen(&mut svc, &mut alice);
-    entries.sort();
+    let (total, entries) = scoped_files_seen(&mut svc, &mut alice);
     assert_eq!(total, 2);
     assert_eq!(entries[0], ("a/f".into(), 0));
     assert_eq!(entries[1].0, "a2/g");
@@ -739,16 +741,13 @@ fn status_shows_each_session_only_what_it_may_see() {
     assert_eq!(leases_seen(&mut svc, &mut bob), (1, vec!["b".into()]));
     // An operator: everything; names repeat across namespaces in section 0,
     // section 2 tells them apart.
-    let (total, mut names) = files_seen(&mut svc, &mut root);
-    names.sort();
     assert_eq!(
-        (total, names),
+        files_seen(&mut svc, &mut root),
         (4, vec!["f".into(), "f".into(), "g".into(), "pool".into()])
     );
     assert_eq!(leases_seen(&mut svc, &mut root).0, 2);
     let (_, entries) = scoped_files_seen(&mut svc, &mut root);
-    let mut labels: Vec<String> = entries.into_iter().map(|(l, _)| l).collect();
-    labels.sort();
+    let labels: Vec<String> = entries.into_iter().map(|(l, _)| l).collect();
     assert_eq!(labels, ["a/f", "a2/g", "b/f", "pool"]);
     // Section 2 needs VM_SCOPE.
     let mut old = session(&svc, 7, ROOT);
