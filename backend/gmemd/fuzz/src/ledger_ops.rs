@@ -3,30 +3,41 @@
 //! Input layout: a sequence of operations, each an opcode byte (taken modulo
 //! [`Op::COUNT`]) followed by that operation's fixed number of argument
 //! bytes (missing bytes at the end of the input read as zero). Arguments are
-//! mapped onto small worlds: 4 file names, 6 VMs, 8 slots, 8 pids, offsets
-//! and sizes of a few pages, so operations collide often. A "wide" bind and
-//! the `Fill` operation reach the per-file binding limit
-//! (`MAX_BINDINGS_PER_FILE`) in few input bytes.
+//! mapped onto small worlds so operations collide often: 6 VMs (a UUID may
+//! come with another VM's name), 7 namespaces (the 6 VMs' and the
+//! operators'), 4 file names, a few principals (two uids, an operator, a
+//! few cgroups and labels) under 4 tie rules, 8 slots, 8 pids, offsets and
+//! sizes of a few pages. A "wide" bind and the `Fill` operation reach the
+//! per-file binding limit (`MAX_BINDINGS_PER_FILE`) in few input bytes.
 //!
 //! Properties, after every operation: `Ledger::assert_consistent` holds; a
 //! refused operation leaves the ledger's `Debug` output unchanged; an
 //! accepted one has the effect its documentation promises (checked below);
-//! every owner is the open lease of the owning VM.
+//! every owner is the open lease of the VM whose namespace the file is in;
+//! every byte counted is charged to exactly one principal or is an
+//! operators' file; retired memory is what a model of it says: a file that
+//! leaves the ledger (removed, moved, scrubbed, forgotten) with holders is
+//! charged to its VM's tie until every holder's process is dead and its
+//! lease closed.
 //!
-//! Lease ids come from a counter, as in the daemon (an id is never reused;
-//! `open_lease` does not itself refuse a reused id).
+//! Lease ids come from a counter, as in the daemon (an id is never reused).
+//! The clock (`close_lease`'s `now`) is the step number.
 
-use gmem_protocol::wire::GuestAddress;
-use gmem_protocol::wire::{BindRequest, LeaseId, MemoryKind, Name, Uuid, VmId, VmSelector};
-use gmemd::ledger::{FileSpec, Ledger, LedgerError, Peer};
+use gmem_protocol::wire::{
+    BindRequest, GuestAddress, LeaseId, MemoryKind, Name, Uuid, VmId, VmSelector,
+};
+use gmemd::ledger::{FileKey, FileSpec, Ledger, LedgerError, Peer, Space};
+use gmemd::principal::{Principal, Tie, TieRules, VmPatterns};
 
 /// One operation with its raw argument bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    /// `open_lease(next id, vm, pid)`.
+    /// `open_lease(next id, vm, pid, principal, rules, operator)`.
     OpenLease {
         /// VM selector byte, see [`vm`].
         vm: u8,
+        /// Who connects and under which rules, see [`who`].
+        who: u8,
         /// Peer pid.
         pid: u8,
     },
@@ -37,16 +48,18 @@ pub enum Op {
     },
     /// `add_file`.
     AddFile {
+        /// Namespace selector, see [`space`].
+        space: u8,
         /// File selector.
         file: u8,
         /// Kind, modulo 5.
         kind: u8,
         /// Size in pages: below 128 modulo 17, else `(pages - 128) * 8`.
         pages: u8,
-        /// Creator: none unless bit 7; then a VM selector.
-        creator: u8,
+        /// Depositor: none unless bit 7; then a lease selector.
+        depositor: u8,
     },
-    /// `bind`.
+    /// `bind` (of a file in the lease's VM's namespace).
     Bind {
         /// Lease selector.
         lease: u8,
@@ -75,6 +88,8 @@ pub enum Op {
     },
     /// `remove_file`.
     RemoveFile {
+        /// Namespace selector.
+        space: u8,
         /// File selector.
         file: u8,
         /// Bit 0: as operator.
@@ -82,27 +97,32 @@ pub enum Op {
     },
     /// `add_holder`.
     AddHolder {
+        /// Namespace selector.
+        space: u8,
         /// File selector.
         file: u8,
         /// Pid, modulo 8.
         pid: u8,
-        /// VM selector (its UUID is used); from 128 on the holder also came
-        /// through a lease (the same byte as a lease selector).
-        vm: u8,
+        /// From 128 on the holder came through a lease (the same byte as a
+        /// lease selector).
+        lease: u8,
     },
-    /// `clear_holders`.
-    ClearHolders {
+    /// `replace_inode` (SCRUB).
+    ReplaceInode {
+        /// Namespace selector.
+        space: u8,
         /// File selector.
         file: u8,
     },
     /// `prune_holders` with the current liveness mask.
     PruneHolders,
-    /// Sets which pids (bit `pid % 8`) are alive for `bind` and pruning.
+    /// Sets which pids (bit `pid % 8`) are alive for pruning.
     SetAlive {
         /// The mask.
         mask: u8,
     },
-    /// `lease_of` by the VM's UUID and by its name (no change).
+    /// `lease_of` and `find_vm` by the VM's UUID and by its name (no
+    /// change).
     LeaseOf {
         /// VM selector byte.
         vm: u8,
@@ -117,22 +137,39 @@ pub enum Op {
         /// File selector.
         file: u8,
     },
+    /// `move_file` (TRANSFER), checked against `check_move`.
+    MoveFile {
+        /// Namespace selector of the file.
+        from_space: u8,
+        /// File selector of the file.
+        from_file: u8,
+        /// Namespace selector of the destination.
+        to_space: u8,
+        /// File selector of the destination.
+        to_file: u8,
+    },
+    /// `forget` (FORGET), by UUID or (bit 7) by name.
+    Forget {
+        /// VM selector byte.
+        vm: u8,
+    },
 }
 
 impl Op {
     /// Number of opcodes.
-    pub const COUNT: u8 = 12;
+    pub const COUNT: u8 = 14;
 
     fn encode_into(self, out: &mut Vec<u8>) {
         let (code, args): (u8, &[u8]) = match self {
-            Op::OpenLease { vm, pid } => (0, &[vm, pid]),
+            Op::OpenLease { vm, who, pid } => (0, &[vm, who, pid]),
             Op::CloseLease { lease } => (1, &[lease]),
             Op::AddFile {
+                space,
                 file,
                 kind,
                 pages,
-                creator,
-            } => (2, &[file, kind, pages, creator]),
+                depositor,
+            } => (2, &[space, file, kind, pages, depositor]),
             Op::Bind {
                 lease,
                 slot,
@@ -143,13 +180,29 @@ impl Op {
                 unit,
             } => (3, &[lease, slot, gpa, file, offset, size, unit]),
             Op::Unbind { lease, slot } => (4, &[lease, slot]),
-            Op::RemoveFile { file, operator } => (5, &[file, operator]),
-            Op::AddHolder { file, pid, vm } => (6, &[file, pid, vm]),
-            Op::ClearHolders { file } => (7, &[file]),
+            Op::RemoveFile {
+                space,
+                file,
+                operator,
+            } => (5, &[space, file, operator]),
+            Op::AddHolder {
+                space,
+                file,
+                pid,
+                lease,
+            } => (6, &[space, file, pid, lease]),
+            Op::ReplaceInode { space, file } => (7, &[space, file]),
             Op::PruneHolders => (8, &[]),
             Op::SetAlive { mask } => (9, &[mask]),
             Op::LeaseOf { vm } => (10, &[vm]),
             Op::Fill { lease, file } => (11, &[lease, file]),
+            Op::MoveFile {
+                from_space,
+                from_file,
+                to_space,
+                to_file,
+            } => (12, &[from_space, from_file, to_space, to_file]),
+            Op::Forget { vm } => (13, &[vm]),
         };
         out.push(code);
         out.extend_from_slice(args);
@@ -174,14 +227,16 @@ pub fn decode(data: &[u8]) -> Vec<Op> {
         ops.push(match code % Op::COUNT {
             0 => Op::OpenLease {
                 vm: arg(),
+                who: arg(),
                 pid: arg(),
             },
             1 => Op::CloseLease { lease: arg() },
             2 => Op::AddFile {
+                space: arg(),
                 file: arg(),
                 kind: arg(),
                 pages: arg(),
-                creator: arg(),
+                depositor: arg(),
             },
             3 => Op::Bind {
                 lease: arg(),
@@ -197,22 +252,34 @@ pub fn decode(data: &[u8]) -> Vec<Op> {
                 slot: arg(),
             },
             5 => Op::RemoveFile {
+                space: arg(),
                 file: arg(),
                 operator: arg(),
             },
             6 => Op::AddHolder {
+                space: arg(),
                 file: arg(),
                 pid: arg(),
-                vm: arg(),
+                lease: arg(),
             },
-            7 => Op::ClearHolders { file: arg() },
+            7 => Op::ReplaceInode {
+                space: arg(),
+                file: arg(),
+            },
             8 => Op::PruneHolders,
             9 => Op::SetAlive { mask: arg() },
             10 => Op::LeaseOf { vm: arg() },
-            _ => Op::Fill {
+            11 => Op::Fill {
                 lease: arg(),
                 file: arg(),
             },
+            12 => Op::MoveFile {
+                from_space: arg(),
+                from_file: arg(),
+                to_space: arg(),
+                to_file: arg(),
+            },
+            _ => Op::Forget { vm: arg() },
         });
     }
     ops
@@ -224,7 +291,7 @@ pub fn file(b: u8) -> Name {
 }
 
 /// VM `v0`..`v5`. Below 128 the name matches the UUID's; from 128 on the
-/// name is chosen separately, so one UUID can come with several names.
+/// name is chosen separately, so one UUID can come with another's name.
 pub fn vm(b: u8) -> VmId {
     let id = b % 6;
     let name_id = if b < 128 { id } else { (b / 6) % 6 };
@@ -234,6 +301,88 @@ pub fn vm(b: u8) -> VmId {
     }
 }
 
+/// Namespace: modulo 7, 0..=5 VM `v0`..`v5`'s (by UUID), 6 the operators'.
+pub fn space(b: u8) -> Space {
+    match b % 7 {
+        6 => Space::Operators,
+        n => Space::Vm(vm(n).uuid),
+    }
+}
+
+/// `file(f)` in `space(s)`.
+pub fn key(s: u8, f: u8) -> FileKey {
+    FileKey {
+        space: space(s),
+        name: file(f),
+    }
+}
+
+/// Uid 0 is the operator.
+const OPERATOR: u32 = 0;
+
+/// Who connects, and under which rules: bits 0–1 the uid (1000, 2000, 0 =
+/// operator, 1000), bits 2–3 the cgroup (none, `/machine/v0.scope`,
+/// `/machine/v1.scope`, `/user`), bits 4–5 the label (none, `svirt:c1`,
+/// `svirt:c2`, `unconfined`), bits 6–7 the rules (see [`rules`]).
+pub fn who(b: u8) -> (Principal, TieRules) {
+    let uid = [1000, 2000, OPERATOR, 1000][usize::from(b & 3)];
+    let cgroup = [
+        None,
+        Some("/machine/v0.scope"),
+        Some("/machine/v1.scope"),
+        Some("/user"),
+    ][usize::from(b >> 2 & 3)];
+    let label =
+        [None, Some("svirt:c1"), Some("svirt:c2"), Some("unconfined")][usize::from(b >> 4 & 3)];
+    let principal = Principal {
+        uid,
+        cgroup: cgroup.map(str::to_owned),
+        label: label.map(str::to_owned),
+    };
+    (principal, rules(b >> 6))
+}
+
+/// Tie rules, modulo 4: by uid, with VM `v4` reserved for uid 2000; uid
+/// and exact cgroup; uid and cgroup `/machine/{vm}.scope`; uid, cgroup
+/// `/machine/*` and label `svirt:*`, with VM `v5`'s own cgroup pattern
+/// `/user`.
+pub fn rules(b: u8) -> TieRules {
+    let mode = ["uid", "uid+cgroup", "uid+cgroup", "uid+cgroup+label"][usize::from(b % 4)];
+    let mut rules = TieRules {
+        mode: mode.parse().expect("valid mode"),
+        ..TieRules::default()
+    };
+    match b % 4 {
+        0 => {
+            rules.vms.insert(
+                Name::new("v4").expect("valid name"),
+                VmPatterns {
+                    uid: Some(2000),
+                    ..VmPatterns::default()
+                },
+            );
+        }
+        2 => rules.cgroup_pattern = Some("/machine/{vm}.scope".into()),
+        3 => {
+            rules.cgroup_pattern = Some("/machine/*".into());
+            rules.label_pattern = Some("svirt:*".into());
+            rules.vms.insert(
+                Name::new("v5").expect("valid name"),
+                VmPatterns {
+                    cgroup: Some("/user".into()),
+                    ..VmPatterns::default()
+                },
+            );
+        }
+        _ => {}
+    }
+    rules
+}
+
+/// Retired memory as the harness models it: who pays, how much, and who
+/// may still hold it (pid, lease it came through).
+type Holders = Vec<(u32, Option<LeaseId>)>;
+
 /// A ledger and the state the fuzz input drives it with.
 #[derive(Debug)]
 pub struct Harness {
@@ -241,6 +390,14 @@ pub struct Harness {
     pub ledger: Ledger,
     next_id: LeaseId,
     alive: u8,
+    now: u64,
+    retired: Vec<(Option<Tie>, u64, Holders)>,
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Harness {
@@ -250,6 +407,8 @@ impl Harness {
             ledger: Ledger::new(),
             next_id: LeaseId::FIRST,
             alive: 0,
+            now: 0,
+            retired: Vec::new(),
         }
     }
 
@@ -272,6 +431,7 @@ impl Harness {
     /// Applies one operation and checks every property. Returns whether the
     /// ledger accepted it.
     pub fn step(&mut self, op: Op) -> bool {
+        self.now += 1;
         let before = format!("{:?}", self.ledger);
         let accepted = self.apply(op);
         if !accepted {
@@ -283,63 +443,161 @@ impl Harness {
         }
         self.ledger.assert_consistent();
         self.check_owners();
+        self.check_charges();
+        let modelled: Vec<(Option<&Tie>, u64)> = self
+            .retired
+            .iter()
+            .map(|(t, b, _)| (t.as_ref(), *b))
+            .collect();
+        let retired: Vec<(Option<&Tie>, u64)> = self
+            .ledger
+            .retired()
+            .iter()
+            .map(|r| (r.tie.as_ref(), r.bytes))
+            .collect();
+        assert_eq!(retired, modelled, "retired memory after {op:?}");
         accepted
     }
 
-    /// Every owner is an open lease of the owning VM.
+    /// The tie that pays for `key`'s memory (`None`: an operators' file).
+    fn payer(&self, key: &FileKey) -> Option<Tie> {
+        key.vm_uuid()
+            .and_then(|uuid| self.ledger.vm(uuid))
+            .map(|v| v.tie.clone())
+    }
+
+    /// Models retiring a file of `bytes` paid by `tie`, held by `holders`.
+    fn retire(&mut self, tie: Option<Tie>, bytes: u64, holders: Holders) {
+        if !holders.is_empty() {
+            self.retired.push((tie, bytes, holders));
+        }
+    }
+
+    /// Every owner is the open lease of the VM whose namespace the file is
+    /// in.
     fn check_owners(&self) {
-        for (name, rec) in self.ledger.files() {
+        for (key, rec) in self.ledger.files() {
             if let Some(owner) = &rec.owner {
                 let lease = self
                     .ledger
                     .lease(owner.lease)
-                    .unwrap_or_else(|_| panic!("{name} owned by closed lease {}", owner.lease));
-                assert_eq!(lease.vm.uuid, owner.vm.uuid, "{name} owner VM");
+                    .unwrap_or_else(|_| panic!("{key} owned by closed lease {}", owner.lease));
+                assert_eq!(lease.vm.uuid, owner.vm.uuid, "{key} owner VM");
+                assert_eq!(key.space, Space::Vm(owner.vm.uuid), "{key} owned outside");
             }
         }
     }
 
+    /// Every byte counted is charged to exactly one principal, or is an
+    /// operators' file.
+    fn check_charges(&self) {
+        let mut ties: Vec<Tie> = self
+            .ledger
+            .vms()
+            .map(|v| v.tie.clone())
+            .chain(self.ledger.retired().iter().filter_map(|r| r.tie.clone()))
+            .collect();
+        ties.sort();
+        ties.dedup();
+        let (files, bytes) = ties
+            .iter()
+            .map(|t| self.ledger.usage_of(t))
+            .fold((0, 0), |(f, b), (tf, tb)| (f + tf, b + tb));
+        let operators: Vec<_> = self.ledger.files_in(Space::Operators).collect();
+        let operators_retired: u64 = self
+            .ledger
+            .retired()
+            .iter()
+            .filter(|r| r.tie.is_none())
+            .map(|r| r.bytes)
+            .sum();
+        assert_eq!(files + operators.len(), self.ledger.file_count());
+        assert_eq!(
+            bytes + operators.iter().map(|(_, f)| f.spec.size).sum::<u64>() + operators_retired,
+            self.ledger.total_size() + self.ledger.retired_bytes(),
+            "charges do not add up"
+        );
+    }
+
     fn apply(&mut self, op: Op) -> bool {
         match op {
-            Op::OpenLease { vm: v, pid } => {
+            Op::OpenLease { vm: v, who: w, pid } => {
                 let id = self.next_id;
                 self.next_id = id.next();
                 let vm = vm(v);
+                let (principal, rules) = who(w);
+                let operator = principal.uid == OPERATOR;
                 let peer = Peer {
                     pid: u32::from(pid),
-                    uid: 0,
+                    uid: principal.uid,
                 };
-                let result = self.ledger.open_lease(id, vm.clone(), peer);
-                if result.is_ok() {
-                    assert_eq!(self.ledger.lease_of(&VmSelector::Uuid(vm.uuid)), Ok(id));
-                    assert_eq!(self.ledger.lease(id).map(|l| l.bindings().count()), Ok(0));
+                let known = self.ledger.vm(vm.uuid).cloned();
+                let result =
+                    self.ledger
+                        .open_lease(id, vm.clone(), peer, &principal, &rules, operator);
+                match &result {
+                    Ok(()) => {
+                        assert_eq!(self.ledger.lease_of(&VmSelector::Uuid(vm.uuid)), Ok(id));
+                        assert_eq!(self.ledger.lease(id).map(|l| l.bindings().count()), Ok(0));
+                        let entry = self.ledger.vm(vm.uuid).expect("leased VM known");
+                        assert_eq!((entry.lease, entry.idle_since), (Some(id), None));
+                        match known {
+                            // The tie of a known VM never changes.
+                            Some(known) => {
+                                assert_eq!(entry.tie, known.tie);
+                                assert!(operator || entry.tie.admits(&principal));
+                            }
+                            None => {
+                                let tie = rules.tie_for(&vm, &principal).expect("tied");
+                                assert_eq!(entry.tie, tie);
+                            }
+                        }
+                    }
+                    Err(LedgerError::OtherPrincipal { .. }) => {
+                        assert!(!operator, "an operator refused as another principal");
+                        let by_name = self.ledger.find_vm(&VmSelector::Name(vm.name.clone()));
+                        let refusing = by_name
+                            .into_iter()
+                            .chain(Some(vm.uuid))
+                            .filter_map(|uuid| self.ledger.vm(uuid))
+                            .any(|known| !known.tie.admits(&principal));
+                        assert!(refusing, "{vm} refused to an admitted principal");
+                    }
+                    Err(_) => {}
                 }
                 result.is_ok()
             }
             Op::CloseLease { lease } => {
                 let id = self.lease(lease);
-                let made = self
-                    .ledger
-                    .lease(id)
-                    .map(|l| (l.vm.uuid, self.ledger.files_created_by(l.vm.uuid)));
-                let Ok(end) = self.ledger.close_lease(id) else {
+                let Ok(end) = self.ledger.close_lease(id, self.now) else {
                     return false;
                 };
                 assert!(self.ledger.lease(id).is_err());
-                // Files belong to the VM that made them, not to its lease.
-                let (uuid, count) = made.expect("the lease was open");
-                assert_eq!(self.ledger.files_created_by(uuid), count);
+                // Files belong to the VM, not to its lease: the VM stays
+                // while it has any, idle from now.
+                let files = self.ledger.files_in(Space::Vm(end.vm.uuid)).count();
+                match self.ledger.vm(end.vm.uuid) {
+                    Some(entry) => {
+                        assert!(files > 0, "{} kept without files", end.vm);
+                        assert_eq!((entry.lease, entry.idle_since), (None, Some(self.now)));
+                    }
+                    None => assert_eq!(files, 0, "{} untied with files", end.vm),
+                }
                 for name in &end.released {
-                    let rec = self.ledger.file(name).expect("released file exists");
+                    let rec = self
+                        .ledger
+                        .file(&FileKey::vm(end.vm.uuid, name.clone()))
+                        .expect("released file exists");
                     assert!(rec.owner.is_none(), "released {name} still owned");
                 }
                 true
             }
             Op::AddFile {
+                space: s,
                 file: f,
                 kind,
                 pages,
-                creator,
+                depositor,
             } => {
                 let kind = MemoryKind::ALL[usize::from(kind) % MemoryKind::ALL.len()];
                 let pages = if pages < 128 {
@@ -352,15 +610,28 @@ impl Harness {
                     kind,
                     page_size: kind.page_size(),
                 };
-                let creator = (creator & 0x80 != 0).then(|| vm(creator & 0x7f));
-                let name = file(f);
-                let ok = self.ledger.add_file(name.clone(), spec, creator).is_ok();
-                if ok {
-                    let rec = self.ledger.file(&name).expect("added");
-                    assert_eq!(rec.spec, spec);
-                    assert!(rec.owner.is_none() && rec.binding_count() == 0);
+                let depositor = (depositor & 0x80 != 0).then(|| self.lease(depositor));
+                let key = key(s, f);
+                let count = key
+                    .vm_uuid()
+                    .and_then(|u| self.ledger.vm(u))
+                    .map(|v| v.files);
+                if self.ledger.add_file(key.clone(), spec, depositor).is_err() {
+                    return false;
                 }
-                ok
+                let rec = self.ledger.file(&key).expect("added");
+                assert_eq!((rec.spec, rec.depositor()), (spec, depositor));
+                assert!(rec.owner.is_none() && rec.binding_count() == 0);
+                assert_eq!(rec.holders().count(), 0);
+                if let Some(uuid) = key.vm_uuid() {
+                    let now = self
+                        .ledger
+                        .vm(uuid)
+                        .expect("a VM's file needs the VM")
+                        .files;
+                    assert_eq!(Some(now - 1), count);
+                }
+                true
             }
             Op::Bind {
                 lease,
@@ -373,12 +644,20 @@ impl Harness {
             } => {
                 let id = self.lease(lease);
                 let name = file(f);
+                // The file a lease names is its VM's, whatever else exists.
+                let key = self
+                    .ledger
+                    .lease(id)
+                    .ok()
+                    .map(|l| FileKey::vm(l.vm.uuid, name.clone()));
+                let record = key.as_ref().and_then(|k| self.ledger.file(k).ok());
                 let unit_size = match unit & 3 {
-                    0 => self.ledger.file(&name).map_or(4096, |r| r.spec.page_size),
+                    0 => record.map_or(4096, |r| r.spec.page_size),
                     1 => 4096,
                     2 => 2 << 20,
                     _ => 1,
                 };
+                let was_owned = record.is_some_and(|r| r.owner.is_some());
                 let wide = unit & 32 != 0;
                 let value = |v: u8, modulus: u8, negate: bool| {
                     let v = if wide { v } else { v % modulus };
@@ -396,13 +675,15 @@ impl Harness {
                     value(offset, 18, unit & 8 != 0),
                     value(size % 6, 6, unit & 16 != 0),
                 );
-                let was_owned = self.ledger.file(&name).is_ok_and(|r| r.owner.is_some());
-                let mut alive = self.is_alive();
-                let Ok(sets_owner) = self.ledger.bind(id, &req, &mut alive) else {
+                let Ok(sets_owner) = self.ledger.bind(id, &req) else {
                     return false;
                 };
                 assert_eq!(sets_owner, !was_owned);
-                let rec = self.ledger.file(&name).expect("bound file exists");
+                let key = key.expect("bound through an open lease");
+                let rec = self.ledger.file(&key).expect("bound file exists");
+                if rec.spec.kind == MemoryKind::GuestMemfd {
+                    assert_eq!(rec.depositor(), Some(id), "guest_memfd of another lease");
+                }
                 let owner = rec.owner.as_ref().expect("bound file has an owner");
                 assert_eq!(owner.lease, id, "owner is not the binding lease");
                 let lease = self.ledger.lease(id).expect("binding lease is open");
@@ -423,62 +704,176 @@ impl Harness {
                 assert_eq!(binding.slot, slot);
                 let lease = self.ledger.lease(id).expect("lease still open");
                 assert!(lease.bindings().all(|b| b.slot != slot), "slot still bound");
-                if let Ok(rec) = self.ledger.file(&binding.file) {
+                let key = FileKey::vm(lease.vm.uuid, binding.file.clone());
+                if let Ok(rec) = self.ledger.file(&key) {
                     assert_eq!(cleared, rec.owner.is_none());
                 } else {
                     assert!(!cleared, "owner cleared on a missing file");
                 }
                 true
             }
-            Op::RemoveFile { file: f, operator } => {
-                let name = file(f);
-                let Ok(dropped) = self.ledger.remove_file(&name, operator & 1 == 1) else {
+            Op::RemoveFile {
+                space: s,
+                file: f,
+                operator,
+            } => {
+                let key = key(s, f);
+                let retired = self.ledger.retired_bytes();
+                let payer = self.payer(&key);
+                let Ok((dropped, record)) = self.ledger.remove_file(&key, operator & 1 == 1) else {
                     return false;
                 };
-                assert!(self.ledger.file(&name).is_err(), "{name} still present");
-                assert!(dropped.iter().all(|b| b.file == name));
-                assert!(
-                    self.ledger
-                        .leases()
-                        .all(|(_, l)| l.bindings().all(|b| b.file != name)),
-                    "binding of removed file {name} survives"
-                );
+                self.retire(payer, record.spec.size, record.holders().collect());
+                assert!(self.ledger.file(&key).is_err(), "{key} still present");
+                assert!(dropped.iter().all(|b| b.file == key.name));
+                self.check_no_binding_of(&key);
+                // Its memory lives on, charged, while anyone may hold it.
+                let held = record.holders().count() > 0;
+                let expected = retired + if held { record.spec.size } else { 0 };
+                assert_eq!(self.ledger.retired_bytes(), expected);
+                true
+            }
+            Op::MoveFile {
+                from_space,
+                from_file,
+                to_space,
+                to_file,
+            } => {
+                let (from, to) = (key(from_space, from_file), key(to_space, to_file));
+                let checked = self.ledger.check_move(&from, &to);
+                let old = self.ledger.file(&from).ok().cloned();
+                let retired = self.ledger.retired_bytes();
+                let payer = self.payer(&from);
+                let moved = self.ledger.move_file(&from, to.clone());
+                assert_eq!(checked, moved, "check_move and move_file disagree");
+                let Ok(spec) = moved else {
+                    return false;
+                };
+                let old = old.expect("moved file existed");
+                self.retire(payer, old.spec.size, old.holders().collect());
+                assert!(self.ledger.file(&from).is_err(), "{from} still present");
+                let rec = self.ledger.file(&to).expect("moved file arrived");
+                assert_eq!(rec.spec, spec);
+                assert_eq!(old.spec, spec);
+                assert_ne!(spec.kind, MemoryKind::GuestMemfd, "a guest_memfd moved");
+                assert!(old.owner.is_none(), "a bound file moved");
+                // A fresh inode: nobody holds it yet.
+                assert_eq!(rec.holders().count(), 0);
+                let held = old.holders().count() > 0;
+                let expected = retired + if held { spec.size } else { 0 };
+                assert_eq!(self.ledger.retired_bytes(), expected);
+                true
+            }
+            Op::Forget { vm: v } => {
+                let vm = vm(v);
+                let selector = if v & 0x80 != 0 {
+                    VmSelector::Name(vm.name.clone())
+                } else {
+                    VmSelector::Uuid(vm.uuid)
+                };
+                let leaving: Vec<(u64, Holders)> = self
+                    .ledger
+                    .find_vm(&selector)
+                    .map(|uuid| {
+                        self.ledger
+                            .files_in(Space::Vm(uuid))
+                            .map(|(_, r)| (r.spec.size, r.holders().collect()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let payer = self
+                    .ledger
+                    .find_vm(&selector)
+                    .ok()
+                    .and_then(|uuid| self.ledger.vm(uuid))
+                    .map(|v| v.tie.clone());
+                let Ok((entry, files)) = self.ledger.forget(&selector) else {
+                    return false;
+                };
+                for (bytes, holders) in leaving {
+                    self.retire(payer.clone(), bytes, holders);
+                }
+                assert_eq!(entry.lease, None, "forgot a leased VM");
+                let uuid = entry.vm.uuid;
+                assert!(self.ledger.vm(uuid).is_none());
+                assert_eq!(self.ledger.files_in(Space::Vm(uuid)).count(), 0);
+                assert_eq!(files.len(), entry.files);
+                // UUID and name are free for anyone.
+                assert!(self.ledger.find_vm(&VmSelector::Uuid(uuid)).is_err());
+                let name = VmSelector::Name(entry.vm.name.clone());
+                assert!(self.ledger.find_vm(&name).is_err());
                 true
             }
             Op::AddHolder {
+                space: s,
                 file: f,
                 pid,
-                vm: v,
+                lease,
             } => {
-                let name = file(f);
+                let key = key(s, f);
                 let pid = u32::from(pid % 8);
-                let uuid = vm(v).uuid;
-                let through = (v & 0x80 != 0).then(|| self.lease(v));
-                let ok = self.ledger.add_holder(&name, pid, uuid, through).is_ok();
-                if ok {
-                    let rec = self.ledger.file(&name).expect("holder added");
-                    assert!(rec.holders().any(|(p, vm, _)| (p, vm) == (pid, uuid)));
+                let through = (lease & 0x80 != 0).then(|| self.lease(lease));
+                let earlier = self
+                    .ledger
+                    .file(&key)
+                    .ok()
+                    .and_then(|r| r.holders().find(|(p, _)| *p == pid))
+                    .map(|(_, l)| l);
+                if self.ledger.add_holder(&key, pid, through).is_err() {
+                    return false;
                 }
-                ok
+                let rec = self.ledger.file(&key).expect("holder added");
+                let expected = through.or(earlier.flatten());
+                assert!(rec.holders().any(|h| h == (pid, expected)));
+                true
             }
-            Op::ClearHolders { file: f } => {
-                let name = file(f);
-                let ok = self.ledger.clear_holders(&name).is_ok();
-                if ok {
-                    let rec = self.ledger.file(&name).expect("cleared");
-                    assert_eq!(rec.holders().count(), 0);
-                }
-                ok
+            Op::ReplaceInode { space: s, file: f } => {
+                let key = key(s, f);
+                let Ok(before) = self.ledger.file(&key).cloned() else {
+                    assert!(self.ledger.replace_inode(&key).is_err());
+                    return false;
+                };
+                let retired = self.ledger.retired_bytes();
+                self.ledger.replace_inode(&key).expect("file exists");
+                let payer = self.payer(&key);
+                self.retire(payer, before.spec.size, before.holders().collect());
+                let rec = self.ledger.file(&key).expect("file stays");
+                assert_eq!(rec.holders().count(), 0);
+                assert_eq!(rec.spec, before.spec);
+                assert_eq!(rec.binding_count(), before.binding_count());
+                let held = before.holders().count() > 0;
+                let expected = retired + if held { before.spec.size } else { 0 };
+                assert_eq!(self.ledger.retired_bytes(), expected);
+                true
             }
             Op::PruneHolders => {
                 let mut alive = self.is_alive();
+                let before: Vec<(FileKey, Holders)> = self
+                    .ledger
+                    .files()
+                    .map(|(k, r)| (k.clone(), r.holders().collect()))
+                    .collect();
                 self.ledger.prune_holders(&mut alive);
-                // What remains lives, or came through a lease still open.
+                // Exactly the holders whose process is gone and whose lease
+                // (if any) is closed are forgotten, in files and in retired
+                // memory.
                 let mut alive = self.is_alive();
-                for (_, rec) in self.ledger.files() {
-                    assert!(rec.holders().all(|(pid, _, lease)| {
-                        alive(pid) || lease.is_some_and(|id| self.ledger.lease(id).is_ok())
-                    }));
+                let ledger = &self.ledger;
+                let mut stays =
+                    |&(pid, lease): &(u32, Option<LeaseId>)| alive(pid) || ledger.lease_open(lease);
+                for (key, mut holders) in before {
+                    holders.retain(&mut stays);
+                    let rec = ledger.file(&key).expect("pruning keeps files");
+                    assert_eq!(rec.holders().collect::<Holders>(), holders, "{key}");
+                }
+                for (_, _, holders) in &mut self.retired {
+                    holders.retain(&mut stays);
+                }
+                self.retired.retain(|(_, _, holders)| !holders.is_empty());
+                // With every pid dead and no lease open, nothing is left.
+                if self.alive == 0 && self.ledger.lease_count() == 0 {
+                    assert_eq!(self.ledger.retired_bytes(), 0);
+                    assert!(self.ledger.retired().is_empty());
                 }
                 true
             }
@@ -489,10 +884,13 @@ impl Harness {
             Op::Fill { lease, file: f } => {
                 let id = self.lease(lease);
                 let name = file(f);
-                let Ok(spec) = self.ledger.file(&name).map(|r| r.spec) else {
+                let Ok(uuid) = self.ledger.lease(id).map(|l| l.vm.uuid) else {
                     return false;
                 };
-                let mut alive = self.is_alive();
+                let key = FileKey::vm(uuid, name.clone());
+                let Ok(spec) = self.ledger.file(&key).map(|r| r.spec) else {
+                    return false;
+                };
                 let mut bound = 0;
                 for i in 0..spec.size / spec.page_size {
                     let req = BindRequest::new(
@@ -502,10 +900,10 @@ impl Harness {
                         i * spec.page_size,
                         spec.page_size,
                     );
-                    match self.ledger.bind(id, &req, &mut alive) {
+                    match self.ledger.bind(id, &req) {
                         Ok(_) => bound += 1,
                         Err(LedgerError::TooManyBindings { limit, .. }) => {
-                            let rec = self.ledger.file(&name).expect("file exists");
+                            let rec = self.ledger.file(&key).expect("file exists");
                             assert_eq!(rec.binding_count(), limit);
                             break;
                         }
@@ -516,31 +914,41 @@ impl Harness {
             }
             Op::LeaseOf { vm: v } => {
                 let vm = vm(v);
-                let by_uuid: Vec<LeaseId> = self
-                    .ledger
-                    .leases()
-                    .filter(|(_, l)| l.vm.uuid == vm.uuid)
-                    .map(|(id, _)| id)
-                    .collect();
-                let by_name: Vec<LeaseId> = self
-                    .ledger
-                    .leases()
-                    .filter(|(_, l)| l.vm.name == vm.name)
-                    .map(|(id, _)| id)
-                    .collect();
+                let leases_where = |same: &dyn Fn(&VmId) -> bool| -> Vec<LeaseId> {
+                    self.ledger
+                        .leases()
+                        .filter(|(_, l)| same(&l.vm))
+                        .map(|(id, _)| id)
+                        .collect()
+                };
+                let by_uuid = leases_where(&|l| l.uuid == vm.uuid);
+                let by_name = leases_where(&|l| l.name == vm.name);
+                // One UUID, one name, one lease.
                 assert!(by_uuid.len() <= 1, "two leases for one UUID");
+                assert!(by_name.len() <= 1, "two leases for one name");
                 let found = self.ledger.lease_of(&VmSelector::Uuid(vm.uuid));
                 assert_eq!(found.ok(), by_uuid.first().copied(), "lease_of uuid");
                 let found = self.ledger.lease_of(&VmSelector::Name(vm.name.clone()));
-                match (by_name.as_slice(), found) {
-                    ([id], Ok(found)) => assert_eq!(found, *id),
-                    ([], Err(LedgerError::UnknownVm(_))) => {}
-                    (many, Err(LedgerError::AmbiguousVm { count, .. })) if many.len() > 1 => {
-                        assert_eq!(count, many.len());
-                    }
-                    (many, found) => panic!("lease_of name: {many:?} open, got {found:?}"),
+                assert_eq!(found.ok(), by_name.first().copied(), "lease_of name");
+                let uuid = self.ledger.find_vm(&VmSelector::Uuid(vm.uuid));
+                assert_eq!(uuid.is_ok(), self.ledger.vm(vm.uuid).is_some());
+                if let Ok(uuid) = self.ledger.find_vm(&VmSelector::Name(vm.name.clone())) {
+                    let entry = self.ledger.vm(uuid).expect("a named VM is known");
+                    assert_eq!(entry.vm.name, vm.name);
                 }
                 true
+            }
+        }
+    }
+
+    /// No lease binds `key` any more.
+    fn check_no_binding_of(&self, key: &FileKey) {
+        for (_, l) in self.ledger.leases() {
+            if key.space == Space::Vm(l.vm.uuid) {
+                assert!(
+                    l.bindings().all(|b| b.file != key.name),
+                    "binding of removed file {key} survives"
+                );
             }
         }
     }

@@ -340,7 +340,7 @@ fn a_vm_is_tied_to_the_principal_of_its_first_lease() {
     assert_eq!(l.vm(uuid("a")).unwrap().tie, uid_tie(ALICE));
     // Bob cannot take VM a's lease, neither while it runs nor after; he is
     // not told who runs it (no VmBusy with a pid).
-    for _ in 0..2 {
+    for running in [true, false] {
         let err = refuse(&mut l, |l| open(l, 3, "a", BOB));
         assert!(matches!(err, LedgerError::OtherPrincipal { .. }), "{err}");
         assert_eq!(err.errno(), Errno::ACCESS);
@@ -349,7 +349,9 @@ fn a_vm_is_tied_to_the_principal_of_its_first_lease() {
         assert!(text.contains("gmemctl forget"), "{text}");
         // Nor whose it is.
         assert!(!text.contains("uid"), "{text}");
-        l.close_lease(id(1), 0).ok();
+        if running {
+            l.close_lease(id(1), 0).unwrap();
+        }
     }
     // Alice's relaunch is admitted and finds its file.
     open(&mut l, 3, "a", ALICE).unwrap();
@@ -600,6 +602,38 @@ fn cgroup_patterns_tie_every_start_of_a_vm_and_only_it() {
     });
     lease(&mut l, 8, "special", &in_cgroup(Some("/special/1")), &own).unwrap();
     l.assert_consistent();
+}
+
+#[test]
+fn a_vm_reserved_for_a_uid_cannot_be_taken_first_by_another() {
+    let mut rules = TieRules::default();
+    rules.vms.insert(
+        name("prod"),
+        VmPatterns {
+            uid: Some(BOB),
+            ..VmPatterns::default()
+        },
+    );
+    let mut l = Ledger::new();
+    let lease = |l: &mut Ledger, raw, uid| {
+        l.open_lease(
+            id(raw),
+            vm("prod"),
+            Peer { pid: 0, uid },
+            &principal(uid),
+            &rules,
+            false,
+        )
+    };
+    // Alice cannot squat the name before Bob's VM first starts.
+    let err = refuse(&mut l, |l| lease(l, 1, ALICE));
+    assert!(
+        matches!(err, LedgerError::Tie(TieError::Mismatch { .. })),
+        "{err}"
+    );
+    assert_eq!(err.errno(), Errno::ACCESS);
+    lease(&mut l, 2, BOB).unwrap();
+    assert_eq!(l.vm(uuid("prod")).unwrap().tie, uid_tie(BOB));
 }
 
 // ---- namespaces (invariant 6) ----
