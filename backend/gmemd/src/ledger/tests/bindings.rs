@@ -198,5 +198,3 @@ fn removal_rules() {
         "{err}"
     );
 }
-
-// ---- principals and VM identity (invariant 6) ----

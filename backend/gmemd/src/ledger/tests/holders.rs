@@ -92,5 +92,3 @@ fn retired_memory_of_operators_files_and_of_scrubs_is_charged_too() {
     assert!(matches!(err, LedgerError::UnknownFile { .. }), "{err}");
     l.assert_consistent();
 }
-
-// ---- everything at once ----

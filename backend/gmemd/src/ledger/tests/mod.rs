@@ -133,10 +133,8 @@ fn owner_of(l: &Ledger, key: &FileKey) -> Option<(VmId, LeaseId)> {
         .map(|o| (o.vm.clone(), o.lease))
 }
 
-// ---- bindings and owners (invariants 1, 2) ----
-
 mod bindings;
-mod vms;
-mod namespaces;
 mod holders;
+mod namespaces;
+mod vms;
 mod walk;

@@ -212,5 +212,3 @@ fn moving_a_vms_last_file_away_unties_it_within_its_namespace_does_not() {
     open(&mut l, 3, "a", BOB).unwrap();
     l.assert_consistent();
 }
-
-// ---- holders and retired memory (accounting) ----

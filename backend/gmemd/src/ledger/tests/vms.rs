@@ -303,5 +303,3 @@ fn a_vm_reserved_for_a_uid_cannot_be_taken_first_by_another() {
     lease(&mut l, 2, BOB).unwrap();
     assert_eq!(l.vm(uuid("prod")).unwrap().tie, uid_tie(BOB));
 }
-
-// ---- namespaces (invariant 6) ----

@@ -257,9 +257,7 @@ fn snapshot(svc: &Service) -> String {
     format!("{:?}", svc.ledger())
 }
 
-// ---- the request path ----
-
+mod quotas;
 mod requests;
 mod tenants;
 mod transfer;
-mod quotas;

@@ -191,5 +191,3 @@ fn handoff_is_refused_for_a_process_without_the_socket() {
     let reply = Reply::decode(&served.reply.payload).unwrap();
     assert_eq!(reply.status, -Errno::INVAL.raw_os_error(), "{}", reply.text);
 }
-
-// ---- principals (invariant 6) ----

@@ -140,5 +140,3 @@ fn scoped_names_need_vm_scope_and_a_non_operator_names_only_its_own_vm() {
         .file(&FileKey::vm(vm("b").uuid, name("h")))
         .is_err());
 }
-
-// ---- TRANSFER and FORGET ----

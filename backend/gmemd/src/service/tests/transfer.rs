@@ -167,5 +167,3 @@ fn status_shows_each_session_only_what_it_may_see() {
         Errno::OPNOTSUPP
     );
 }
-
-// ---- quotas and limits ----
