@@ -105,13 +105,7 @@ impl Service {
         created: bool,
     ) -> Response {
         self.record_holder(session, key);
-        let info = FileInfo {
-            size: spec.size,
-            page_size: spec.page_size,
-            kind: spec.kind,
-            created,
-        };
-        Response::ok_with_fds(info.encode(), vec![fd])
+        Response::ok_with_fds(file_info(spec, created).encode(), vec![fd])
     }
 
     pub(super) fn deposit(
@@ -153,13 +147,7 @@ impl Service {
             format_size(spec.size),
             self.describe(session)
         );
-        let info = FileInfo {
-            size: spec.size,
-            page_size: spec.page_size,
-            kind: spec.kind,
-            created: true,
-        };
-        Ok(Response::ok(info.encode()))
+        Ok(Response::ok(file_info(spec, true).encode()))
     }
 
     /// A VM destroys its unbound files from any of its leases; operators
@@ -231,6 +219,16 @@ impl Service {
             file: self.ledger.label(key),
             source,
         })
+    }
+}
+
+/// What a reply says of a file.
+pub(super) fn file_info(spec: FileSpec, created: bool) -> FileInfo {
+    FileInfo {
+        size: spec.size,
+        page_size: spec.page_size,
+        kind: spec.kind,
+        created,
     }
 }
 

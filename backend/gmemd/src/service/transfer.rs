@@ -5,10 +5,10 @@
 //! Both are operator requests.
 
 use gmem_protocol::server::Response;
-use gmem_protocol::wire::{FileInfo, Request, TransferRequest, VmSelector};
+use gmem_protocol::wire::{Request, TransferRequest, VmSelector};
 use log::info;
 
-use super::files::punch;
+use super::files::{file_info, punch};
 use super::{Service, ServiceResult, Session};
 use crate::memory;
 use crate::size::format_size;
@@ -41,13 +41,7 @@ impl Service {
             format_size(copied),
             self.describe(session)
         );
-        let info = FileInfo {
-            size: spec.size,
-            page_size: spec.page_size,
-            kind: spec.kind,
-            created: true,
-        };
-        Ok(Response::ok(info.encode()))
+        Ok(Response::ok(file_info(spec, true).encode()))
     }
 
     pub(super) fn forget(&mut self, session: &Session, vm: &VmSelector) -> ServiceResult<Response> {
