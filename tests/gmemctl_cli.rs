@@ -1,7 +1,7 @@
 //! `gmemctl` against a real daemon: status as a table and as JSON (with
-//! namespaces and orphans), create, destroy, scrub, transfer, revoke,
-//! forget and caps, with clear errors and exit codes; `--timeout` against
-//! a daemon that never answers.
+//! namespaces, orphans and the daemon's own line), create, destroy, scrub,
+//! transfer, revoke, forget, restart and caps, with clear errors and exit
+//! codes; `--timeout` against a daemon that never answers.
 
 // An integration test file is a test module of its own.
 #![allow(clippy::tests_outside_test_module)]
@@ -78,6 +78,15 @@ fn status_create_destroy_and_json_shape() {
     .unwrap();
 
     let json: Value = serde_json::from_str(&ok(&daemon, &["status", "--json"])).unwrap();
+    assert_eq!(json["daemon"]["pid"], daemon.pid());
+    assert_eq!(json["daemon"]["restarts"], 0);
+    assert_eq!(
+        (
+            json["daemon"]["files"].as_u64(),
+            json["daemon"]["leases"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
     let file = &json["files"][0];
     assert_eq!(file["name"], "ram0");
     assert_eq!(file["vm"]["name"], "vm-a");
@@ -98,7 +107,11 @@ fn status_create_destroy_and_json_shape() {
     assert_eq!(lease["uid"], 0);
 
     let table = ok(&daemon, &["status"]);
-    assert!(table.starts_with("NAMESPACE "), "{table}");
+    // The daemon's line, a blank line, then the files table.
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("gmemd pid "), "{table}");
+    assert_eq!(lines[1], "", "{table}");
+    assert!(lines[2].starts_with("NAMESPACE "), "{table}");
     let row = table.lines().find(|l| l.contains("ram0")).unwrap();
     assert!(
         row.starts_with("vm-a ") && row.contains("vm-a (lease"),
@@ -249,6 +262,9 @@ fn file_and_vm_arguments_are_checked_before_connecting() {
         (&["destroy", "ram", "--timeout=-1"], "expected more than 0"),
         // upgrade keeps its own --timeout (whole seconds per step).
         (&["upgrade", "vm1", "--timeout", "0.5"], "invalid digit"),
+        (&["restart", "now"], "unexpected argument 'now'"),
+        (&["restart", "--timeout", "0"], "expected more than 0"),
+        (&["restart", "--json"], "unexpected argument '--json'"),
     ] {
         fails(&mut gmemctl_without_daemon(), args, 2, text);
     }
@@ -260,12 +276,18 @@ fn file_and_vm_arguments_are_checked_before_connecting() {
         "is not a number of seconds",
     );
     // Well-formed arguments get as far as connecting.
-    fails(
-        &mut gmemctl_without_daemon(),
-        &["transfer", "vm1/ram", "--to-operators", "--as", "pool.1"],
-        1,
-        "cannot connect to gmemd at /nonexistent/gmemd.sock",
-    );
+    for args in [
+        &["transfer", "vm1/ram", "--to-operators", "--as", "pool.1"][..],
+        &["restart"],
+        &["--timeout", "2", "restart"],
+    ] {
+        fails(
+            &mut gmemctl_without_daemon(),
+            args,
+            1,
+            "cannot connect to gmemd at /nonexistent/gmemd.sock",
+        );
+    }
 }
 
 #[test]
@@ -282,6 +304,7 @@ fn a_daemon_that_does_not_answer_is_named_within_the_timeout() {
         (Some("0.3"), &["destroy", "vm1/ram"]),
         (Some("0.3"), &["transfer", "ram", "--to", "vm1"]),
         (Some("0.3"), &["forget", "vm1"]),
+        (None, &["restart", "--timeout", "0.3"]),
         // After the subcommand it wins over the one before it.
         (
             None,
@@ -426,4 +449,109 @@ fn orphans_show_their_age_and_forget_frees_the_vm() {
         1,
         "errno 2",
     );
+}
+
+#[test]
+fn restart_in_place_keeps_files_leases_and_bindings() {
+    let daemon = Daemon::start();
+    ok(&daemon, &["create", "pool", "--size", "4M"]);
+    let (pool_fd, _) = daemon.control().open(&name("pool")).unwrap();
+    rustix::io::pwrite(&pool_fd, b"template", 0).unwrap();
+    let mut a = daemon.lease(vm("vm-a"));
+    let (ram_fd, _) = a
+        .create(&name("ram"), 1 << 20, gmem_protocol::MemoryKind::Memfd)
+        .unwrap();
+    rustix::io::pwrite(&ram_fd, b"guest", 4096).unwrap();
+    a.bind(&BindRequest::new(
+        0,
+        GuestAddress(0),
+        name("ram"),
+        0,
+        1 << 20,
+    ))
+    .unwrap();
+    let before = status_json(&daemon);
+    assert_eq!(before["daemon"]["restarts"], 0, "{before}");
+    assert_eq!(before["daemon"]["pid"], daemon.pid());
+    assert_eq!(before["daemon"]["files"], 2);
+    assert_eq!(before["daemon"]["leases"], 1);
+    let table = ok(&daemon, &["status"]);
+    let first = table.lines().next().unwrap();
+    assert!(
+        first.starts_with(&format!("gmemd pid {}, serving since ", daemon.pid()))
+            && first.contains(" UTC (up ")
+            && first.contains("0 restart(s) survived; last recovery: "),
+        "{table}"
+    );
+
+    let out = ok(&daemon, &["restart"]);
+    let prefix = format!(
+        "gmemd restarted in place: pid {}, restart 1, serving again after ",
+        daemon.pid()
+    );
+    let ms = out
+        .trim_end()
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(" ms"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(ms.parse::<u64>().unwrap() < 10_000, "{out}");
+
+    let after = status_json(&daemon);
+    let d = &after["daemon"];
+    assert_eq!(d["restarts"], 1, "{after}");
+    assert_eq!(d["pid"], daemon.pid(), "an exec keeps the pid");
+    assert_eq!(d["born"], before["daemon"]["born"]);
+    assert!(d["started"].as_u64() >= before["daemon"]["started"].as_u64());
+    assert_eq!(
+        (d["files"].as_u64(), d["leases"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert!(!d["recovered"].as_str().unwrap().is_empty(), "{after}");
+    // Files, the lease and its binding, as they were.
+    assert_eq!(after["files"], before["files"], "{after}");
+    assert_eq!(after["leases"], before["leases"], "{after}");
+    let ram = find_file(&after, Some("vm-a"), "ram").expect("vm-a's ram");
+    assert_eq!(ram["bindings"][0]["size"], 1 << 20);
+    assert!(ok(&daemon, &["status"]).contains("1 restart(s) survived"));
+
+    // Content survives, through the new gmemd's fds as through the old ones.
+    let mut buf = [0u8; 8];
+    let (pool_again, _) = daemon.control().open(&name("pool")).unwrap();
+    rustix::io::pread(&pool_again, &mut buf, 0).unwrap();
+    assert_eq!(&buf, b"template");
+    let (ram_again, _) = a.open(&name("ram")).unwrap();
+    rustix::io::pread(&ram_again, &mut buf[..5], 4096).unwrap();
+    assert_eq!(&buf[..5], b"guest");
+    // The lease's connection was kept: it saw the restart and still works.
+    a.unbind(0).unwrap();
+    assert_eq!(a.restarts_seen(), 1);
+    assert_eq!(a.last_restart().map(|n| n.restarts), Some(1));
+
+    // A second restart counts on.
+    assert!(ok(&daemon, &["restart"]).contains(", restart 2, "));
+    assert_eq!(status_json(&daemon)["daemon"]["restarts"], 2);
+}
+
+#[test]
+fn only_an_operator_may_restart_gmemd() {
+    use std::os::unix::process::CommandExt;
+    assert_eq!(
+        rustix::process::getuid().as_raw(),
+        0,
+        "the test runs as root to switch uid"
+    );
+    // uid 65534 may connect, but is no operator.
+    let daemon = Daemon::start_with(&["--allow-uid", "65534"]);
+    let as_nobody = || {
+        let mut cmd = daemon.gmemctl();
+        cmd.uid(65534).gid(65534);
+        cmd
+    };
+    fails(&mut as_nobody(), &["restart"], 1, "errno 1");
+    // It sees the daemon's line all the same; nothing restarted.
+    let out = as_nobody().arg("status").output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(table.contains("0 restart(s) survived"), "{table}");
+    assert_eq!(status_json(&daemon)["daemon"]["restarts"], 0);
 }

@@ -4,9 +4,10 @@
 //! `cargo run -p gmem-protocol --example print_frames`
 
 use gmem_protocol::wire::{
-    encode_status_page, BindingStatus, CreateFlags, CreateRequest, Features, FileInfo, FileRef,
-    FileStatus, GuestAddress, Header, Hello, HelloReply, LeaseId, MemoryKind, Name, OwnerStatus,
-    Reply, Request, RequestBody, StatusQuery, StatusSection, VmId, VmSelector, VERSION,
+    encode_status_page, BindingStatus, CreateFlags, CreateRequest, DaemonStatus, Features,
+    FileInfo, FileRef, FileStatus, GuestAddress, Header, Hello, HelloReply, LeaseId, MemoryKind,
+    Name, OwnerStatus, Reply, Request, RequestBody, RestartNotice, StatusQuery, StatusSection,
+    VmId, VmSelector, MARKER_CODES, VERSION,
 };
 
 /// Prints one frame: the 12 header bytes on one line, then the payload in
@@ -56,7 +57,10 @@ fn main() {
         }),
     );
     reply(
-        "HELLO reply (features 0x1f, lease 1, version 1)",
+        &format!(
+            "HELLO reply (features {:#x}, lease 1, version 1)",
+            Features::all().bits()
+        ),
         Request::Hello,
         &Reply::ok(
             HelloReply {
@@ -128,6 +132,48 @@ fn main() {
     let (body, _) = encode_status_page(1, 0, std::slice::from_ref(&file), FileStatus::encode);
     reply(
         "STATUS reply (files page: 1 file, owned by vm-a, 1 binding)",
+        Request::Status,
+        &Reply::ok(body),
+    );
+
+    let notice = RestartNotice {
+        restarts: 2,
+        pending: false,
+    }
+    .encode_payload();
+    dump(
+        "NOTICE (restarted; restarts 2, pending 0)",
+        Header::notice(notice.len()),
+        &notice,
+    );
+    let marker = Header {
+        code: *MARKER_CODES.start(),
+        is_reply: false,
+        size: 0,
+    };
+    dump("Marker request (code 0xffff0000, no payload)", marker, &[]);
+
+    request("RESTART request (no payload)", &RequestBody::Restart);
+    request(
+        "STATUS request (daemon, start 0)",
+        &RequestBody::Status(StatusQuery {
+            section: StatusSection::Daemon,
+            start: 0,
+        }),
+    );
+    let daemon = DaemonStatus {
+        pid: 1234,
+        restarts: 2,
+        // 2026-12-01 01:00:00 and 02:58:40 UTC.
+        born: 1_796_086_800,
+        started: 1_796_093_920,
+        files: 3,
+        leases: 1,
+        recovered: "recovered 3 files, 1 lease".to_owned(),
+    };
+    let (body, _) = encode_status_page(1, 0, std::slice::from_ref(&daemon), DaemonStatus::encode);
+    reply(
+        "STATUS reply (daemon page: pid 1234, 2 restarts, 26 bytes of text)",
         Request::Status,
         &Reply::ok(body),
     );

@@ -1,17 +1,26 @@
 //! Blocking client: one connection = one lease (or one control session).
+//!
+//! The client rides out restarts of gmemd (PROTOCOL.md §14): it skips the
+//! restart NOTICE, and when a request of its may have been lost with the
+//! daemon that died, it finds out and resends it where that is safe
+//! (module `exchange`).
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::conn::{send_message, ConnError, FrameReader};
+use crate::conn::{ConnError, FrameReader};
 use crate::wire::{
-    BindRequest, CreateFlags, CreateRequest, DepositRequest, Features, FileInfo, FileRef,
-    FileStatus, HandoffReply, HandoffRequest, Header, Hello, HelloReply, LeaseId, LeaseStatus,
-    MemoryKind, Name, Reply, Request, RequestBody, RevokeReport, ScopedFileStatus, StatusPage,
-    StatusQuery, StatusSection, TransferRequest, VmId, VmSelector, WireError,
+    BindRequest, CreateFlags, CreateRequest, DaemonStatus, DepositRequest, Features, FileInfo,
+    FileRef, FileStatus, HandoffReply, HandoffRequest, Hello, HelloReply, LeaseId, LeaseStatus,
+    MemoryKind, Name, Request, RequestBody, RestartNotice, RevokeReport, ScopedFileStatus,
+    StatusPage, StatusQuery, StatusSection, TransferRequest, VmId, VmSelector, WireError,
 };
+
+mod exchange;
+#[cfg(test)]
+mod tests;
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +58,15 @@ pub enum ClientError {
         /// What was wrong.
         what: String,
     },
+    /// gmemd restarted while the request was in flight, the daemon that
+    /// died had read it, and it is not one the client can safely send
+    /// again (PROTOCOL.md §14.4): it may or may not have been applied.
+    /// The connection is fine; look (STATUS) before trying again.
+    #[error("gmemd restarted while {request} was in flight; it may or may not have been applied")]
+    Restarted {
+        /// The request.
+        request: Request,
+    },
     /// Setting a socket option failed.
     #[error("socket setup failed")]
     Socket(#[source] std::io::Error),
@@ -82,6 +100,15 @@ pub struct Client {
     reader: FrameReader,
     hello: HelloReply,
     vm: Option<VmId>,
+    restarts: Restarts,
+}
+
+/// Restart notices a client has read, and the marker codes it sends.
+#[derive(Debug, Default)]
+struct Restarts {
+    seen: u64,
+    last: Option<RestartNotice>,
+    next_marker: u32,
 }
 
 impl Client {
@@ -105,7 +132,9 @@ impl Client {
     /// inherited from a launcher).
     ///
     /// # Errors
-    /// The daemon's refusal or a connection error.
+    /// The daemon's refusal or a connection error;
+    /// [`ClientError::Restarted`] if gmemd restarted and lost the HELLO
+    /// (close the stream, which ends any lease it opened, and connect again).
     pub fn handshake(stream: UnixStream, vm: Option<VmId>) -> ClientResult<Self> {
         let mut client = Client {
             stream,
@@ -116,6 +145,7 @@ impl Client {
                 version: 0,
             },
             vm: vm.clone(),
+            restarts: Restarts::default(),
         };
         let body = client.call(
             &RequestBody::Hello(Hello {
@@ -142,6 +172,7 @@ impl Client {
                 version: crate::wire::VERSION,
             },
             vm,
+            restarts: Restarts::default(),
         }
     }
 
@@ -168,6 +199,18 @@ impl Client {
     /// The VM this lease is for.
     pub fn vm(&self) -> Option<&VmId> {
         self.vm.as_ref()
+    }
+
+    /// Restart notices read on this connection: how many times gmemd
+    /// restarted under it that the client has noticed (PROTOCOL.md §14).
+    pub fn restarts_seen(&self) -> u64 {
+        self.restarts.seen
+    }
+
+    /// The last restart notice read, if any: it says how many restarts the
+    /// daemon has survived in all.
+    pub fn last_restart(&self) -> Option<RestartNotice> {
+        self.restarts.last
     }
 
     /// The socket, e.g. to pass it to a VMM so the lease lives as long as it does.
@@ -324,7 +367,8 @@ impl Client {
     /// Operator: destroys a file's content, in any namespace.
     ///
     /// # Errors
-    /// [`ClientError::Refused`] with `ENOENT`, `EBUSY`, `EPERM`, `EOPNOTSUPP`.
+    /// [`ClientError::Refused`] with `ENOENT`, `EBUSY`, `EPERM`, `EOPNOTSUPP`;
+    /// [`ClientError::Restarted`] if gmemd restarted and lost it.
     pub fn scrub_in(&mut self, file: &FileRef) -> ClientResult<()> {
         self.call(&RequestBody::Scrub(file.clone()), &[]).map(drop)
     }
@@ -334,7 +378,8 @@ impl Client {
     /// of; what was in the old one is copied into it.
     ///
     /// # Errors
-    /// [`ClientError::Refused`] with `EPERM`, `ENOENT`, `EEXIST`, `EBUSY`.
+    /// [`ClientError::Refused`] with `EPERM`, `ENOENT`, `EEXIST`, `EBUSY`;
+    /// [`ClientError::Restarted`] if gmemd restarted and lost it.
     pub fn transfer(&mut self, from: &FileRef, to: &FileRef) -> ClientResult<FileInfo> {
         let request = RequestBody::Transfer(TransferRequest {
             from: from.clone(),
@@ -348,7 +393,8 @@ impl Client {
     /// it from its principal, so any principal may use its UUID and name.
     ///
     /// # Errors
-    /// [`ClientError::Refused`] with `EPERM`, `ENOENT`, `EBUSY`.
+    /// [`ClientError::Refused`] with `EPERM`, `ENOENT`, `EBUSY`;
+    /// [`ClientError::Restarted`] if gmemd restarted and lost it.
     pub fn forget(&mut self, vm: &VmSelector) -> ClientResult<()> {
         self.call(&RequestBody::Forget(vm.clone()), &[]).map(drop)
     }
@@ -356,10 +402,53 @@ impl Client {
     /// Operator: ends a VM's lease and destroys the content only it owned.
     ///
     /// # Errors
-    /// [`ClientError::Refused`] with `EPERM` for non-admins, `ENOENT`.
+    /// [`ClientError::Refused`] with `EPERM` for non-admins, `ENOENT`;
+    /// [`ClientError::Restarted`] if gmemd restarted and lost it.
     pub fn revoke(&mut self, vm: &VmSelector) -> ClientResult<RevokeReport> {
         let (body, _) = self.call(&RequestBody::Revoke(vm.clone()), &[])?;
         Ok(RevokeReport::decode(&body)?)
+    }
+
+    /// Operator: restarts gmemd in place (feature `RESTART`). gmemd
+    /// answers, then execs its binary (maybe a newer release) and hands
+    /// everything over; this connection stays and later gets a restart
+    /// notice (PROTOCOL.md §7.14, §14), which the client skips.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `EPERM` for non-operators,
+    /// `EOPNOTSUPP` without the feature; [`ClientError::Restarted`] if
+    /// gmemd restarted (for this request or otherwise) before answering.
+    pub fn restart(&mut self) -> ClientResult<()> {
+        self.call(&RequestBody::Restart, &[]).map(drop)
+    }
+
+    /// The daemon itself (STATUS section 3): its pid, since when it serves,
+    /// the restarts it survived and what it recovered. `None` from a
+    /// daemon that does not know section 3 (it refuses it `EINVAL`).
+    ///
+    /// # Errors
+    /// Connection or decode errors; a page without exactly one entry is
+    /// [`ClientError::UnexpectedReply`].
+    pub fn daemon_status(&mut self) -> ClientResult<Option<DaemonStatus>> {
+        let request = RequestBody::Status(StatusQuery {
+            section: StatusSection::Daemon,
+            start: 0,
+        });
+        let body = match self.call(&request, &[]) {
+            Ok((body, _)) => body,
+            Err(e) if e.errno() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut page = DaemonStatus::decode_page(&body)?;
+        if page.entries.len() != 1 {
+            return Err(ClientError::UnexpectedReply {
+                request: Request::Status,
+                what: format!("daemon page with {} entries, not 1", page.entries.len()),
+            });
+        }
+        Ok(page.entries.pop())
     }
 
     /// Every memory file, walking all STATUS pages.
@@ -410,60 +499,6 @@ impl Client {
             }
             start = page.next;
         }
-    }
-
-    /// Sends any request and waits for its reply. Returns the reply body and
-    /// the fds that came with it, after checking the reply answers this
-    /// request and carries exactly the fds its request code promises
-    /// ([`Request::reply_fds`]) on success.
-    ///
-    /// # Errors
-    /// [`ClientError::Refused`] for an error status, or transport errors.
-    pub fn call(
-        &mut self,
-        request: &RequestBody,
-        fds: &[BorrowedFd<'_>],
-    ) -> ClientResult<(Vec<u8>, Vec<OwnedFd>)> {
-        let code = request.request();
-        let reply_fds = code.reply_fds();
-        let payload = request.encode();
-        send_message(
-            self.stream.as_fd(),
-            Header::request(code, payload.len()),
-            &payload,
-            fds,
-        )?;
-        let frame = self
-            .reader
-            .read_frame(self.stream.as_fd())?
-            // A blocking socket only yields no frame when its read timeout
-            // ([`Client::set_timeout`]) expired: not a hangup.
-            .ok_or_else(|| ConnError::Io(std::io::ErrorKind::TimedOut.into()))?;
-        let unexpected = |what: String| ClientError::UnexpectedReply {
-            request: code,
-            what,
-        };
-        if !frame.header.is_reply || frame.header.code != code as u32 {
-            return Err(unexpected(format!(
-                "header code {} reply={}",
-                frame.header.code, frame.header.is_reply
-            )));
-        }
-        let reply = Reply::decode(&frame.payload)?;
-        if reply.status != 0 {
-            return Err(ClientError::Refused {
-                request: code,
-                errno: -reply.status,
-                message: reply.text,
-            });
-        }
-        if frame.fds.len() != reply_fds {
-            return Err(unexpected(format!(
-                "{} fds, expected {reply_fds}",
-                frame.fds.len()
-            )));
-        }
-        Ok((reply.body, frame.fds))
     }
 }
 

@@ -5,6 +5,11 @@
 //! a non-blocking read that would block returns `Ok(None)` and keeps the
 //! partial message for the next call.
 //!
+//! A daemon reads with [`FrameReader::read_whole`] instead: it takes nothing
+//! from the socket until a whole message is queued there (module `whole`),
+//! so a daemon killed at any instant leaves the stream in step for the
+//! process that inherits the socket.
+//!
 //! Message boundaries matter on `SOCK_STREAM`: fds ride with the first byte
 //! of the `sendmsg` that carried them, so every `recvmsg` here asks for no
 //! more than the rest of the current message and can never swallow the fds
@@ -23,6 +28,10 @@ use rustix::net::{
 
 use crate::wire::{Header, WireError, HEADER_SIZE, MAX_FDS};
 
+mod whole;
+
+pub use whole::{peek_queued, Queued, WholeRead};
+
 /// Errors of the framing layer. Every one of them ends the connection.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -38,6 +47,15 @@ pub enum ConnError {
     /// The header is invalid; the stream cannot be resynchronized.
     #[error("malformed header")]
     BadHeader(#[source] WireError),
+    /// Fds arrived with fewer bytes than a whole header (the sender split
+    /// the header of a message that carries fds across `sendmsg` calls):
+    /// [`FrameReader::read_whole`] cannot check the header without taking
+    /// part of the message. PROTOCOL.md §5.1 forbids it.
+    #[error("fds arrived with only {received} bytes of a message header")]
+    SplitHeader {
+        /// Header bytes that came with the fds.
+        received: usize,
+    },
     /// More than [`MAX_FDS`] fds arrived with one message, or the kernel cut
     /// the fd data (`MSG_CTRUNC`). The received fds are closed.
     #[error("a message carried more than {MAX_FDS} fds")]
@@ -106,7 +124,7 @@ impl FrameReader {
                 None => &mut self.header_bytes[self.header_len..],
                 Some(_) => &mut self.payload[self.payload_len..],
             };
-            let n = match recv_chunk(socket, buf, &mut self.fds) {
+            let n = match recv_chunk(socket, buf, &mut self.fds, RecvFlags::empty()) {
                 Ok(n) => n,
                 Err(ConnError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) => return Err(e),
@@ -149,18 +167,24 @@ impl FrameReader {
     }
 }
 
-/// One `recvmsg` into `buf`; received fds are appended to `fds` as
-/// close-on-exec `OwnedFd`s.
+/// One `recvmsg` into `buf` with `flags` (plus `MSG_CMSG_CLOEXEC`);
+/// received fds are appended to `fds` as close-on-exec `OwnedFd`s.
 fn recv_chunk(
     socket: BorrowedFd<'_>,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
+    flags: RecvFlags,
 ) -> Result<usize, ConnError> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = loop {
-        match recvmsg(socket, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+        match recvmsg(
+            socket,
+            &mut iov,
+            &mut control,
+            flags | RecvFlags::CMSG_CLOEXEC,
+        ) {
             Ok(msg) => break msg,
             Err(Errno::INTR) => continue,
             Err(e) => return Err(ConnError::Io(e.into())),

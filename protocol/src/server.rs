@@ -12,7 +12,7 @@ use std::os::fd::OwnedFd;
 use rustix::io::Errno;
 
 use crate::conn::Frame;
-use crate::wire::{Header, Reply, Request, RequestBody};
+use crate::wire::{Header, Reply, Request, RequestBody, RestartNotice};
 
 /// What the daemon answers one request with.
 #[derive(Debug)]
@@ -134,6 +134,24 @@ pub fn encode_reply(code: u32, response: Response) -> OutgoingReply {
     }
 }
 
+/// The NOTICE a restarted daemon sends first on every connection it took
+/// over (PROTOCOL.md §14.2), before it reads anything from it.
+///
+/// `restarts` counts the restarts the daemon survived, this one included.
+/// `pending` says whether a whole request is queued unread on the
+/// connection ([`crate::conn::peek_queued`] returns
+/// [`Queued::Whole`](crate::conn::Queued::Whole)): it will be answered
+/// after the notice. A client that gets `pending == false` while it waits
+/// for a reply reconciles (§14.4).
+pub fn encode_restart_notice(restarts: u32, pending: bool) -> OutgoingReply {
+    let payload = RestartNotice { restarts, pending }.encode_payload();
+    OutgoingReply {
+        header: Header::notice(payload.len()),
+        payload,
+        fds: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +217,33 @@ mod tests {
         );
         let out = encode_reply(2, Response::ok_with_fds(vec![], vec![memfd()]));
         assert_eq!(out.fds.len(), 1);
+    }
+
+    #[test]
+    fn restart_notice_frame() {
+        let out = encode_restart_notice(4, true);
+        assert!(out.header.is_notice());
+        assert_eq!(out.header.size as usize, out.payload.len());
+        assert!(out.fds.is_empty());
+        assert_eq!(
+            RestartNotice::decode_payload(&out.payload),
+            Ok(RestartNotice {
+                restarts: 4,
+                pending: true
+            })
+        );
+        // A notice is not a request: sent to the daemon, it is refused.
+        let as_request = Frame {
+            header: Header {
+                is_reply: false,
+                ..out.header
+            },
+            payload: out.payload,
+            fds: Vec::new(),
+        };
+        assert_eq!(
+            decode_request(as_request).unwrap_err().errno,
+            Errno::OPNOTSUPP
+        );
     }
 }

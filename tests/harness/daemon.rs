@@ -10,6 +10,10 @@ use gmem_protocol::Client;
 
 use crate::process::{wait_until, ChildGuard};
 
+/// Pass this among the arguments of [`Daemon::start_with`] to run gmemd
+/// with its keeper (as the README's command does) instead of `--no-keeper`.
+pub const KEEPER: &str = "--with-keeper";
+
 /// A running gmemd, stopped (and its log printed, if the test failed) on drop.
 #[derive(Debug)]
 pub struct Daemon {
@@ -37,8 +41,13 @@ impl Daemon {
         cmd.arg("--state-dir")
             .arg(dir.path())
             .arg("--socket")
-            .arg(dir.path().join("gmemd.sock"))
-            .args(args)
+            .arg(dir.path().join("gmemd.sock"));
+        // The tests look at the serving process itself (its fds, its
+        // pid); the ones about surviving gmemd's crash use the keeper.
+        if !args.contains(&KEEPER) {
+            cmd.arg("--no-keeper");
+        }
+        cmd.args(args.iter().filter(|a| **a != KEEPER))
             // Tests want every decision in the log; benchmarks measure the
             // daemon as shipped (info) by setting GMEMD_TEST_LOG.
             .env(
@@ -89,6 +98,20 @@ impl Daemon {
             .set_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
         client
+    }
+
+    /// The pid of the process that serves: gmemd itself, or with
+    /// [`KEEPER`] the keeper's child (waits up to 10 s for one).
+    pub fn serving_pid(&self) -> u32 {
+        let keeper = self.pid();
+        wait_until(Duration::from_secs(10), "gmemd's serving process", || {
+            let children =
+                std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children")).ok()?;
+            match children.split_whitespace().next() {
+                Some(child) => child.parse().ok(),
+                None => None,
+            }
+        })
     }
 
     /// Number of fds gmemd has open.

@@ -4,10 +4,13 @@
 
 pub mod daemon;
 pub mod e2e;
+pub mod fdstore;
 pub mod guest;
 pub mod hugepages;
 pub mod process;
 pub mod qemu;
+pub mod survival;
+pub mod systemd;
 pub mod tenant;
 
 use std::path::PathBuf;

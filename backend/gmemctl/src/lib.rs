@@ -8,15 +8,18 @@
 //! - [`address`]: VMs and files on the command line (`VM/NAME`, `NAME`).
 //! - [`session`]: a control session with gmemd, every request bounded by
 //!   `--timeout`; `status`, `create`, `destroy`, `scrub`, `transfer`,
-//!   `revoke`, `forget`.
+//!   `revoke`, `forget`, `restart`.
 //! - [`report`]: `gmemctl status` as a table or JSON, with each file's
 //!   namespace and orphans' age.
+//! - [`daemon`]: gmemd itself: the status line (since when it serves,
+//!   restarts survived, what it recovered) and `gmemctl restart`.
 //!
 //! Sizes, the default socket path, signalfds, hugepage pools and
 //! `memfd_secret` come from the daemon's crate, so both programs agree.
 
 pub mod address;
 pub mod caps;
+pub mod daemon;
 pub mod launch;
 pub mod qmp;
 pub mod report;

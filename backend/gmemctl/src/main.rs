@@ -34,7 +34,7 @@ struct Args {
     run_dir: Option<PathBuf>,
     /// Bound on gmemd's answer to each request (connecting included), in
     /// seconds. Also taken after status, create, destroy, scrub, revoke,
-    /// transfer and forget; upgrade, hotplug and unplug have their own.
+    /// transfer, forget and restart; upgrade, hotplug and unplug have their own.
     #[arg(
         long,
         env = "GMEMCTL_TIMEOUT",
@@ -73,10 +73,12 @@ struct Destination {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Memory files with their namespaces, owners and bindings; leases.
+    /// gmemd itself, memory files with their namespaces, owners and bindings; leases.
     ///
-    /// A file of a VM that has no lease is an orphan: ORPHAN says how long
-    /// ago the VM's last lease ended.
+    /// The first line says since when gmemd serves, how many restarts its
+    /// state survived and what it last recovered (times in UTC). A file of
+    /// a VM that has no lease is an orphan: ORPHAN says how long ago the
+    /// VM's last lease ended.
     Status {
         /// One JSON object instead of a table.
         #[arg(long)]
@@ -145,6 +147,16 @@ enum Command {
         /// VM name or UUID.
         #[arg(value_parser = parse_vm_selector)]
         vm: VmSelector,
+        #[command(flatten)]
+        bound: RequestTimeout,
+    },
+    /// Restart gmemd in place (e.g. into a new release) without losing anything.
+    ///
+    /// gmemd execs its binary anew and hands over its socket, every
+    /// connection, lease and memory file; running VMs notice nothing.
+    /// Then waits until a gmemd with one more restart serves (up to 10 s,
+    /// or --timeout if that is longer) and says how long that took.
+    Restart {
         #[command(flatten)]
         bound: RequestTimeout,
     },
@@ -335,6 +347,10 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::Forget { vm, bound } => {
             connect(&bound)?.forget(&vm)?;
             println!("forgot VM {vm}: its files are destroyed, its UUID and name are free");
+        }
+        Command::Restart { bound } => {
+            let report = gmemctl::daemon::restart(&socket, bound.timeout.unwrap_or(args.timeout))?;
+            println!("{}", report.text());
         }
         Command::Caps { json } => {
             let caps = gmemctl::caps::probe();

@@ -8,9 +8,17 @@
 //! for an operators' file) and `"orphan_secs"` (seconds, `null` unless the
 //! VM has no lease). An older daemon has one namespace for all
 //! ([`Files::Plain`]): neither the columns nor the keys appear.
+//!
+//! A daemon that reports itself (STATUS section 3) gets a first line
+//! saying since when it serves, how many restarts it survived and what it
+//! recovered ([`crate::daemon::daemon_line`]), and a JSON `"daemon"` object
+//! (`{pid, restarts, born, started, files, leases, recovered}`, times in
+//! UNIX seconds); from an older daemon, no line and `"daemon": null`.
 
-use gmem_protocol::wire::{FileStatus, LeaseStatus, ScopedFileStatus, VmId};
+use gmem_protocol::wire::{DaemonStatus, FileStatus, LeaseStatus, ScopedFileStatus, VmId};
 use serde_json::{json, Value};
+
+use crate::daemon::{daemon_json, daemon_line, unix_now};
 
 use gmemd::size::format_size;
 
@@ -23,9 +31,11 @@ pub enum Files {
     Plain(Vec<FileStatus>),
 }
 
-/// What `gmemctl status` shows: files and leases.
+/// What `gmemctl status` shows: the daemon, files and leases.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
+    /// The daemon itself, when it can say (`None`: an older daemon).
+    pub daemon: Option<DaemonStatus>,
     /// Every file the caller may see.
     pub files: Files,
     /// Every lease the caller may see.
@@ -157,13 +167,22 @@ pub fn status_json(status: &Status) -> Value {
             })
         })
         .collect();
-    json!({ "files": files, "leases": leases })
+    json!({
+        "daemon": status.daemon.as_ref().map(daemon_json),
+        "files": files,
+        "leases": leases,
+    })
 }
 
-/// The table of `gmemctl status`.
+/// The table of `gmemctl status`, after the daemon's line (uptime as of
+/// now) when it reports itself.
 pub fn status_table(status: &Status) -> String {
     let scoped = status.is_scoped();
     let mut out = String::new();
+    if let Some(daemon) = &status.daemon {
+        out.push_str(&daemon_line(daemon, unix_now()));
+        out.push_str("\n\n");
+    }
     let row = |out: &mut String, cells: [&str; 7]| {
         let [space, file, size, kind, owner, orphan, bindings] = cells;
         if scoped {
@@ -305,6 +324,7 @@ mod tests {
     fn scoped() -> Status {
         let (vm1, vm2) = (vm("vm1"), vm("vm2"));
         Status {
+            daemon: None,
             files: Files::Scoped(vec![
                 ScopedFileStatus {
                     file: file("ram", Some((&vm1, 3)), true),
@@ -338,6 +358,7 @@ mod tests {
     fn plain_json_has_the_documented_shape() {
         let vm1 = vm("vm1");
         let status = Status {
+            daemon: None,
             files: Files::Plain(vec![file("ram", Some((&vm1, 3)), true)]),
             leases: vec![lease(&vm1, 3)],
         };
@@ -351,12 +372,51 @@ mod tests {
         // No namespaces known: no keys that would claim one.
         assert!(v["files"][0].get("vm").is_none());
         assert!(v["files"][0].get("orphan_secs").is_none());
+        // An older daemon does not report itself.
+        assert!(v["daemon"].is_null());
+    }
+
+    #[test]
+    fn a_daemon_that_reports_itself_heads_table_and_json() {
+        let mut status = scoped();
+        status.daemon = Some(DaemonStatus {
+            pid: 1234,
+            restarts: 3,
+            born: 1_796_086_800,
+            started: 1_796_093_920,
+            files: 3,
+            leases: 1,
+            recovered: "3 files, 1 lease".to_owned(),
+        });
+        let table = status_table(&status);
+        let mut lines = table.lines();
+        let first = lines.next().unwrap();
+        assert!(
+            first.starts_with("gmemd pid 1234, serving since 2026-12-01 02:58:40 UTC (up "),
+            "{table}"
+        );
+        assert!(
+            first.ends_with(
+                "state since 2026-12-01 01:00:00 UTC, 3 restart(s) survived; \
+                 last recovery: 3 files, 1 lease"
+            ),
+            "{table}"
+        );
+        assert_eq!(lines.next(), Some(""));
+        assert!(lines.next().unwrap().starts_with("NAMESPACE "), "{table}");
+        let v = status_json(&status);
+        assert_eq!(v["daemon"]["pid"], 1234);
+        assert_eq!(v["daemon"]["restarts"], 3);
+        assert_eq!(v["daemon"]["started"], 1_796_093_920u64);
+        assert_eq!(v["daemon"]["recovered"], "3 files, 1 lease");
+        assert_eq!(v["files"].as_array().unwrap().len(), 3);
     }
 
     #[test]
     fn plain_table_keeps_the_old_columns() {
         let vm1 = vm("vm1");
         let status = Status {
+            daemon: None,
             files: Files::Plain(vec![file("ram", Some((&vm1, 3)), true)]),
             leases: vec![lease(&vm1, 3)],
         };
@@ -367,6 +427,7 @@ mod tests {
         assert!(table_row(&table, "ram").contains("vm1 (lease 3)"));
         assert!(table_row(&table, "ram").contains("1 0x0 +0x0 4 KiB"));
         let empty = status_table(&Status {
+            daemon: None,
             files: Files::Plain(Vec::new()),
             leases: Vec::new(),
         });

@@ -1,7 +1,7 @@
 //! A control session with gmemd whose every request is bounded in time.
 //!
-//! `gmemctl status`, `create`, `destroy`, `scrub`, `revoke`, `transfer` and
-//! `forget` talk to gmemd through a [`Session`]: connecting (even when the
+//! `gmemctl status`, `create`, `destroy`, `scrub`, `revoke`, `transfer`,
+//! `forget` and `restart` talk to gmemd through a [`Session`]: connecting (even when the
 //! daemon's listen backlog is full), the handshake and each request are
 //! bounded by `--timeout`, and when one of them runs out the error names
 //! the daemon that did not answer ([`SessionError::Timeout`]) instead of
@@ -9,8 +9,9 @@
 //! per-step bounds.)
 //!
 //! Requests that address a VM's namespace, TRANSFER and FORGET need the
-//! daemon's feature `VM_SCOPE`; without it they fail here with
-//! [`SessionError::NoVmScope`] before anything is sent.
+//! daemon's feature `VM_SCOPE`, RESTART its feature `RESTART`; without
+//! them they fail here with [`SessionError::NoFeature`] before anything is
+//! sent.
 
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -18,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gmem_protocol::conn::ConnError;
-use gmem_protocol::wire::{Features, FileInfo, MemoryKind, Name, RevokeReport, VmSelector};
+use gmem_protocol::wire::{
+    DaemonStatus, Features, FileInfo, MemoryKind, Name, RevokeReport, VmSelector,
+};
 use gmem_protocol::{Client, ClientError, ClientResult};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
@@ -48,14 +51,16 @@ pub enum SessionError {
         /// The bound that ran out.
         timeout: Duration,
     },
-    /// The daemon lacks feature `VM_SCOPE`, which the request needs.
+    /// The daemon lacks a feature the request needs.
     #[error(
-        "gmemd at {} does not support {what} (it lacks feature VM_SCOPE: an older gmemd?)",
+        "gmemd at {} does not support {what} (it lacks feature {feature}: an older gmemd?)",
         socket.display()
     )]
-    NoVmScope {
+    NoFeature {
         /// The socket.
         socket: PathBuf,
+        /// The feature, as PROTOCOL.md names it (`VM_SCOPE`, `RESTART`).
+        feature: &'static str,
         /// What was asked for.
         what: &'static str,
     },
@@ -146,19 +151,50 @@ impl Session {
         self.features().contains(Features::VM_SCOPE)
     }
 
-    /// Files (with their namespaces when the daemon has `VM_SCOPE`) and
-    /// leases.
+    /// The socket this session is connected to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The daemon itself (since when it serves, restarts survived, what it
+    /// recovered); `None` from a daemon too old to say.
+    ///
+    /// # Errors
+    /// As [`Session::status`].
+    pub fn daemon_status(&mut self) -> Result<Option<DaemonStatus>, SessionError> {
+        self.bounded(Client::daemon_status)
+    }
+
+    /// Asks gmemd to restart in place (operators only). The reply comes
+    /// before the restart; see [`crate::daemon::restart`] for waiting until
+    /// the new gmemd serves.
+    ///
+    /// # Errors
+    /// [`SessionError::NoFeature`] on a daemon without `RESTART`, or as
+    /// [`Session::status`] (`EPERM` for a non-operator).
+    pub fn restart(&mut self) -> Result<(), SessionError> {
+        self.need_feature(Features::RESTART, "RESTART", "restart")?;
+        self.bounded(Client::restart)
+    }
+
+    /// The daemon (when it can say), files (with their namespaces when the
+    /// daemon has `VM_SCOPE`) and leases.
     ///
     /// # Errors
     /// [`SessionError::Timeout`] or [`SessionError::Client`].
     pub fn status(&mut self) -> Result<Status, SessionError> {
+        let daemon = self.daemon_status()?;
         let files = if self.has_vm_scope() {
             Files::Scoped(self.bounded(Client::scoped_files)?)
         } else {
             Files::Plain(self.bounded(Client::files)?)
         };
         let leases = self.bounded(Client::leases)?;
-        Ok(Status { files, leases })
+        Ok(Status {
+            daemon,
+            files,
+            leases,
+        })
     }
 
     /// Creates an operators' file. Its fd is closed at once: gmemd keeps
@@ -179,7 +215,7 @@ impl Session {
     /// Destroys a file.
     ///
     /// # Errors
-    /// [`SessionError::NoVmScope`] for a VM's file on an older daemon, or
+    /// [`SessionError::NoFeature`] for a VM's file on an older daemon, or
     /// as [`Session::status`].
     pub fn destroy(&mut self, file: &FileArg) -> Result<(), SessionError> {
         self.need_scope_for(file)?;
@@ -208,7 +244,7 @@ impl Session {
     /// one is zeroed.
     ///
     /// # Errors
-    /// [`SessionError::NoVmScope`], or as [`Session::status`].
+    /// [`SessionError::NoFeature`], or as [`Session::status`].
     pub fn transfer(&mut self, from: &FileArg, to: &FileArg) -> Result<FileInfo, SessionError> {
         self.need_vm_scope("transfer")?;
         self.bounded(|c| c.transfer(&from.to_scoped_ref(), &to.to_scoped_ref()))
@@ -218,7 +254,7 @@ impl Session {
     /// its principal, freeing its UUID and name.
     ///
     /// # Errors
-    /// [`SessionError::NoVmScope`], or as [`Session::status`].
+    /// [`SessionError::NoFeature`], or as [`Session::status`].
     pub fn forget(&mut self, vm: &VmSelector) -> Result<(), SessionError> {
         self.need_vm_scope("forget")?;
         self.bounded(|c| c.forget(vm))
@@ -232,11 +268,23 @@ impl Session {
     }
 
     fn need_vm_scope(&self, what: &'static str) -> Result<(), SessionError> {
-        if self.has_vm_scope() {
+        self.need_feature(Features::VM_SCOPE, "VM_SCOPE", what)
+    }
+
+    /// Fails with [`SessionError::NoFeature`] unless `needed` (named
+    /// `feature` in PROTOCOL.md) was negotiated; `what` is the operation.
+    pub(crate) fn need_feature(
+        &self,
+        needed: Features,
+        feature: &'static str,
+        what: &'static str,
+    ) -> Result<(), SessionError> {
+        if self.features().contains(needed) {
             Ok(())
         } else {
-            Err(SessionError::NoVmScope {
+            Err(SessionError::NoFeature {
                 socket: self.socket.clone(),
+                feature,
                 what,
             })
         }

@@ -24,6 +24,9 @@ pub struct Limits {
     pub hello_timeout: Duration,
     /// Destroy the files of a VM that has had no lease for this long.
     pub expire_orphans: Option<Duration>,
+    /// How long a lease whose connection did not survive a gmemd restart
+    /// keeps its bindings.
+    pub lease_grace: Duration,
 }
 
 impl Default for Limits {
@@ -36,6 +39,7 @@ impl Default for Limits {
             reserved_operator_connections: 8,
             hello_timeout: Duration::from_secs(5),
             expire_orphans: None,
+            lease_grace: Duration::from_secs(30),
         }
     }
 }

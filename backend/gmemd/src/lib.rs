@@ -17,7 +17,10 @@
 pub mod config;
 pub mod config_file;
 pub mod event_loop;
+pub mod fdstore;
+pub mod handover;
 pub mod hugepages;
+pub mod journal;
 pub mod ledger;
 pub mod log_limit;
 pub mod memory;
@@ -27,5 +30,6 @@ pub mod runtime_dir;
 pub mod service;
 pub mod signals;
 pub mod size;
+pub mod startup;
 
 pub use gmem_protocol::error_chain;

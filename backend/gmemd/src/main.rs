@@ -7,9 +7,9 @@ use std::time::Duration;
 use clap::Parser;
 use gmemd::config::{default_state_dir, parse_duration, Config, Limits, Quotas};
 use gmemd::config_file::ConfigFile;
-use gmemd::event_loop::EventLoop;
+use gmemd::event_loop::RunEnd;
+use gmemd::fdstore::keeper::{run_keeper, KeeperOptions, ServeCommand};
 use gmemd::principal::PrincipalMode;
-use gmemd::service::Service;
 use gmemd::size::{format_size, parse_size};
 
 /// Owns guest RAM for KVM VMs and hands it to VMMs over a Unix socket.
@@ -80,13 +80,26 @@ struct Args {
     /// 7d [default: never].
     #[arg(long, value_parser = parse_duration)]
     expire_orphans: Option<Duration>,
+    /// How long a lease whose connection did not survive a gmemd restart
+    /// keeps its bindings, e.g. 30s.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    lease_grace: Duration,
+    /// Serve in this process, without a keeper: memory and connections do
+    /// not survive gmemd's own crash. (Under systemd, its fd store keeps
+    /// them and no keeper is started anyway.)
+    #[arg(long)]
+    no_keeper: bool,
+    /// Serve (the keeper starts gmemd with this; not for people).
+    #[arg(long, hide = true)]
+    serve: bool,
 }
 
 fn main() -> ExitCode {
+    gmemd::startup::mark_exec();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
     match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             log::error!("{}", gmemd::error_chain(e.as_ref()));
             eprintln!("gmemd: {}", gmemd::error_chain(e.as_ref()));
@@ -95,7 +108,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    // Read now: after an upgrade in place the path names the new binary.
+    gmemd::handover::binary_path();
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     gmemd::runtime_dir::prepare(&state_dir)?;
     let socket = args
@@ -106,7 +121,16 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
+    let keeper = !args.serve && !args.no_keeper && std::env::var_os("NOTIFY_SOCKET").is_none();
+    // Everything is checked before a keeper starts: a mistake is said here.
     let config = config_from(args, file)?;
+    if keeper {
+        // Without a manager (systemd) to keep its fds, gmemd keeps them
+        // itself: this process becomes the keeper, serving in a child it
+        // starts again whenever it dies.
+        let serve = ServeCommand::this_binary(std::env::args_os().skip(1))?;
+        return Ok(run_keeper(serve, KeeperOptions::default()));
+    }
     log::info!(
         "gmemd {}: state dir {}, clients may connect from uids {:?} (operators {:?} always \
          may), VMs tied to {}, memory limit {}, {} file(s) (per VM {}), {} connection(s) ({} \
@@ -126,10 +150,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         config.quotas.connections,
         config.limits.hello_timeout,
     );
-    let mut event_loop = EventLoop::bind(&socket, Service::new(config))?;
+    let mut event_loop = gmemd::startup::start(config, &state_dir, &socket)?;
     event_loop.stop_on_signals()?;
-    event_loop.run()?;
-    Ok(())
+    if event_loop.run()? == RunEnd::Restart {
+        let fds = event_loop.handover();
+        let exe = gmemd::handover::binary_path();
+        let args: Vec<_> = std::env::args_os().skip(1).collect();
+        let err = gmemd::handover::exec_with_fds(&exe, &args, &fds);
+        // The fds were moved for the exec: nothing can go on here. What
+        // keeps them (systemd, the keeper) starts gmemd again.
+        return Err(format!("restart in place: exec of {} failed: {err}", exe.display()).into());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The configuration from flags over the file over defaults; the limits
@@ -150,6 +182,7 @@ fn config_from(args: Args, file: ConfigFile) -> Result<Config, Box<dyn std::erro
     limits.reserved_operator_connections = args.reserved_operator_connections;
     limits.hello_timeout = args.hello_timeout;
     limits.expire_orphans = args.expire_orphans;
+    limits.lease_grace = args.lease_grace;
     if let Some(n) = args.max_files {
         limits.max_files = usize::try_from(n)?;
     }

@@ -40,6 +40,15 @@ pub fn termination_fd() -> io::Result<OwnedFd> {
     signal_fd(&[libc::SIGTERM, libc::SIGINT])
 }
 
+/// Blocks SIGTERM, SIGINT and SIGHUP (restart in place) and returns a
+/// signalfd reporting them.
+///
+/// # Errors
+/// As [`signal_fd`].
+pub fn daemon_fd() -> io::Result<OwnedFd> {
+    signal_fd(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
+}
+
 /// Reads one pending signal number from a signalfd (0 if none).
 pub fn read_signal(fd: BorrowedFd<'_>) -> u32 {
     let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];

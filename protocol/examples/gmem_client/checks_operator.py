@@ -1,18 +1,20 @@
-"""As an operator control session: DEPOSIT of memfds, STATUS paging,
-DESTROY of a VM's bound file (by scoped name), one name one UUID at HELLO,
-REVOKE and SCRUB (§6.5, §7.6, §7.7, §7.9, §7.10, §9). Needs the peer uid to
+"""As an operator control session: DEPOSIT of memfds, STATUS paging and
+the daemon entry, DESTROY of a VM's bound file (by scoped name), one name
+one UUID at HELLO, REVOKE and SCRUB, RESTART without its feature (§6.5,
+§7.6, §7.7, §7.9, §7.10, §7.14, §9). Needs the peer uid to
 be an operator (the default for gmemd's own uid and root)."""
 
 import errno
 import fcntl
 import os
+import time
 
 from .connection import Connection
 from .expect import expect_closed, expect_error, lease_entry
 from .wire import (
-    ALL_FEATURES, DEPOSIT, FILES_PER_PAGE, KIND_GUEST_MEMFD, KIND_HUGETLB_2M,
-    KIND_SECRET, RAW_DEPOSIT, SECTION_FILES, SECTION_LEASES, decode_status_page,
-    name_field, uuid_from_name,
+    ALL_FEATURES, DEPOSIT, FEATURE_RESTART, FILES_PER_PAGE, KIND_GUEST_MEMFD,
+    KIND_HUGETLB_2M, KIND_SECRET, RAW_DEPOSIT, SECTION_DAEMON, SECTION_FILES,
+    SECTION_LEASES, decode_status_page, name_field, uuid_from_name,
 )
 
 F_ADD_SEALS, F_GET_SEALS = 1033, 1034
@@ -49,6 +51,7 @@ def operator_checks(path, ctl):
     ctl.destroy("py-dep")
 
     paging(ctl)
+    daemon_entry(path, ctl)
     destroy_bound_of_other_vm(path, ctl)
     one_name_one_uuid(path, ctl)
     revoke_bound(path, ctl)
@@ -106,6 +109,25 @@ def paging(ctl):
         assert (t, count, nxt) == (total, 0, total), "cursor not clamped to total"
     for n in names:
         ctl.destroy(n)
+
+
+def daemon_entry(path, ctl):
+    """§9 section 3: one entry that counts what sections 0 and 1 hold; §7.14:
+    RESTART needs its feature (refused, it restarts nothing)."""
+    d = ctl.daemon_status()
+    print(f"STATUS daemon: pid {d['pid']}, {d['restarts']} restart(s), "
+          f"{d['files']} file(s), {d['leases']} lease(s), recovered {d['recovered']!r}")
+    assert d["pid"] > 0, d
+    assert 0 < d["born"] <= d["started"] <= time.time() + 1, d
+    assert d["files"] == len(ctl.status_all(SECTION_FILES)), d
+    assert d["leases"] == len(ctl.status_all(SECTION_LEASES)), d
+    assert decode_status_page(SECTION_DAEMON, ctl.status_page(SECTION_DAEMON, 1)) == (1, 0, 1, [])
+    old = Connection(path)
+    features, _ = old.hello_control(ALL_FEATURES & ~FEATURE_RESTART)
+    assert features == ALL_FEATURES & ~FEATURE_RESTART, f"{features:#x}"
+    expect_error("RESTART without its feature", errno.EOPNOTSUPP, old.restart)
+    old.close()
+    assert ctl.daemon_status()["restarts"] == d["restarts"], "a refused RESTART restarted gmemd"
 
 
 def destroy_bound_of_other_vm(path, ctl):

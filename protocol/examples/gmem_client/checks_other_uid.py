@@ -3,7 +3,7 @@ as uid 65534 (nobody) from a child process. With gmemd's default uid lists
 that peer gets EACCES and a closed connection for anything it sends; if
 gmemd was started with `--allow-uid 65534` (and 65534 is not an operator),
 the non-operator rules are checked instead: DESTROY, CREATE, OPEN, DEPOSIT,
-REVOKE, SCRUB, TRANSFER and FORGET, a VM tied to another principal (§6.5),
+REVOKE, SCRUB, TRANSFER, FORGET and RESTART, a VM tied to another principal (§6.5),
 scoped names and need-to-know STATUS."""
 
 import errno
@@ -107,6 +107,7 @@ def non_operator(path):
     expect_error("TRANSFER", errno.EPERM, ctl.transfer, ("py-ctl-file",),
                  ("py-x", uuid_from_name("py-root-vm")))
     expect_error("FORGET", errno.EPERM, ctl.forget, uuid_from_name("py-root-vm"))
+    expect_error("RESTART", errno.EPERM, ctl.restart)
     expect_error("control DESTROY of an operators' file", errno.EPERM, ctl.destroy, "py-ctl-file")
     expect_error("control DESTROY of an unknown file", errno.EPERM, ctl.destroy, "py-nothing")
     # Need to know (§9): none of root's VMs or the operators' files.

@@ -11,10 +11,11 @@ import struct
 
 from .wire import (
     ALL_FEATURES, BIND, CREATE, DEPOSIT, DESTROY, FLAG_REPLY, FORGET, HANDOFF,
-    HEADER, HEADER_SIZE, HELLO, HELLO_CONTROL, MAX_FDS, MAX_PAYLOAD, OPEN,
-    RAW_BIND, RAW_CREATE, RAW_DEPOSIT, RAW_HANDOFF, RAW_HELLO, RAW_HELLO_REPLY,
-    RAW_NAME, RAW_REPLY_HEAD, RAW_STATUS_QUERY, RAW_UNBIND, REQUEST_NAMES, REVOKE,
-    SCRUB, STATUS, TRANSFER, UNBIND, VERSION, decode_file_reply,
+    HEADER, HEADER_SIZE, HELLO, HELLO_CONTROL, MARKER_BASE, MAX_FDS, MAX_PAYLOAD,
+    NOTICE, OPEN, RAW_BIND, RAW_CREATE, RAW_DEPOSIT, RAW_HANDOFF, RAW_HELLO,
+    RAW_HELLO_REPLY, RAW_NAME, RAW_REPLY_HEAD, RAW_RESTART_NOTICE,
+    RAW_STATUS_QUERY, RAW_UNBIND, REQUEST_NAMES, RESTART, REVOKE,
+    SCRUB, SECTION_DAEMON, STATUS, TRANSFER, UNBIND, VERSION, decode_file_reply,
     decode_handoff_reply, decode_revoke_reply, decode_status_page, name_field,
     scoped_name, vm_selector,
 )
@@ -31,6 +32,16 @@ class GmemError(Exception):
                          f"{errno.errorcode.get(err, err)} ({err}): {text}")
         self.errno = err
         self.text = text
+
+
+class Restarted(Exception):
+    """gmemd restarted and lost the request in flight (§14.4): it may or may
+    not have been applied. This client reports it instead of resending."""
+
+    def __init__(self, request):
+        super().__init__(f"gmemd restarted while {REQUEST_NAMES.get(request, request)} "
+                         "was in flight; it may or may not have been applied")
+        self.request = request
 
 
 class Reply:
@@ -66,6 +77,7 @@ class Connection:
         self.sock.connect(path)
         self.features = 0
         self.lease = 0
+        self.restarts_seen = 0
 
     def close(self):
         self.sock.close()
@@ -111,12 +123,37 @@ class Connection:
         return code, flags, payload, fds
 
     def read_reply(self, code):
-        """The next reply, which must answer request `code` (§12 steps 7, 8)."""
-        rcode, rflags, rpayload, rfds = self.recv()
-        if rflags != FLAG_REPLY | VERSION or rcode != code:
-            raise RuntimeError(f"unexpected reply: code {rcode} flags {rflags:#x}, "
-                               f"expected code {code} flags {FLAG_REPLY | VERSION:#x}")
-        return Reply(rcode, rpayload, rfds)
+        """The next reply, which must answer request `code` (§12 steps 7, 8).
+
+        Restart notices are skipped (§14.2); after one with pending 0, a
+        marker tells whether the request was answered or lost (§14.4).
+        """
+        answer, marker = None, None
+        while True:
+            rcode, rflags, rpayload, rfds = self.recv()
+            if rflags == FLAG_REPLY | VERSION and rcode == NOTICE:
+                notice = Reply(rcode, rpayload, rfds)
+                assert not notice.errno and len(notice.body) == RAW_RESTART_NOTICE.size
+                self.restarts_seen += 1
+                restarts, pending = RAW_RESTART_NOTICE.unpack(notice.body)
+                assert pending in (0, 1), f"notice pending {pending}"
+                if not pending:
+                    marker = MARKER_BASE | (self.restarts_seen & 0xFFFF)
+                    self.send(marker, b"")
+                continue
+            if rflags == FLAG_REPLY | VERSION and rcode & MARKER_BASE == MARKER_BASE:
+                Reply(rcode, rpayload, rfds)  # EOPNOTSUPP, checked for shape
+                if rcode != marker:
+                    continue  # an earlier marker's
+                if answer is None:
+                    raise Restarted(code)
+                return answer
+            if rflags != FLAG_REPLY | VERSION or rcode != code or answer is not None:
+                raise RuntimeError(f"unexpected reply: code {rcode} flags {rflags:#x}, "
+                                   f"expected code {code} flags {FLAG_REPLY | VERSION:#x}")
+            answer = Reply(rcode, rpayload, rfds)
+            if marker is None:
+                return answer
 
     def call(self, code, payload, fds=(), reply_fds=0, flags=VERSION):
         """Sends a request, returns the reply body (and fds); raises GmemError."""
@@ -198,6 +235,18 @@ class Connection:
         """Tells gmemd which process holds the lease socket now; returns its pid."""
         body, _ = self.call(HANDOFF, RAW_HANDOFF.pack(fd, flags), (pidfd,))
         return decode_handoff_reply(body)
+
+    def restart(self):
+        """RESTART (§7.14): gmemd answers, then restarts in place; this
+        connection stays and gets a NOTICE before the next reply."""
+        self.call(RESTART, b"")
+
+    def daemon_status(self):
+        """The one entry of STATUS section 3 (§9): the daemon itself."""
+        page = decode_status_page(SECTION_DAEMON, self.status_page(SECTION_DAEMON, 0))
+        total, count, nxt, entries = page
+        assert (total, count, nxt) == (1, 1, 1), page
+        return entries[0]
 
     def status_page(self, section, start):
         body, _ = self.call(STATUS, RAW_STATUS_QUERY.pack(section, start))

@@ -15,23 +15,25 @@ MAX_FDS = 8
 VERSION = 1
 FLAG_REPLY = 0x4
 FLAG_NEED_REPLY = 0x8
+NOTICE = 0  # header code of a restart NOTICE (§14.2), REPLY flag set
+MARKER_BASE = 0xFFFF0000  # marker codes: never requests (§14.4)
 
 # --- requests (§7) ----------------------------------------------------------
 
 (HELLO, CREATE, OPEN, BIND, UNBIND, DEPOSIT, DESTROY, STATUS, REVOKE, SCRUB,
- HANDOFF, TRANSFER, FORGET) = range(1, 14)
+ HANDOFF, TRANSFER, FORGET, RESTART) = range(1, 15)
 REQUEST_NAMES = {
     1: "HELLO", 2: "CREATE", 3: "OPEN", 4: "BIND", 5: "UNBIND", 6: "DEPOSIT",
     7: "DESTROY", 8: "STATUS", 9: "REVOKE", 10: "SCRUB", 11: "HANDOFF",
-    12: "TRANSFER", 13: "FORGET",
+    12: "TRANSFER", 13: "FORGET", 14: "RESTART",
 }
 
 # --- features (§6.3) and flags ----------------------------------------------
 
 FEATURE_DEPOSIT, FEATURE_SCRUB, FEATURE_REVOKE, FEATURE_HANDOFF = 0x1, 0x2, 0x4, 0x8
-FEATURE_VM_SCOPE = 0x10
+FEATURE_VM_SCOPE, FEATURE_RESTART = 0x10, 0x20
 ALL_FEATURES = (FEATURE_DEPOSIT | FEATURE_SCRUB | FEATURE_REVOKE | FEATURE_HANDOFF
-                | FEATURE_VM_SCOPE)
+                | FEATURE_VM_SCOPE | FEATURE_RESTART)
 HELLO_CONTROL = 0x1
 CREATE_OPEN_EXISTING = 0x1
 FILE_CREATED = 0x1
@@ -42,7 +44,8 @@ KIND_NAMES = {0: "memfd", 1: "hugetlb-2m", 2: "hugetlb-1g", 3: "secret", 4: "gue
 KIND_MEMFD, KIND_HUGETLB_2M, KIND_SECRET, KIND_GUEST_MEMFD = 0, 1, 3, 4
 MAX_BINDINGS_PER_FILE = 64
 MAX_IN_FLIGHT_AT_REVOKE = 1024
-SECTION_FILES, SECTION_LEASES, SECTION_SCOPED_FILES = 0, 1, 2
+SECTION_FILES, SECTION_LEASES, SECTION_SCOPED_FILES, SECTION_DAEMON = 0, 1, 2, 3
+MAX_RECOVERED_TEXT = 1024  # bytes of text in the daemon entry (§9)
 FILES_PER_PAGE = 23  # files entries without bindings in one page (§9)
 SCOPED_FILES_PER_PAGE = 15  # scoped-files entries without bindings (§9)
 
@@ -69,6 +72,8 @@ RAW_HANDOFF_REPLY = struct.Struct("<II")         # 8
 RAW_SCOPED_NAME = struct.Struct("<16s64s64s")    # 144
 RAW_TRANSFER = struct.Struct("<16s64s64s16s64s64s")  # 288
 RAW_FILE_SPACE = struct.Struct("<16s64sQ")       # 88
+RAW_RESTART_NOTICE = struct.Struct("<II")      # 8: restarts, pending
+RAW_DAEMON_STATUS = struct.Struct("<IIQQIIII")   # 40
 
 for _s, _n in [(RAW_HELLO, 96), (RAW_HELLO_REPLY, 24), (RAW_CREATE, 80), (RAW_FILE_REPLY, 24),
                (RAW_NAME, 64), (RAW_BIND, 96), (RAW_UNBIND, 8), (RAW_STATUS_QUERY, 8),
@@ -76,7 +81,7 @@ for _s, _n in [(RAW_HELLO, 96), (RAW_HELLO_REPLY, 24), (RAW_CREATE, 80), (RAW_FI
                (RAW_LEASE_ENTRY, 112), (RAW_REPLY_HEAD, 8), (RAW_DEPOSIT, 72),
                (RAW_VM_SELECTOR, 80), (RAW_REVOKE_REPLY, 16), (RAW_HANDOFF, 8),
                (RAW_HANDOFF_REPLY, 8), (RAW_SCOPED_NAME, 144), (RAW_TRANSFER, 288),
-               (RAW_FILE_SPACE, 88)]:
+               (RAW_FILE_SPACE, 88), (RAW_RESTART_NOTICE, 8), (RAW_DAEMON_STATUS, 40)]:
     assert _s.size == _n, (_s.format, _s.size, _n)
 
 # Largest reply (§4.3): header + a full payload.
@@ -201,12 +206,29 @@ def _decode_lease_entry(body, pos):
     return entry, pos + RAW_LEASE_ENTRY.size
 
 
+def _decode_daemon_entry(body, pos):
+    """The daemon entry (§9, section 3): RawDaemonStatus, its text, zeros
+    up to a multiple of 8 bytes."""
+    (pid, restarts, born, started, files, leases, text_len,
+     _pad) = RAW_DAEMON_STATUS.unpack_from(body, pos)
+    pos += RAW_DAEMON_STATUS.size
+    assert text_len <= MAX_RECOVERED_TEXT, f"recovery text of {text_len} bytes"
+    padded = (text_len + 7) // 8 * 8
+    assert pos + padded <= len(body), "daemon entry truncated"
+    recovered = body[pos:pos + text_len].decode("utf-8")
+    assert body[pos + text_len:pos + padded] == bytes(padded - text_len), "padding not zero"
+    entry = {"pid": pid, "restarts": restarts, "born": born, "started": started,
+             "files": files, "leases": leases, "recovered": recovered}
+    return entry, pos + padded
+
+
 def decode_status_page(section, body):
     """(total, count, next, entries) of one STATUS page (§9)."""
     total, count, nxt, _pad = RAW_STATUS_PAGE.unpack_from(body)
     pos, entries = RAW_STATUS_PAGE.size, []
     decode = {SECTION_FILES: _decode_file_entry, SECTION_LEASES: _decode_lease_entry,
-              SECTION_SCOPED_FILES: _decode_scoped_file_entry}[section]
+              SECTION_SCOPED_FILES: _decode_scoped_file_entry,
+              SECTION_DAEMON: _decode_daemon_entry}[section]
     for _ in range(count):
         entry, pos = decode(body, pos)
         entries.append(entry)

@@ -14,10 +14,11 @@ use gmem_fuzz::requests::request_input;
 use gmem_fuzz::seeds::{numbered, write_seeds};
 use gmem_fuzz::{frames, replies, requests};
 use gmem_protocol::wire::{
-    encode_status_page, BindRequest, BindingStatus, CreateFlags, CreateRequest, DepositRequest,
-    Features, FileInfo, FileStatus, GuestAddress, HandoffReply, HandoffRequest, Header, Hello,
-    HelloReply, LeaseId, LeaseStatus, MemoryKind, Name, OwnerStatus, Reply, Request, RequestBody,
-    RevokeReport, StatusQuery, StatusSection, VmId, VmSelector, VERSION,
+    encode_status_page, BindRequest, BindingStatus, CreateFlags, CreateRequest, DaemonStatus,
+    DepositRequest, Features, FileInfo, FileRef, FileStatus, GuestAddress, HandoffReply,
+    HandoffRequest, Header, Hello, HelloReply, LeaseId, LeaseStatus, MemoryKind, Name, OwnerStatus,
+    Reply, Request, RequestBody, RestartNotice, RevokeReport, StatusQuery, StatusSection, VmId,
+    VmSelector, VERSION,
 };
 
 fn name(s: &str) -> Name {
@@ -54,7 +55,7 @@ fn requests() -> Vec<(&'static str, RequestBody)> {
                 flags: CreateFlags::OPEN_EXISTING,
             }),
         ),
-        ("open", RequestBody::Open(name("ram0"))),
+        ("open", RequestBody::Open(FileRef::own(name("ram0")))),
         (
             "bind",
             RequestBody::Bind(BindRequest::new(
@@ -73,7 +74,10 @@ fn requests() -> Vec<(&'static str, RequestBody)> {
                 kind: MemoryKind::GuestMemfd,
             }),
         ),
-        ("destroy", RequestBody::Destroy(name("x.y:z-0"))),
+        (
+            "destroy",
+            RequestBody::Destroy(FileRef::own(name("x.y:z-0"))),
+        ),
         (
             "status-files",
             RequestBody::Status(StatusQuery {
@@ -96,8 +100,16 @@ fn requests() -> Vec<(&'static str, RequestBody)> {
             "revoke-name",
             RequestBody::Revoke(VmSelector::Name(name("vm-b"))),
         ),
-        ("scrub", RequestBody::Scrub(name("ram0"))),
+        ("scrub", RequestBody::Scrub(FileRef::own(name("ram0")))),
         ("handoff", RequestBody::Handoff(HandoffRequest { fd: 200 })),
+        ("restart", RequestBody::Restart),
+        (
+            "status-daemon",
+            RequestBody::Status(StatusQuery {
+                section: StatusSection::Daemon,
+                start: 0,
+            }),
+        ),
     ]
 }
 
@@ -173,6 +185,20 @@ fn replies() -> Vec<(&'static str, Vec<u8>)> {
     }
     .encode();
     let handoff = HandoffReply { pid: 4242 }.encode();
+    let daemon = DaemonStatus {
+        pid: 4242,
+        restarts: 2,
+        born: 1_796_086_800,
+        started: 1_796_093_920,
+        files: 2,
+        leases: 1,
+        recovered: "recovered 2 files, 1 lease; journal tail cut at 4096".to_owned(),
+    };
+    let (daemon_page, _) = encode_status_page(1, 0, &[daemon], DaemonStatus::encode);
+    let notice = RestartNotice {
+        restarts: 2,
+        pending: true,
+    };
     vec![
         ("ok-empty", Reply::ok(Vec::new()).encode()),
         (
@@ -196,6 +222,9 @@ fn replies() -> Vec<(&'static str, Vec<u8>)> {
         ("body-revoke", revoke),
         ("ok-handoff", Reply::ok(handoff.clone()).encode()),
         ("body-handoff", handoff),
+        ("ok-restart-notice", notice.encode_payload()),
+        ("ok-daemon-page", Reply::ok(daemon_page.clone()).encode()),
+        ("body-daemon-page", daemon_page),
     ]
 }
 
@@ -225,6 +254,20 @@ fn frame_streams() -> Vec<(&'static str, Vec<u8>)> {
     let unknown = message(Header::request(Request::Status, 0), &[]);
     let mut unknown_code = unknown.clone();
     unknown_code[0] = 77;
+    let notice = RestartNotice {
+        restarts: 1,
+        pending: false,
+    }
+    .encode_payload();
+    let notice = message(Header::notice(notice.len()), &notice);
+    let marker = message(
+        Header {
+            code: 0xffff_0000,
+            is_reply: false,
+            size: 0,
+        },
+        &[],
+    );
     vec![
         ("hello-whole", frame_input(&[], &hello)),
         ("all-requests-bytewise", frame_input(&[1], &all)),
@@ -248,6 +291,10 @@ fn frame_streams() -> Vec<(&'static str, Vec<u8>)> {
         (
             "reply-and-unknown-code",
             frame_input(&[11, 2], &[reply, unknown_code].concat()),
+        ),
+        (
+            "notice-marker-then-hello",
+            frame_input(&[7, 30], &[notice, marker, hello].concat()),
         ),
     ]
 }

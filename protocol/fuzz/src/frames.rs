@@ -1,25 +1,38 @@
-//! `frame_reader`: `FrameReader` on a non-blocking socket fed in pieces.
+//! `frame_reader`: `FrameReader` on a non-blocking socket fed in pieces,
+//! read both ways: `read_frame` (piece by piece, the client's way) and
+//! `read_whole` (whole messages only, the daemon's way).
 //!
 //! Input layout: byte 0 is `n`; the next `n % 16` bytes are chunk sizes (a
 //! byte `b` means `b + 1` bytes, used in turn and cycled); the rest is the
 //! byte stream written into the socket. With no chunk sizes the stream is
 //! written in one piece. The reader is driven after every write until it
-//! would block, and after the last write the writing end is closed and the
-//! reader driven to its final error.
+//! would block (or, for `read_whole`, finds only part of a message), and
+//! after the last write the writing end is closed and the reader driven to
+//! its final error. For `read_whole`, once [`STALL_WRITES`] writes in a row
+//! completed no message, chunks are at least 256 bytes: the kernel charges
+//! every write's buffer to the sender's socket, and a message written in
+//! hundreds of tiny pieces would fill it before it is whole, so the writer
+//! would block for good (PROTOCOL.md §5.1).
 //!
-//! Property: the frames and the final error are exactly those of a plain
-//! reference parser of the stream, whatever the chunking; nothing panics;
-//! every frame has `payload.len() == header.size`. Each frame also goes
-//! through the daemon's `server::decode_request` and `encode_reply`, whose
-//! reply must decode.
+//! Property: for both ways, the frames and the final error are exactly
+//! those of a plain reference parser of the stream, whatever the chunking;
+//! nothing panics; every frame has `payload.len() == header.size`. With
+//! `read_whole`, the socket holds every byte not yet returned in a frame
+//! at every step (`FIONREAD`): nothing is ever half taken. Each frame also
+//! goes through the daemon's `server::decode_request` and `encode_reply`,
+//! whose reply must decode.
 
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
-use gmem_protocol::conn::{ConnError, Frame, FrameReader};
+use gmem_protocol::conn::{ConnError, Frame, FrameReader, WholeRead};
 use gmem_protocol::server::{decode_request, encode_reply, Response};
 use gmem_protocol::wire::{Header, Reply, WireError, HEADER_SIZE};
+
+/// Writes in a row that complete no message after which `read_whole` gets
+/// chunks of at least 256 bytes.
+pub const STALL_WRITES: usize = 32;
 
 /// Most chunk sizes an input can give.
 pub const MAX_CHUNKS: usize = 15;
@@ -81,71 +94,121 @@ fn reference(mut stream: &[u8]) -> (Vec<(Header, Vec<u8>)>, End) {
     }
 }
 
+/// How the reader is driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// `read_frame`: piece by piece.
+    Pieces,
+    /// `read_whole`: whole messages only.
+    Whole,
+}
+
 /// Runs every property of the `frame_reader` target on `data`.
 pub fn check_frames(data: &[u8]) {
     let (chunks, stream) = split_input(data);
-    let (expected_frames, expected_end) = reference(stream);
+    let expected = reference(stream);
+    for way in [Way::Pieces, Way::Whole] {
+        let (frames, end) = read_stream(way, &chunks, stream);
+        assert_eq!(frames.len(), expected.0.len(), "{way:?}: frame count");
+        for ((header, payload), (eh, ep)) in frames.iter().zip(&expected.0) {
+            assert_eq!(header, eh, "{way:?}");
+            assert_eq!(payload, ep, "{way:?}");
+        }
+        assert_eq!(end, expected.1, "{way:?}");
+    }
+}
 
+/// Writes `stream` in `chunks` into a socketpair read `way`; returns the
+/// frames read and how the stream ended.
+fn read_stream(way: Way, chunks: &[usize], stream: &[u8]) -> (Vec<(Header, Vec<u8>)>, End) {
     let (mut tx, rx) = UnixStream::pair().expect("socketpair");
     rx.set_nonblocking(true).expect("non-blocking reader");
-    let mut reader = FrameReader::new();
-    let mut frames = Vec::new();
+    let mut reader = Reader {
+        way,
+        inner: FrameReader::new(),
+        frames: Vec::new(),
+        taken: 0,
+    };
     let mut end = None;
 
     let mut sent = 0;
     let mut sizes = chunks.iter().copied().cycle();
+    let mut idle_writes = 0;
     while sent < stream.len() && end.is_none() {
-        let n = sizes
-            .next()
-            .unwrap_or(stream.len())
-            .min(stream.len() - sent);
+        let mut n = sizes.next().unwrap_or(stream.len());
+        if way == Way::Whole && idle_writes >= STALL_WRITES {
+            n = n.max(256);
+        }
+        let n = n.min(stream.len() - sent);
         // Never blocks: the reader drains after every write, so at most one
-        // chunk (<= 256 bytes, or the whole input) is ever buffered.
+        // chunk (<= 256 bytes, or the whole input) plus one unfinished
+        // message (<= 4108 bytes, in at most 48 writes) is ever buffered.
         tx.write_all(&stream[sent..sent + n])
             .expect("write to socketpair");
         sent += n;
-        end = drain(&mut reader, &rx, &mut frames, false);
+        let frames_before = reader.frames.len();
+        end = reader.drain(&rx, sent, false);
+        idle_writes = if reader.frames.len() > frames_before {
+            0
+        } else {
+            idle_writes + 1
+        };
     }
     if end.is_none() {
         drop(tx);
-        end = drain(&mut reader, &rx, &mut frames, true);
+        end = reader.drain(&rx, sent, true);
     }
-    let end = end.expect("reader ended after EOF");
-
-    assert_eq!(frames.len(), expected_frames.len(), "frame count");
-    for ((header, payload), (eh, ep)) in frames.iter().zip(&expected_frames) {
-        assert_eq!(header, eh);
-        assert_eq!(payload, ep);
-    }
-    assert_eq!(end, expected_end);
+    (reader.frames, end.expect("reader ended after EOF"))
 }
 
-/// Reads frames until the reader would block (`None`) or fails (`Some`).
-/// After EOF (`eof`) it must fail rather than block.
-fn drain(
-    reader: &mut FrameReader,
-    rx: &UnixStream,
-    frames: &mut Vec<(Header, Vec<u8>)>,
-    eof: bool,
-) -> Option<End> {
-    loop {
-        match reader.read_frame(rx.as_fd()) {
-            Ok(Some(frame)) => {
-                assert_eq!(frame.payload.len(), frame.header.size as usize);
-                assert!(frame.fds.is_empty(), "fds from nowhere");
-                assert!(reader.is_idle(), "reader not idle after a frame");
-                let kept = (frame.header, frame.payload.clone());
-                check_server(frame);
-                frames.push(kept);
+/// A reader of one way, with what it returned so far.
+struct Reader {
+    way: Way,
+    inner: FrameReader,
+    frames: Vec<(Header, Vec<u8>)>,
+    /// Bytes of the frames returned.
+    taken: usize,
+}
+
+impl Reader {
+    /// Reads frames until the reader would block or finds only part of a
+    /// message (`None`) or fails (`Some`). After EOF (`eof`) it must fail
+    /// rather than wait. `sent` bytes were written so far.
+    fn drain(&mut self, rx: &UnixStream, sent: usize, eof: bool) -> Option<End> {
+        loop {
+            let read = match self.way {
+                Way::Pieces => self.inner.read_frame(rx.as_fd()),
+                Way::Whole => self.inner.read_whole(rx.as_fd()).map(|r| match r {
+                    WholeRead::Frame(frame) => Some(frame),
+                    WholeRead::Partial | WholeRead::Empty => None,
+                }),
+            };
+            match read {
+                Ok(Some(frame)) => {
+                    assert_eq!(frame.payload.len(), frame.header.size as usize);
+                    assert!(frame.fds.is_empty(), "fds from nowhere");
+                    assert!(self.inner.is_idle(), "reader not idle after a frame");
+                    self.taken += HEADER_SIZE + frame.payload.len();
+                    self.frames.push((frame.header, frame.payload.clone()));
+                    check_server(frame);
+                }
+                Ok(None) => {
+                    assert!(!eof, "reader waits after EOF");
+                    if self.way == Way::Whole {
+                        let queued = rustix::io::ioctl_fionread(rx).expect("FIONREAD");
+                        assert_eq!(
+                            usize::try_from(queued).expect("small"),
+                            sent - self.taken,
+                            "read_whole took part of a message"
+                        );
+                    }
+                    return None;
+                }
+                Err(ConnError::Closed) => return Some(End::Closed),
+                Err(ConnError::Truncated { received }) => return Some(End::Truncated(received)),
+                Err(ConnError::BadHeader(e)) => return Some(End::BadHeader(e)),
+                Err(e) => panic!("unexpected reader error: {e:?}"),
             }
-            Ok(None) => {
-                assert!(!eof, "reader would block after EOF");
-                return None;
-            }
-            Err(ConnError::Closed) => return Some(End::Closed),
-            Err(ConnError::Truncated { received }) => return Some(End::Truncated(received)),
-            Err(ConnError::BadHeader(e)) => return Some(End::BadHeader(e)),
-            Err(e) => panic!("unexpected reader error: {e:?}"),
         }
     }
 }

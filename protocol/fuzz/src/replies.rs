@@ -6,12 +6,16 @@
 //! input was canonical.
 
 use gmem_protocol::wire::{
-    FileInfo, FileStatus, HandoffReply, HelloReply, LeaseStatus, Reply, RevokeReport, StatusPage,
-    MAX_ERROR_TEXT,
+    DaemonStatus, FileInfo, FileStatus, HandoffReply, HelloReply, LeaseStatus, Reply,
+    RestartNotice, RevokeReport, StatusPage, MAX_ERROR_TEXT, MAX_RECOVERED_TEXT,
 };
 
 /// Runs every property of the `decode_reply` target on `data`.
 pub fn check_reply(data: &[u8]) {
+    if let Ok(notice) = RestartNotice::decode_payload(data) {
+        // The notice's payload has no padding: canonical bytes only.
+        assert_eq!(notice.encode_payload(), data, "notice not canonical");
+    }
     if let Ok(reply) = Reply::decode(data) {
         check_reply_round_trip(data, &reply);
         check_bodies(&reply.body);
@@ -58,6 +62,14 @@ fn check_bodies(body: &[u8]) {
         let again = LeaseStatus::decode_page(&encode_page(&page, LeaseStatus::encode));
         assert_eq!(again.as_ref(), Ok(&page), "leases page does not round-trip");
     }
+    if let Ok(page) = DaemonStatus::decode_page(body) {
+        let again = DaemonStatus::decode_page(&encode_page(&page, DaemonStatus::encode));
+        assert_eq!(again.as_ref(), Ok(&page), "daemon page does not round-trip");
+        for entry in &page.entries {
+            assert!(entry.recovered.len() <= MAX_RECOVERED_TEXT);
+            assert_eq!(entry.encoded_len(), entry.encode().len());
+        }
+    }
     if let Ok(info) = FileInfo::decode(body) {
         assert_eq!(FileInfo::decode(&info.encode()), Ok(info));
     }
@@ -66,6 +78,9 @@ fn check_bodies(body: &[u8]) {
     }
     if let Ok(handoff) = HandoffReply::decode(body) {
         assert_eq!(HandoffReply::decode(&handoff.encode()), Ok(handoff));
+    }
+    if let Ok(notice) = RestartNotice::decode(body) {
+        assert_eq!(notice.encode(), body, "notice body not canonical");
     }
     if let Ok(report) = RevokeReport::decode(body) {
         assert_eq!(RevokeReport::decode(&report.encode()), Ok(report));

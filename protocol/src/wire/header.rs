@@ -49,6 +49,8 @@ wire_enum! {
         Transfer = 12 => "TRANSFER",
         /// Operator: untie a VM from its principal.
         Forget = 13 => "FORGET",
+        /// Operator: restart gmemd in place (exec, everything handed over).
+        Restart = 14 => "RESTART",
     }
 }
 
@@ -82,6 +84,7 @@ impl Request {
             Request::Revoke | Request::Forget => RawVmSelector::SIZE,
             Request::Handoff => RawHandoff::SIZE,
             Request::Transfer => RawTransfer::SIZE,
+            Request::Restart => 0,
         }
     }
 
@@ -107,8 +110,21 @@ bitflags! {
         /// Files addressed in a namespace (OPEN, DESTROY, SCRUB), TRANSFER,
         /// FORGET, and STATUS files with their namespace.
         const VM_SCOPE = 1 << 4;
+        /// RESTART by an operator: gmemd restarts in place, keeping every
+        /// connection, lease and file.
+        const RESTART = 1 << 5;
     }
 }
+
+/// Header code of a NOTICE: a message the daemon sends unasked, with the
+/// `REPLY` flag set (PROTOCOL.md §14.2). No request has this code.
+pub const NOTICE_CODE: u32 = 0;
+
+/// The codes `MARKER_CODES` are never requests: the daemon refuses them
+/// `EOPNOTSUPP` like any unknown code and changes nothing, so a client may
+/// send one to learn, from its reply, that everything it sent before has
+/// been read (PROTOCOL.md §14.4).
+pub const MARKER_CODES: std::ops::RangeInclusive<u32> = 0xffff_0000..=0xffff_ffff;
 
 /// The 12-byte header as it lies on the wire.
 #[repr(C, packed)]
@@ -154,6 +170,16 @@ impl Header {
             is_reply: true,
             size: wire_len(size),
         }
+    }
+
+    /// A NOTICE header ([`NOTICE_CODE`], `REPLY` set) with `size` payload bytes.
+    pub fn notice(size: usize) -> Self {
+        Header::reply(NOTICE_CODE, size)
+    }
+
+    /// Whether this is a NOTICE rather than the reply to a request.
+    pub fn is_notice(&self) -> bool {
+        self.is_reply && self.code == NOTICE_CODE
     }
 
     /// Encodes the header.

@@ -54,5 +54,8 @@ wire_enum! {
         Leases = 1 => "leases",
         /// Memory files with their namespace (feature `VM_SCOPE`).
         ScopedFiles = 2 => "scoped-files",
+        /// The daemon itself: one entry, since when it serves, the restarts
+        /// it survived and what it recovered ([`DaemonStatus`]).
+        Daemon = 3 => "daemon",
     }
 }

@@ -33,6 +33,9 @@ pub const MAX_BINDINGS_PER_FILE: usize = 64;
 /// Longest human-readable message in an error reply.
 pub const MAX_ERROR_TEXT: usize = 256;
 
+/// Longest recovery text in a STATUS daemon entry ([`DaemonStatus`]), in bytes.
+pub const MAX_RECOVERED_TEXT: usize = 1024;
+
 /// The protocol version carried in bits 0–1 of the header flags.
 pub const VERSION: u32 = 1;
 
@@ -215,18 +218,18 @@ mod status;
 #[cfg(test)]
 mod tests;
 
-pub use header::{Features, Header, HeaderFlags, RawHeader, Request};
+pub use header::{Features, Header, HeaderFlags, RawHeader, Request, MARKER_CODES, NOTICE_CODE};
 pub use identity::{LeaseId, Name, Uuid, VmId};
 pub use kind::{MemoryKind, StatusSection};
 pub use raw::*;
-pub use reply::{FileInfo, HandoffReply, HelloReply, Reply, RevokeReport};
+pub use reply::{FileInfo, HandoffReply, HelloReply, Reply, RestartNotice, RevokeReport};
 pub use request::{
     BindRequest, CreateRequest, DepositRequest, FileRef, HandoffRequest, Hello, RequestBody, Scope,
     StatusQuery, TransferRequest, VmSelector,
 };
 pub use status::{
-    encode_status_page, encode_status_page_from, BindingStatus, FileStatus, LeaseStatus,
-    OwnerStatus, ScopedFileStatus, StatusPage,
+    encode_status_page, encode_status_page_from, BindingStatus, DaemonStatus, FileStatus,
+    LeaseStatus, OwnerStatus, ScopedFileStatus, StatusPage,
 };
 /// Guest-physical addresses are vm-memory's, as in every rust-vmm VMM.
 pub use vm_memory::GuestAddress;
@@ -243,6 +246,16 @@ fn flags_from<F: bitflags::Flags<Bits = u32>>(bits: u32, field: &'static str) ->
         field,
         bits: u64::from(bits & !F::all().bits()),
     })
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends at a
+/// character boundary.
+fn cut_at_char_boundary(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn read_exact<T: ByteValued>(body: &[u8]) -> WireResult<T> {

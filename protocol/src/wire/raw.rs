@@ -246,6 +246,29 @@ raw_struct!(
 });
 
 raw_struct!(
+    /// The one entry of a STATUS daemon page (section 3), followed by
+    /// `recovered_len` bytes of UTF-8 text, then zeros up to a multiple of
+    /// 8 bytes.
+    RawDaemonStatus, 40, {
+    /// pid of the serving gmemd process.
+    pid: Le32,
+    /// Restarts the daemon's state has survived.
+    restarts: Le32,
+    /// When the state was first made (UNIX seconds).
+    born: Le64,
+    /// When this process started serving (UNIX seconds).
+    started: Le64,
+    /// Memory files the session may see.
+    files: Le32,
+    /// Open leases the session may see.
+    leases: Le32,
+    /// Bytes of recovery text that follow (at most [`MAX_RECOVERED_TEXT`]).
+    recovered_len: Le32,
+    /// Zero.
+    pad: Le32,
+});
+
+raw_struct!(
     /// REVOKE payload: a VM chosen by UUID, or by name when the UUID is zero.
     RawVmSelector, 80, {
     /// VM UUID, or zero.
@@ -265,6 +288,16 @@ raw_struct!(
     scrubbed: Le32,
     /// Zero.
     pad: Le32,
+});
+
+raw_struct!(
+    /// Body of a restart NOTICE, after a reply head with status 0.
+    RawRestartNotice, 8, {
+    /// Restarts the daemon has survived, this one included.
+    restarts: Le32,
+    /// 1 if a whole request of this connection was still unread when the
+    /// notice was sent (it will be answered), else 0.
+    pending: Le32,
 });
 
 raw_struct!(

@@ -145,6 +145,65 @@ impl HandoffReply {
     }
 }
 
+/// The NOTICE a restarted daemon sends first on every connection it took
+/// over (PROTOCOL.md §14.2): header code [`NOTICE_CODE`] with `REPLY` set,
+/// then a success reply whose body is [`RawRestartNotice`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartNotice {
+    /// Restarts the daemon has survived, this one included.
+    pub restarts: u32,
+    /// Whether a whole request of this connection was still unread when the
+    /// notice was sent: it will be answered as usual. When `false`, a
+    /// request sent before the notice and not answered yet was read by the
+    /// daemon that died and may or may not have been applied.
+    pub pending: bool,
+}
+
+impl RestartNotice {
+    /// Encodes the notice body.
+    pub fn encode(&self) -> Vec<u8> {
+        RawRestartNotice {
+            restarts: self.restarts.into(),
+            pending: u32::from(self.pending).into(),
+        }
+        .as_slice()
+        .to_vec()
+    }
+
+    /// Decodes a notice body.
+    pub fn decode(body: &[u8]) -> WireResult<Self> {
+        let raw: RawRestartNotice = read_exact(body)?;
+        let pending = match raw.pending.to_native() {
+            0 => false,
+            1 => true,
+            value => {
+                return Err(WireError::UnknownValue {
+                    field: "notice pending",
+                    value,
+                })
+            }
+        };
+        Ok(RestartNotice {
+            restarts: raw.restarts.to_native(),
+            pending,
+        })
+    }
+
+    /// Encodes the whole payload of a NOTICE frame: reply head and body.
+    pub fn encode_payload(&self) -> Vec<u8> {
+        Reply::ok(self.encode()).encode()
+    }
+
+    /// Decodes the whole payload of a NOTICE frame.
+    pub fn decode_payload(payload: &[u8]) -> WireResult<Self> {
+        let reply = Reply::decode(payload)?;
+        if reply.status != 0 {
+            return Err(WireError::BadReply("notice with an error status"));
+        }
+        Self::decode(&reply.body)
+    }
+}
+
 /// A decoded reply: status, error text, body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {

@@ -228,6 +228,8 @@ pub enum RequestBody {
     Transfer(TransferRequest),
     /// FORGET.
     Forget(VmSelector),
+    /// RESTART (empty payload).
+    Restart,
 }
 
 impl RequestBody {
@@ -247,6 +249,7 @@ impl RequestBody {
             RequestBody::Handoff(_) => Request::Handoff,
             RequestBody::Transfer(_) => Request::Transfer,
             RequestBody::Forget(_) => Request::Forget,
+            RequestBody::Restart => Request::Restart,
         }
     }
 
@@ -377,6 +380,8 @@ impl RequestBody {
                     fd: raw.fd.to_native(),
                 })
             }
+            // The length check above admitted only an empty payload.
+            Request::Restart => RequestBody::Restart,
         })
     }
 
@@ -471,6 +476,7 @@ impl RequestBody {
             }
             .as_slice()
             .to_vec(),
+            RequestBody::Restart => Vec::new(),
         }
     }
 }

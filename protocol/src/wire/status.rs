@@ -1,5 +1,5 @@
 //! STATUS pages: files with owners and bindings (and their namespace, in
-//! scoped pages), and leases.
+//! scoped pages), leases, and the daemon itself.
 
 use vm_memory::ByteValued;
 
@@ -316,6 +316,98 @@ impl LeaseStatus {
         }
         finish_page(head, rest, entries)
     }
+}
+
+/// The daemon itself: the one entry of a STATUS daemon page (section 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonStatus {
+    /// pid of the serving gmemd process.
+    pub pid: u32,
+    /// Restarts the daemon's state has survived (crashes, upgrades).
+    pub restarts: u32,
+    /// When the state was first made: UNIX seconds.
+    pub born: u64,
+    /// When this process started serving: UNIX seconds.
+    pub started: u64,
+    /// Memory files the session may see.
+    pub files: u32,
+    /// Open leases the session may see.
+    pub leases: u32,
+    /// What the last recovery brought back, and any problems it met. On
+    /// the wire at most [`MAX_RECOVERED_TEXT`] bytes: [`DaemonStatus::encode`]
+    /// cuts a longer text at a character boundary.
+    pub recovered: String,
+}
+
+impl DaemonStatus {
+    /// The recovery text as it goes on the wire: at most
+    /// [`MAX_RECOVERED_TEXT`] bytes, cut at a character boundary.
+    pub fn recovered_on_wire(&self) -> &str {
+        cut_at_char_boundary(&self.recovered, MAX_RECOVERED_TEXT)
+    }
+
+    /// Wire size of this entry: head, text, padding to 8 bytes.
+    pub fn encoded_len(&self) -> usize {
+        RawDaemonStatus::SIZE + padded_to_8(self.recovered_on_wire().len())
+    }
+
+    /// Encodes the entry: head, text (cut as [`Self::recovered_on_wire`]
+    /// says), zeros up to a multiple of 8 bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let text = self.recovered_on_wire().as_bytes();
+        // At most MAX_RECOVERED_TEXT bytes: always fits.
+        let len = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        let mut out = RawDaemonStatus {
+            pid: self.pid.into(),
+            restarts: self.restarts.into(),
+            born: self.born.into(),
+            started: self.started.into(),
+            files: self.files.into(),
+            leases: self.leases.into(),
+            recovered_len: len.into(),
+            pad: 0.into(),
+        }
+        .as_slice()
+        .to_vec();
+        out.extend_from_slice(text);
+        out.resize(RawDaemonStatus::SIZE + padded_to_8(text.len()), 0);
+        out
+    }
+
+    /// Decodes a daemon page body (one entry; none for a `start` past it).
+    pub fn decode_page(body: &[u8]) -> WireResult<StatusPage<DaemonStatus>> {
+        let (head, mut rest) = split_page(body)?;
+        let mut entries = Vec::new();
+        for _ in 0..head.count.to_native() {
+            let (raw, tail) = take::<RawDaemonStatus>(rest)?;
+            let len = raw.recovered_len.to_native() as usize;
+            if len > MAX_RECOVERED_TEXT {
+                return Err(WireError::BadReply("daemon recovery text too long"));
+            }
+            let padded = padded_to_8(len);
+            if tail.len() < padded {
+                return Err(WireError::BadReply("status page truncated"));
+            }
+            let recovered = std::str::from_utf8(&tail[..len])
+                .map_err(|_| WireError::BadReply("daemon recovery text is not UTF-8"))?;
+            rest = &tail[padded..];
+            entries.push(DaemonStatus {
+                pid: raw.pid.to_native(),
+                restarts: raw.restarts.to_native(),
+                born: raw.born.to_native(),
+                started: raw.started.to_native(),
+                files: raw.files.to_native(),
+                leases: raw.leases.to_native(),
+                recovered: recovered.to_owned(),
+            });
+        }
+        finish_page(head, rest, entries)
+    }
+}
+
+/// `len` rounded up to a multiple of 8.
+fn padded_to_8(len: usize) -> usize {
+    len.div_ceil(8) * 8
 }
 
 fn split_page(body: &[u8]) -> WireResult<(RawStatusPage, &[u8])> {

@@ -58,6 +58,11 @@ fn sample_requests() -> Vec<RequestBody> {
             to: FileRef::vm(VmSelector::Name(name("vm-b")), name("ram")),
         }),
         RequestBody::Forget(VmSelector::Name(name("vm-b"))),
+        RequestBody::Restart,
+        RequestBody::Status(StatusQuery {
+            section: StatusSection::Daemon,
+            start: 0,
+        }),
     ]
 }
 
@@ -118,7 +123,8 @@ fn unknown_code_and_wrong_lengths_are_errors() {
     );
     for req in Request::ALL {
         let len = req.request_len();
-        for bad in [0, len - 1, len + 1] {
+        let bad_lengths = [Some(0), len.checked_sub(1), Some(len + 1)];
+        for bad in bad_lengths.into_iter().flatten().filter(|&bad| bad != len) {
             let err = RequestBody::decode(req.code(), &vec![0; bad]).unwrap_err();
             assert!(matches!(err, WireError::BadLength { .. }), "{req} {bad}");
         }
@@ -289,4 +295,197 @@ fn uuid_text_and_name_derivation() {
     assert_eq!(Uuid::parse(&u.to_string()), Some(u));
     assert_eq!(Uuid::parse("nope"), None);
     assert!(!u.is_nil());
+}
+
+#[test]
+fn restart_notice_round_trips_and_is_checked() {
+    for notice in [
+        RestartNotice {
+            restarts: 1,
+            pending: false,
+        },
+        RestartNotice {
+            restarts: u32::MAX,
+            pending: true,
+        },
+    ] {
+        let body = notice.encode();
+        assert_eq!(body.len(), RawRestartNotice::SIZE);
+        assert_eq!(RestartNotice::decode(&body), Ok(notice));
+        let payload = notice.encode_payload();
+        assert_eq!(payload.len(), RawReplyHead::SIZE + RawRestartNotice::SIZE);
+        assert_eq!(RestartNotice::decode_payload(&payload), Ok(notice));
+    }
+    let header = Header::notice(16);
+    assert!(header.is_notice());
+    assert_eq!(header.to_bytes(), [0, 0, 0, 0, 5, 0, 0, 0, 16, 0, 0, 0]);
+    assert!(!Header::reply(8, 16).is_notice());
+    assert!(!Header {
+        is_reply: false,
+        ..header
+    }
+    .is_notice());
+    // Byte layout: restarts 3, pending 1.
+    let body = RestartNotice {
+        restarts: 3,
+        pending: true,
+    }
+    .encode();
+    assert_eq!(body, [3, 0, 0, 0, 1, 0, 0, 0]);
+
+    let mut bad = body.clone();
+    bad[4] = 2;
+    assert_eq!(
+        RestartNotice::decode(&bad),
+        Err(WireError::UnknownValue {
+            field: "notice pending",
+            value: 2
+        })
+    );
+    assert!(RestartNotice::decode(&body[..7]).is_err());
+    assert!(RestartNotice::decode_payload(&Reply::error(5, "x").encode()).is_err());
+    assert!(RestartNotice::decode_payload(&Reply::ok(vec![0; 9]).encode()).is_err());
+}
+
+#[test]
+fn notice_and_marker_codes_are_never_requests() {
+    assert!(RequestBody::decode(NOTICE_CODE, &[]).is_err());
+    for req in Request::ALL {
+        assert_ne!(req.code(), NOTICE_CODE);
+        assert!(!MARKER_CODES.contains(&req.code()));
+    }
+    for code in [*MARKER_CODES.start(), *MARKER_CODES.end()] {
+        assert_eq!(
+            RequestBody::decode(code, &[]),
+            Err(WireError::UnknownRequest(code))
+        );
+    }
+}
+
+#[test]
+fn restart_has_an_empty_payload_and_its_own_feature() {
+    assert_eq!(Request::Restart.code(), 14);
+    assert_eq!(Request::Restart.name(), "RESTART");
+    assert_eq!(Request::Restart.request_len(), 0);
+    assert_eq!(
+        (Request::Restart.request_fds(), Request::Restart.reply_fds()),
+        (0, 0)
+    );
+    assert!(RequestBody::Restart.encode().is_empty());
+    assert_eq!(RequestBody::decode(14, &[]), Ok(RequestBody::Restart));
+    assert_eq!(
+        RequestBody::decode(14, &[0]),
+        Err(WireError::BadLength {
+            request: Request::Restart,
+            expected: 0,
+            actual: 1
+        })
+    );
+    assert_eq!(Features::RESTART.bits(), 0x20);
+    assert_eq!(Features::all().bits(), 0x3f);
+    assert_eq!(StatusSection::try_from(3), Ok(StatusSection::Daemon));
+    assert_eq!(StatusSection::Daemon.name(), "daemon");
+}
+
+fn daemon(recovered: &str) -> DaemonStatus {
+    DaemonStatus {
+        pid: 1234,
+        restarts: 3,
+        born: 1_796_000_000,
+        started: 1_796_007_000,
+        files: 10_000,
+        leases: 1_000,
+        recovered: recovered.to_owned(),
+    }
+}
+
+#[test]
+fn daemon_status_round_trips_with_its_text_padded() {
+    for text in [
+        "",
+        "a",
+        "1234567",
+        "12345678",
+        "é: 2 files, 1 lease",
+        &"x".repeat(1024),
+    ] {
+        let status = daemon(text);
+        let entry = status.encode();
+        assert_eq!(entry.len(), status.encoded_len());
+        assert_eq!(entry.len() % 8, 0, "{text:?}");
+        assert_eq!(
+            entry.len(),
+            RawDaemonStatus::SIZE + text.len().div_ceil(8) * 8
+        );
+        assert!(entry[RawDaemonStatus::SIZE + text.len()..]
+            .iter()
+            .all(|&b| b == 0));
+        let (body, count) =
+            encode_status_page(1, 0, std::slice::from_ref(&status), DaemonStatus::encode);
+        assert_eq!(count, 1);
+        let page = DaemonStatus::decode_page(&body).unwrap();
+        assert_eq!((page.total, page.next), (1, 1));
+        assert_eq!(page.entries, vec![status]);
+    }
+    // Byte layout: the documented offsets (PROTOCOL.md §9).
+    let entry = daemon("ok").encode();
+    assert_eq!(entry[0..4], 1234u32.to_le_bytes());
+    assert_eq!(entry[4..8], 3u32.to_le_bytes());
+    assert_eq!(entry[8..16], 1_796_000_000u64.to_le_bytes());
+    assert_eq!(entry[16..24], 1_796_007_000u64.to_le_bytes());
+    assert_eq!(entry[24..28], 10_000u32.to_le_bytes());
+    assert_eq!(entry[28..32], 1_000u32.to_le_bytes());
+    assert_eq!(entry[32..36], 2u32.to_le_bytes());
+    assert_eq!(entry[36..40], [0; 4]);
+    assert_eq!(&entry[40..], b"ok\0\0\0\0\0\0");
+    // A start past the one entry: an empty page.
+    let (body, count) = encode_status_page(1, 1, &[] as &[DaemonStatus], DaemonStatus::encode);
+    assert_eq!(count, 0);
+    let page = DaemonStatus::decode_page(&body).unwrap();
+    assert_eq!((page.total, page.next, page.entries.len()), (1, 1, 0));
+}
+
+#[test]
+fn daemon_status_text_is_cut_at_a_char_boundary() {
+    // 1023 bytes of ASCII then a 2-byte character: the character goes.
+    let long = format!("{}é and more", "x".repeat(1023));
+    let status = daemon(&long);
+    assert_eq!(status.recovered_on_wire().len(), 1023);
+    let (body, _) = encode_status_page(1, 0, std::slice::from_ref(&status), DaemonStatus::encode);
+    let back = DaemonStatus::decode_page(&body).unwrap().entries.remove(0);
+    assert_eq!(back.recovered, "x".repeat(1023));
+    assert_eq!(
+        daemon(&"é".repeat(600)).recovered_on_wire().len(),
+        MAX_RECOVERED_TEXT
+    );
+}
+
+#[test]
+fn malformed_daemon_pages_are_refused() {
+    let (body, _) = encode_status_page(1, 0, &[daemon("abc")], DaemonStatus::encode);
+    let text_at = RawStatusPage::SIZE + RawDaemonStatus::SIZE;
+    let len_at = RawStatusPage::SIZE + 32;
+    // Truncated anywhere: in the head, the text or the padding.
+    for cut in [RawStatusPage::SIZE + 10, text_at + 2, body.len() - 1] {
+        assert!(DaemonStatus::decode_page(&body[..cut]).is_err(), "{cut}");
+    }
+    let mut trailing = body.clone();
+    trailing.extend_from_slice(&[0; 8]);
+    assert!(DaemonStatus::decode_page(&trailing).is_err());
+    let mut bad_utf8 = body.clone();
+    bad_utf8[text_at] = 0xff;
+    assert_eq!(
+        DaemonStatus::decode_page(&bad_utf8),
+        Err(WireError::BadReply("daemon recovery text is not UTF-8"))
+    );
+    let mut too_long = body.clone();
+    too_long[len_at..len_at + 4].copy_from_slice(&1025u32.to_le_bytes());
+    assert_eq!(
+        DaemonStatus::decode_page(&too_long),
+        Err(WireError::BadReply("daemon recovery text too long"))
+    );
+    // The text's length decides where the padding ends.
+    let mut longer = body;
+    longer[len_at..len_at + 4].copy_from_slice(&9u32.to_le_bytes());
+    assert!(DaemonStatus::decode_page(&longer).is_err());
 }

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use epoll::Events;
-use gmem_protocol::conn::{FrameReader, FrameWriter};
+use gmem_protocol::conn::{FrameReader, FrameWriter, WholeRead};
 use gmem_protocol::wire::LeaseId;
 
 use super::FRAMES_PER_WAKEUP;
@@ -25,7 +25,18 @@ pub(super) struct Connection {
     pub(super) armed: Events,
     /// When it was accepted (the HELLO deadline counts from here).
     pub(super) accepted: Instant,
+    /// Part of a message is queued: wait for more edge-triggered, so a
+    /// client that stalls mid-message costs nothing.
+    pub(super) partial: bool,
+    /// Since when part of a message has waited. A message sent in many
+    /// tiny pieces can fill the socket buffer before it is whole; after
+    /// [`STALLED_AFTER`] gmemd takes what is there (that message alone then
+    /// loses the whole-message guarantee across a restart).
+    pub(super) partial_since: Option<Instant>,
 }
+
+/// How long part of a message waits before gmemd reads it piecewise.
+pub(super) const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Connection {
     pub(super) fn new(stream: UnixStream, session: Session) -> Self {
@@ -35,14 +46,23 @@ impl Connection {
             writer: FrameWriter::new(),
             session,
             closing: false,
-            armed: read_events(),
+            armed: read_events(false),
             accepted: Instant::now(),
+            partial: false,
+            partial_since: None,
         }
     }
 }
 
-pub(super) fn read_events() -> Events {
-    Events::EPOLLIN | Events::EPOLLRDHUP
+/// What epoll waits for on a connection that may send: level-triggered,
+/// or edge-triggered while part of a message is queued (gmemd takes only
+/// whole messages, so a restart never finds a stream out of step).
+pub(super) fn read_events(partial: bool) -> Events {
+    if partial {
+        Events::EPOLLIN | Events::EPOLLRDHUP | Events::EPOLLET
+    } else {
+        Events::EPOLLIN | Events::EPOLLRDHUP
+    }
 }
 
 /// Serves one readiness event of a connection: reads and serves requests
@@ -53,7 +73,11 @@ pub(super) fn serve_connection(
     service: &mut Service,
     flags: Events,
     ended: &mut Vec<LeaseId>,
+    restart: &mut bool,
 ) -> Result<(), String> {
+    let stalled = conn
+        .partial_since
+        .is_some_and(|since| since.elapsed() >= STALLED_AFTER);
     let fd = conn.stream.as_fd();
     if conn.closing || !conn.writer.is_empty() {
         if flags.intersects(Events::EPOLLERR | Events::EPOLLHUP | Events::EPOLLRDHUP)
@@ -64,14 +88,26 @@ pub(super) fn serve_connection(
         return Ok(());
     }
     for _ in 0..FRAMES_PER_WAKEUP {
-        match conn.reader.read_frame(fd) {
-            Ok(Some(frame)) => {
-                let served = service.serve(&mut conn.session, frame);
+        let read = if stalled {
+            conn.reader
+                .read_frame(fd)
+                .map(|f| f.map_or(WholeRead::Partial, WholeRead::Frame))
+        } else {
+            conn.reader.read_whole(fd)
+        };
+        match read {
+            Ok(WholeRead::Frame(frame)) => {
+                conn.partial = false;
+                conn.partial_since = None;
+                let served = service.serve(&mut conn.session, frame, Some(fd));
                 conn.writer
                     .push(served.reply.header, &served.reply.payload, served.reply.fds);
                 if served.close {
                     conn.closing = true;
                     return Ok(());
+                }
+                if served.restart {
+                    *restart = true;
                 }
                 if !served.ended.is_empty() {
                     ended.extend(served.ended);
@@ -86,7 +122,16 @@ pub(super) fn serve_connection(
                     return Ok(());
                 }
             }
-            Ok(None) => return Ok(()),
+            Ok(WholeRead::Partial) => {
+                conn.partial = true;
+                conn.partial_since.get_or_insert_with(Instant::now);
+                return Ok(());
+            }
+            Ok(WholeRead::Empty) => {
+                conn.partial = false;
+                conn.partial_since = None;
+                return Ok(());
+            }
             Err(e) if e.is_hangup() => return Err("client closed the connection".to_owned()),
             Err(e) => return Err(format!("protocol error: {}", crate::error_chain(&e))),
         }

@@ -9,7 +9,7 @@ use log::info;
 use super::DaemonError;
 
 /// Makes the socket directory and binds the listener.
-pub(super) fn listen(path: &Path) -> Result<UnixListener, DaemonError> {
+pub fn listen(path: &Path) -> Result<UnixListener, DaemonError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::runtime_dir::prepare(dir)?;
     }

@@ -25,6 +25,8 @@ mod connection;
 mod gate;
 mod listener;
 
+pub use listener::listen;
+
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -33,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use epoll::{ControlOptions, Event, Events};
+use gmem_protocol::conn::WholeRead;
 use gmem_protocol::wire::LeaseId;
 use log::{debug, error, info, warn, Level};
 use vmm_sys_util::eventfd::EventFd;
@@ -40,9 +43,19 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::log_limit::LogLimiter;
 use crate::peer;
+use crate::service::persist::ResumedSession;
 use crate::service::{Served, Service, SessionId};
 use connection::{read_events, serve_connection, Connection};
 pub use gate::{Gate, Refusal};
+
+/// Why [`EventLoop::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Stop for good (SIGTERM, SIGINT, the shutdown handle).
+    Shutdown,
+    /// Restart in place: hand everything to a new gmemd (SIGHUP).
+    Restart,
+}
 
 /// How often the timer ticks: the HELLO deadline's and upkeep's grain.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -160,6 +173,12 @@ pub struct EventLoop {
     /// The listener rests (out of epoll) until then.
     resting_until: Option<Instant>,
     log_limiter: LogLimiter,
+    /// Leave the socket file behind on drop (a successor serves it).
+    keep_socket: bool,
+    /// A RESTART was served: restart in place once its reply is out.
+    restart_asked: bool,
+    /// Ticks since the last status line to the fd keeper.
+    ticks: u32,
 }
 
 impl EventLoop {
@@ -169,6 +188,25 @@ impl EventLoop {
     /// [`DaemonError`].
     pub fn bind(socket_path: &Path, service: Service) -> Result<Self, DaemonError> {
         let listener = listener::listen(socket_path)?;
+        Self::new(listener, socket_path, service)
+    }
+
+    /// Serves on `listener` (made by [`listen`], or handed over from a
+    /// previous gmemd), whose path is `socket_path`.
+    ///
+    /// # Errors
+    /// [`DaemonError::Setup`].
+    pub fn new(
+        listener: UnixListener,
+        socket_path: &Path,
+        service: Service,
+    ) -> Result<Self, DaemonError> {
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| DaemonError::Setup {
+                what: "non-blocking listener",
+                source,
+            })?;
         let setup = |what| move |source| DaemonError::Setup { what, source };
         let raw = epoll::create(true).map_err(setup("epoll_create"))?;
         // SAFETY: `raw` is a new epoll fd returned just above and owned by
@@ -209,6 +247,9 @@ impl EventLoop {
             gate,
             resting_until: None,
             log_limiter: LogLimiter::new(),
+            keep_socket: false,
+            restart_asked: false,
+            ticks: 0,
         };
         lp.add(lp.listener.as_raw_fd(), Token::Listener, Events::EPOLLIN)
             .map_err(setup("epoll_ctl listener"))?;
@@ -220,12 +261,56 @@ impl EventLoop {
         Ok(lp)
     }
 
-    /// Also stops on SIGTERM or SIGINT (blocked and read through a signalfd).
+    /// Takes back the connections a previous gmemd served (after a crash,
+    /// restart or upgrade): each first gets a restart notice saying
+    /// whether a request of it is still unread (it will be answered), then
+    /// is served as before. Session ids go on from `next_sid`.
+    pub fn resume(&mut self, sessions: Vec<ResumedSession>, next_sid: SessionId) {
+        self.next_id = self.next_id.max(next_sid);
+        let restarts = u32::try_from(self.service.history().restarts).unwrap_or(u32::MAX);
+        for ResumedSession { session, stream } in sessions {
+            let id = session.id;
+            self.next_id = self.next_id.max(id + 1);
+            let principal = session.principal.clone();
+            // Its slot, operator or not: it was admitted before.
+            if self.gate.enter(&principal, true).is_err() {
+                warn!("connection {id}: no slot left after the restart; closing it");
+                self.service
+                    .close_session(&session, "no slot left after a gmemd restart");
+                continue;
+            }
+            let _ = stream.set_nonblocking(true);
+            let pending = matches!(
+                gmem_protocol::conn::peek_queued(stream.as_fd()),
+                Ok(gmem_protocol::conn::Queued::Whole(_)
+                    | gmem_protocol::conn::Queued::Partial { .. })
+            );
+            if let Err(e) = self.add(stream.as_raw_fd(), Token::Conn(id), read_events(false)) {
+                self.gate.leave(&principal);
+                warn!("connection {id}: epoll_ctl: {e}; closing it");
+                self.service
+                    .close_session(&session, "could not be watched after a restart");
+                continue;
+            }
+            let mut conn = Connection::new(stream, session);
+            let notice = gmem_protocol::server::encode_restart_notice(restarts, pending);
+            conn.writer.push(notice.header, &notice.payload, notice.fds);
+            self.conns.insert(id, conn);
+            self.flush(id);
+        }
+        info!(
+            "resumed {} connection(s) after restart {restarts}",
+            self.conns.len()
+        );
+    }
+
+    /// Also stops on SIGTERM or SIGINT, and ends for a restart in place on
+    /// SIGHUP (blocked and read through a signalfd).
     ///
     /// # Errors
     /// [`DaemonError::Setup`].
     pub fn stop_on_signals(&mut self) -> Result<(), DaemonError> {
-        let fd = crate::signals::termination_fd().map_err(|source| DaemonError::Setup {
+        let fd = crate::signals::daemon_fd().map_err(|source| DaemonError::Setup {
             what: "signalfd",
             source,
         })?;
@@ -246,6 +331,18 @@ impl EventLoop {
         Ok(ShutdownHandle(self.exit.try_clone()?))
     }
 
+    /// Gives the listening socket to the fd keeper, so a successor serves
+    /// the same socket and clients never see it missing.
+    pub fn keep_listener(&mut self) {
+        let fd = self.listener.as_fd();
+        self.service.keep_fd(crate::fdstore::LISTEN_NAME, fd);
+    }
+
+    /// The service.
+    pub fn service_mut(&mut self) -> &mut Service {
+        &mut self.service
+    }
+
     /// The service (for inspection).
     pub fn service(&self) -> &Service {
         &self.service
@@ -264,7 +361,7 @@ impl EventLoop {
     ///
     /// # Errors
     /// [`DaemonError::Wait`].
-    pub fn run(&mut self) -> Result<(), DaemonError> {
+    pub fn run(&mut self) -> Result<RunEnd, DaemonError> {
         let mut events = vec![Event::new(Events::empty(), 0); 64];
         loop {
             let n = match epoll::wait(self.epoll.as_raw_fd(), -1, &mut events) {
@@ -280,22 +377,83 @@ impl EventLoop {
                     Token::Listener => self.accept_all(),
                     Token::Exit => {
                         info!("shutdown requested");
-                        return Ok(());
+                        return Ok(RunEnd::Shutdown);
                     }
                     Token::Signal => {
                         let signal = self
                             .signals
                             .as_ref()
                             .map_or(0, |fd| crate::signals::read_signal(fd.as_fd()));
+                        if signal == libc::SIGHUP as u32 {
+                            info!("SIGHUP: restarting in place, state and fds handed over");
+                            return Ok(RunEnd::Restart);
+                        }
                         info!("signal {signal} received, shutting down");
-                        return Ok(());
+                        return Ok(RunEnd::Shutdown);
                     }
                     Token::Timer => self.tick(),
                     Token::Conn(id) => self.serve(id, flags),
                     Token::Unknown(data) => warn!("event for unknown token {data}: {flags:?}"),
                 }
             }
+            if self.restart_asked {
+                info!("RESTART: restarting in place, state and fds handed over");
+                return Ok(RunEnd::Restart);
+            }
         }
+    }
+
+    /// Gets ready for a restart in place: sends what replies it can (up
+    /// to a second), closes connections whose replies would be lost, has
+    /// the service journal everything, and returns every fd to hand over,
+    /// named: `listen`, `c<id>`, `f<id>`. The loop must not run again.
+    pub fn handover(&mut self) -> Vec<(String, RawFd)> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let ids: Vec<SessionId> = self.conns.keys().copied().collect();
+        loop {
+            let mut waiting = false;
+            for id in &ids {
+                if let Some(conn) = self.conns.get_mut(id) {
+                    if !conn.writer.is_empty()
+                        && conn.writer.flush(conn.stream.as_fd()).ok() != Some(true)
+                    {
+                        waiting = true;
+                    }
+                }
+            }
+            if !waiting || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let stuck: Vec<SessionId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.writer.is_empty() || c.closing)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stuck {
+            self.drop_conn(
+                id,
+                "its replies could not be sent before a restart".to_owned(),
+            );
+        }
+        let sessions: Vec<&crate::service::Session> =
+            self.conns.values().map(|c| &c.session).collect();
+        let mut fds = self.service.handover(&sessions);
+        fds.push((
+            crate::fdstore::LISTEN_NAME.to_owned(),
+            self.listener.as_raw_fd(),
+        ));
+        for (id, conn) in &self.conns {
+            fds.push((
+                crate::service::persist::conn_fd_name(*id),
+                conn.stream.as_raw_fd(),
+            ));
+        }
+        // The new gmemd serves the same socket: it must stay.
+        self.keep_socket = true;
+        fds
     }
 
     /// Accepts what is pending, at most [`ACCEPTS_PER_WAKEUP`]: the
@@ -368,7 +526,22 @@ impl EventLoop {
         for id in late {
             self.drop_conn(id, format!("no HELLO within {deadline:?}"));
         }
+        let stalled: Vec<SessionId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.partial_since
+                    .is_some_and(|since| now - since >= connection::STALLED_AFTER)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stalled {
+            self.serve(id, Events::EPOLLIN);
+        }
         self.service.upkeep();
+        // The keeper's watchdog every tick; the status line every 5 s.
+        self.ticks = (self.ticks + 1) % 20;
+        self.service.notify_alive(self.ticks == 0);
     }
 
     /// Gives a new connection a slot and a session, or closes it at once
@@ -412,7 +585,7 @@ impl EventLoop {
         };
         let id = self.next_id;
         self.next_id += 1;
-        if let Err(e) = self.add(stream.as_raw_fd(), Token::Conn(id), read_events()) {
+        if let Err(e) = self.add(stream.as_raw_fd(), Token::Conn(id), read_events(false)) {
             self.gate.leave(&principal);
             warn!("dropping a new connection: epoll_ctl: {e}");
             return;
@@ -426,7 +599,9 @@ impl EventLoop {
             return;
         };
         let mut ended = Vec::new();
-        let result = serve_connection(conn, &mut self.service, flags, &mut ended);
+        let mut restart = false;
+        let result = serve_connection(conn, &mut self.service, flags, &mut ended, &mut restart);
+        self.restart_asked |= restart;
         // Revoked leases are cut off before the REVOKE's reply goes out, so
         // the operator never sees a revoked VMM still being served.
         for lease in ended {
@@ -468,13 +643,14 @@ impl EventLoop {
         let fd = conn.stream.as_fd();
         let mut answered = 0;
         while answered < MAX_ABORTED_REPLIES {
-            match conn.reader.read_frame(fd) {
-                Ok(Some(frame)) => {
-                    let Served { reply, .. } = self.service.serve(&mut conn.session, frame);
+            match conn.reader.read_whole(fd) {
+                Ok(WholeRead::Frame(frame)) => {
+                    let Served { reply, .. } =
+                        self.service.serve(&mut conn.session, frame, Some(fd));
                     conn.writer.push(reply.header, &reply.payload, reply.fds);
                     answered += 1;
                 }
-                Ok(None) | Err(_) => break,
+                Ok(WholeRead::Partial | WholeRead::Empty) | Err(_) => break,
             }
         }
         if answered > 0 {
@@ -513,7 +689,7 @@ impl EventLoop {
             // stay ready and spin the loop, is not asked for.
             (true, true) => Events::EPOLLOUT,
             (true, false) => Events::EPOLLOUT | Events::EPOLLRDHUP,
-            (false, _) => read_events(),
+            (false, _) => read_events(conn.partial),
         };
         if events == conn.armed {
             return;
@@ -541,6 +717,9 @@ impl Drop for EventLoop {
         let ids: Vec<SessionId> = self.conns.keys().copied().collect();
         for id in ids {
             self.drop_conn(id, "gmemd shutting down".to_owned());
+        }
+        if self.keep_socket {
+            return;
         }
         if let Err(e) = std::fs::remove_file(&self.socket_path) {
             debug!("removing {}: {e}", self.socket_path.display());

@@ -7,7 +7,7 @@ use gmem_protocol::wire::{
     BindRequest, GuestAddress, LeaseId, MemoryKind, Name, MAX_BINDINGS_PER_FILE,
 };
 
-use super::{FileKey, Ledger, LedgerError, LedgerResult, Owner};
+use super::{Change, FileKey, Ledger, LedgerError, LedgerResult, Owner};
 
 /// One binding as the ledger stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +129,7 @@ impl Ledger {
             file.owner = Some(Owner { vm, lease: id });
         }
         file.ranges.insert(req.offset, (id, req.slot, req.size));
+        self.changes.insert(Change::Lease(id));
         self.leases
             .get_mut(&id)
             .expect("lease checked above")
@@ -160,6 +161,7 @@ impl Ledger {
             .bindings
             .remove(&slot)
             .ok_or(LedgerError::UnknownSlot { slot })?;
+        self.changes.insert(Change::Lease(id));
         let mut cleared = false;
         let key = FileKey::vm(lease.vm.uuid, binding.file.clone());
         if let Some(file) = self.files.get_mut(&key) {

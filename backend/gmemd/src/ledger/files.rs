@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use gmem_protocol::wire::{LeaseId, MemoryKind, Name, VmId};
 
-use super::{Binding, FileKey, Ledger, LedgerError, LedgerResult, Space};
+use super::{Binding, Change, FileKey, Ledger, LedgerError, LedgerResult, Space};
 
 /// The static description of a memory file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +92,7 @@ impl Ledger {
             vm.bytes += spec.size;
         }
         self.total_bytes += spec.size;
+        self.touch(Change::File(key.clone()));
         self.files.insert(
             key,
             FileRecord {
@@ -150,7 +151,9 @@ impl Ledger {
                     dropped.push(b);
                 }
             }
+            self.changes.insert(Change::Lease(*lease));
         }
+        self.touch(Change::File(key.clone()));
         // Retired before the VM may be untied: its tie pays.
         self.retire(key, &file);
         if let Space::Vm(uuid) = key.space {

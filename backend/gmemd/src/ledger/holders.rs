@@ -10,7 +10,7 @@
 
 use gmem_protocol::wire::LeaseId;
 
-use super::{FileKey, Ledger, LedgerError, LedgerResult};
+use super::{Change, FileKey, Ledger, LedgerError, LedgerResult};
 
 impl Ledger {
     /// Records that process `pid` received the file's fd through `lease`
@@ -36,6 +36,7 @@ impl Ledger {
         if lease.is_some() {
             *through = lease;
         }
+        self.touch(Change::File(key.clone()));
         Ok(())
     }
 
@@ -57,6 +58,7 @@ impl Ledger {
             .expect("checked above")
             .holders
             .clear();
+        self.touch(Change::File(key.clone()));
         Ok(())
     }
 
@@ -64,10 +66,15 @@ impl Ledger {
     /// closed too, in every file and in retired memory.
     pub fn prune_holders(&mut self, is_alive: &mut dyn FnMut(u32) -> bool) {
         let leases = &self.leases;
-        for file in self.files.values_mut() {
+        let changes = &mut self.changes;
+        for (key, file) in &mut self.files {
+            let before = file.holders.len();
             file.holders.retain(|pid, lease| {
                 is_alive(*pid) || lease.is_some_and(|id| leases.contains_key(&id))
             });
+            if file.holders.len() != before {
+                changes.insert(Change::File(key.clone()));
+            }
         }
         self.prune_retired(is_alive);
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use gmem_protocol::wire::{LeaseId, Name, VmId, VmSelector};
 
-use super::{Binding, FileKey, Ledger, LedgerError, LedgerResult, VmEntry};
+use super::{Binding, Change, FileKey, Ledger, LedgerError, LedgerResult, VmEntry};
 use crate::principal::{Principal, TieRules};
 
 /// Who is on the other end of a lease.
@@ -131,6 +131,8 @@ impl Ledger {
                 known.idle_since = None;
             }
         }
+        self.touch(Change::Vm(vm.uuid));
+        self.touch(Change::Lease(id));
         self.leases.insert(
             id,
             LeaseRecord {
@@ -169,6 +171,8 @@ impl Ledger {
             vm.lease = None;
             vm.idle_since = Some(now);
         }
+        self.touch(Change::Vm(lease.vm.uuid));
+        self.touch(Change::Lease(id));
         self.untie_if_unused(lease.vm.uuid);
         Ok(LeaseEnd {
             vm: lease.vm,

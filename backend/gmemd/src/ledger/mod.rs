@@ -24,10 +24,12 @@
 //! `retired` (memory gmemd let go of that holders may still reach).
 
 mod bindings;
+mod changes;
 mod error;
 mod files;
 mod holders;
 mod leases;
+mod restore;
 mod retired;
 mod space;
 #[cfg(test)]
@@ -39,9 +41,11 @@ use std::collections::BTreeMap;
 use gmem_protocol::wire::{LeaseId, MemoryKind, Name, Uuid};
 
 pub use bindings::Binding;
+pub use changes::Change;
 pub use error::{LedgerError, LedgerResult};
 pub use files::{FileRecord, FileSpec, Owner};
 pub use leases::{LeaseEnd, LeaseRecord, Peer};
+pub use restore::{FilePart, LedgerParts, Restored};
 pub use retired::Retired;
 pub use space::{FileKey, Space};
 pub use vms::VmEntry;
@@ -56,6 +60,7 @@ pub struct Ledger {
     total_bytes: u64,
     retired: Vec<Retired>,
     retired_bytes: u64,
+    changes: std::collections::BTreeSet<Change>,
 }
 
 impl Ledger {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use gmem_protocol::wire::LeaseId;
 
-use super::{FileKey, FileRecord, Ledger, Space};
+use super::{Change, FileKey, FileRecord, Ledger, Space};
 use crate::principal::Tie;
 
 /// Memory gmemd let go of that earlier holders may still reach.
@@ -21,6 +21,22 @@ pub struct Retired {
     pub bytes: u64,
     /// Processes that received its fd, with the lease they got it through.
     pub(super) holders: BTreeMap<u32, Option<LeaseId>>,
+}
+
+impl Retired {
+    /// Retired memory as a journal describes it.
+    pub fn new(tie: Option<Tie>, bytes: u64, holders: Vec<(u32, Option<LeaseId>)>) -> Self {
+        Retired {
+            tie,
+            bytes,
+            holders: holders.into_iter().collect(),
+        }
+    }
+
+    /// Its holders.
+    pub fn holders(&self) -> impl Iterator<Item = (u32, Option<LeaseId>)> + '_ {
+        self.holders.iter().map(|(p, l)| (*p, *l))
+    }
 }
 
 impl Ledger {
@@ -35,6 +51,7 @@ impl Ledger {
             Space::Operators => None,
         };
         self.retired_bytes += file.spec.size;
+        self.touch(Change::Retired);
         self.retired.push(Retired {
             tie,
             bytes: file.spec.size,
@@ -57,15 +74,21 @@ impl Ledger {
     pub(super) fn prune_retired(&mut self, is_alive: &mut dyn FnMut(u32) -> bool) {
         let leases = &self.leases;
         let mut freed = 0;
+        let mut changed = false;
         self.retired.retain_mut(|r| {
+            let before = r.holders.len();
             r.holders.retain(|pid, lease| {
                 is_alive(*pid) || lease.is_some_and(|id| leases.contains_key(&id))
             });
             if r.holders.is_empty() {
                 freed += r.bytes;
             }
+            changed |= r.holders.len() != before;
             !r.holders.is_empty()
         });
         self.retired_bytes -= freed;
+        if changed {
+            self.touch(Change::Retired);
+        }
     }
 }

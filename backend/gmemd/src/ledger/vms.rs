@@ -5,7 +5,7 @@
 
 use gmem_protocol::wire::{LeaseId, Uuid, VmId, VmSelector};
 
-use super::{FileKey, FileSpec, Ledger, LedgerError, LedgerResult, Space};
+use super::{Change, FileKey, FileSpec, Ledger, LedgerError, LedgerResult, Space};
 use crate::principal::Tie;
 
 /// A VM gmemd knows.
@@ -95,6 +95,7 @@ impl Ledger {
         if let Some(vm) = self.vms.remove(&uuid) {
             self.names.remove(&vm.vm.name);
         }
+        self.touch(Change::Vm(uuid));
         Ok((vm, files))
     }
 
@@ -106,6 +107,7 @@ impl Ledger {
                 let name = vm.vm.name.clone();
                 self.vms.remove(&uuid);
                 self.names.remove(&name);
+                self.touch(Change::Vm(uuid));
             }
         }
     }

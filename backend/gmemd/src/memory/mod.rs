@@ -236,6 +236,36 @@ fn is_hugetlb(fd: BorrowedFd<'_>) -> bool {
     rustix::fs::fstatfs(fd).is_ok_and(|st| st.f_type == HUGETLBFS_MAGIC)
 }
 
+/// What kind of memory file a kept fd is, for one the journal lost track
+/// of: a memfd, a hugetlb memfd (by its page size) or a memfd_secret file;
+/// `None` for anything else (a guest_memfd is its VM's, not gmemd's).
+pub fn inspect_kept(fd: &OwnedFd) -> Option<FileSpec> {
+    /// `f_type` of secretmem (linux/magic.h).
+    const SECRETMEM_MAGIC: i64 = 0x5345_434d;
+    let target = fd_target(fd.as_fd());
+    let st = rustix::fs::fstatfs(fd).ok()?;
+    let kind = if st.f_type == HUGETLBFS_MAGIC {
+        match st.f_bsize {
+            b if b == 2 << 20 => MemoryKind::Hugetlb2M,
+            b if b == 1 << 30 => MemoryKind::Hugetlb1G,
+            _ => return None,
+        }
+    } else if st.f_type == SECRETMEM_MAGIC {
+        MemoryKind::Secret
+    } else if target.starts_with("/memfd:") {
+        MemoryKind::Memfd
+    } else {
+        return None;
+    };
+    let size = u64::try_from(rustix::fs::fstat(fd).ok()?.st_size).ok()?;
+    let page_size = check_size(size, kind).ok()?;
+    Some(FileSpec {
+        size,
+        kind,
+        page_size,
+    })
+}
+
 /// Checks a deposited fd against its declared kind and returns its spec.
 /// Nothing about the fd changes here; [`seal_deposit`] seals it once the
 /// deposit is accepted.

@@ -69,7 +69,7 @@ impl Service {
             format_size(req.size),
             self.describe(session)
         );
-        self.fds.insert(key.clone(), fd);
+        self.memfiles.insert(key.clone(), fd);
         Ok(self.reply_with_fd(session, &key, spec, reply_fd, true))
     }
 
@@ -85,7 +85,10 @@ impl Service {
             return Err(ServiceError::GuestMemfdClosed(self.ledger.label(&key)));
         }
         self.track_holder(session)?;
-        let own = self.fds.get(&key).expect("every ledger file has an fd");
+        let own = self
+            .memfiles
+            .get(&key)
+            .expect("every ledger file has an fd");
         let fd = self.client_fd(own, &key, spec.kind)?;
         debug!(
             "opened {} for {}",
@@ -137,7 +140,7 @@ impl Service {
             .lease()
             .filter(|_| spec.kind == MemoryKind::GuestMemfd);
         self.ledger.add_file(key.clone(), spec, depositor)?;
-        self.fds.insert(key.clone(), fd);
+        self.memfiles.insert(key.clone(), fd);
         // The depositor keeps its own fd of it.
         self.record_holder(session, &key);
         info!(
@@ -159,7 +162,7 @@ impl Service {
         let key = self.resolve(session, file, Request::Destroy)?;
         let label = self.ledger.label(&key);
         let (dropped, _) = self.ledger.remove_file(&key, session.is_operator())?;
-        self.fds.remove(&key);
+        self.memfiles.remove(&key);
         info!(
             "destroyed {label} for {}{}",
             self.describe(session),
@@ -203,11 +206,11 @@ impl Service {
         } else {
             Some(memory::create(&key.name, spec.size, spec.kind)?)
         };
-        if let Some(old) = self.fds.get(key) {
+        if let Some(old) = self.memfiles.get(key) {
             punch(old, &spec, &self.ledger.label(key));
         }
         if let Some(fresh) = fresh {
-            self.fds.insert(key.clone(), fresh);
+            self.memfiles.insert(key.clone(), fresh);
             self.ledger.replace_inode(key)?;
         }
         Ok(())

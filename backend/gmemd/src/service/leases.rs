@@ -158,11 +158,13 @@ impl Service {
                 .encode(),
             ),
             ended: vec![lease],
+            restart: false,
         })
     }
 
     /// Ends lease `id` (its connection closed, or it was revoked).
     pub(super) fn end_lease(&mut self, id: LeaseId, reason: &str) {
+        self.detached.remove(&id);
         self.end_lease_with(id, reason);
     }
 
@@ -193,7 +195,7 @@ impl Service {
         for key in &deposited {
             match self.ledger.remove_file(key, false) {
                 Ok(_) => {
-                    self.fds.remove(key);
+                    self.memfiles.remove(key);
                     info!(
                         "lease {id} (VM {}): closed guest_memfd {}, gmemd keeps no VM alive",
                         end.vm.name, key.name

@@ -20,6 +20,8 @@ mod error;
 mod files;
 mod holders;
 mod leases;
+mod memfiles;
+pub mod persist;
 mod quota;
 mod scope;
 mod session;
@@ -30,8 +32,7 @@ mod transfer;
 mod upkeep;
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::OwnedFd;
-use std::time::Instant;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use gmem_protocol::conn::Frame;
 use gmem_protocol::server::{decode_request, encode_reply, OutgoingReply, Response};
@@ -44,22 +45,43 @@ use session::SessionState;
 pub use session::{Session, SessionId};
 
 use crate::config::{Admission, Config};
-use crate::ledger::{FileKey, Ledger, Peer};
+use crate::ledger::{Ledger, Peer};
 use crate::principal::Principal;
+
+/// gmemd's history, for STATUS and the log.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// When this state was first made (UNIX seconds).
+    pub born: u64,
+    /// When this process started serving (UNIX seconds).
+    pub started: u64,
+    /// How many times gmemd came back with its state.
+    pub restarts: u64,
+    /// What the last recovery brought back.
+    pub recovered: String,
+}
 
 /// The memory files and their ledger.
 #[derive(Debug)]
 pub struct Service {
     config: Config,
     ledger: Ledger,
-    fds: BTreeMap<FileKey, OwnedFd>,
+    memfiles: memfiles::MemFiles,
+    /// The journal and the fd keeper, when gmemd keeps its state.
+    persistence: Option<persist::Persistence>,
+    /// Every connection's standing, as journaled.
+    sessions: BTreeMap<u64, crate::journal::record::SessionRec>,
+    /// Leases recovered without their connection, with when that was
+    /// found: they end after the grace period.
+    detached: BTreeMap<LeaseId, u64>,
+    history: History,
     /// pidfds of processes that received a memory fd (accounting).
     pidfds: HashMap<u32, OwnedFd>,
     /// The process each lease was handed to (HANDOFF), with its pidfd.
     handoffs: HashMap<LeaseId, (u32, OwnedFd)>,
     next_lease: LeaseId,
-    /// The service's clock starts here (ledger times are seconds since).
-    started: Instant,
+    /// Tests move the clock forward by this many seconds.
+    clock_offset: u64,
     log_limiter: crate::log_limit::LogLimiter,
 }
 
@@ -75,13 +97,17 @@ pub struct Served {
     /// Leases this request ended (REVOKE): their connections are closed,
     /// what they still have in flight answered `ECONNABORTED`.
     pub ended: Vec<LeaseId>,
+    /// Restart in place once the reply is sent (RESTART).
+    pub restart: bool,
 }
 
-/// A successful request: its reply and the leases it ended.
+/// A successful request: its reply, the leases it ended, and whether
+/// gmemd restarts in place once the reply is out.
 #[derive(Debug)]
 struct Done {
     response: Response,
     ended: Vec<LeaseId>,
+    restart: bool,
 }
 
 impl From<Response> for Done {
@@ -89,6 +115,7 @@ impl From<Response> for Done {
         Done {
             response,
             ended: Vec::new(),
+            restart: false,
         }
     }
 }
@@ -99,18 +126,38 @@ impl Service {
         Service {
             config,
             ledger: Ledger::new(),
-            fds: BTreeMap::new(),
+            memfiles: memfiles::MemFiles::with_next_fid(1),
+            persistence: None,
+            sessions: BTreeMap::new(),
+            detached: BTreeMap::new(),
+            history: History {
+                started: unix_now(),
+                born: unix_now(),
+                ..History::default()
+            },
             pidfds: HashMap::new(),
             handoffs: HashMap::new(),
             next_lease: LeaseId::FIRST,
-            started: Instant::now(),
+            clock_offset: 0,
             log_limiter: crate::log_limit::LogLimiter::new(),
         }
     }
 
-    /// Seconds on the service's clock.
+    /// Seconds on the service's clock: UNIX time, so ledger times mean
+    /// the same after a restart.
     fn now(&self) -> u64 {
-        self.started.elapsed().as_secs()
+        unix_now() + self.clock_offset
+    }
+
+    /// Journals into `persistence` from now on (a fresh state).
+    pub fn persist_with(&mut self, persistence: persist::Persistence) {
+        self.persistence = Some(persistence);
+        self.compact();
+    }
+
+    /// gmemd's history.
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     /// The configuration.
@@ -154,17 +201,29 @@ impl Service {
             Some(id) => self.end_lease(id, reason),
             None => debug!("{} closed: {reason}", self.describe(session)),
         }
+        if self.sessions.contains_key(&session.id) {
+            self.journal_session_gone(session.id);
+        }
+        self.persist();
     }
 
-    /// Serves one frame of `session`: the daemon's only request path.
-    pub fn serve(&mut self, session: &mut Session, frame: Frame) -> Served {
+    /// Serves one frame of `session`, whose socket is `socket`: the
+    /// daemon's only request path. What the request changed is journaled
+    /// (and new fds kept) before this returns the reply.
+    pub fn serve(
+        &mut self,
+        session: &mut Session,
+        frame: Frame,
+        socket: Option<BorrowedFd<'_>>,
+    ) -> Served {
         let code = frame.header.code;
+        let was_awaiting = session.awaiting_hello();
         let result = self.admit(session).and_then(|()| {
             let request = decode_request(frame)?;
             self.dispatch(session, request.body, request.fds)
         });
-        let (response, close, ended) = match result {
-            Ok(done) => (done.response, false, done.ended),
+        let (response, close, ended, restart) = match result {
+            Ok(done) => (done.response, false, done.ended, done.restart),
             Err(err) => {
                 let request = Request::try_from(code)
                     .map_or_else(|_| format!("request code {code}"), |r| r.to_string());
@@ -178,13 +237,19 @@ impl Service {
                     self.describe(session)
                 );
                 let response = Response::error(err.errno(), &err.to_string());
-                (response, err.should_close(), Vec::new())
+                (response, err.should_close(), Vec::new(), false)
             }
         };
+        // A connection is kept across gmemd restarts from its HELLO on.
+        if was_awaiting && !session.awaiting_hello() {
+            self.journal_session(session, socket);
+        }
+        self.persist();
         Served {
             reply: encode_reply(code, response),
             close,
             ended,
+            restart,
         }
     }
 
@@ -219,6 +284,7 @@ impl Service {
             Request::Revoke => Features::REVOKE,
             Request::Handoff => Features::HANDOFF,
             Request::Transfer | Request::Forget => Features::VM_SCOPE,
+            Request::Restart => Features::RESTART,
             _ => Features::empty(),
         };
         if !session.features().contains(needed) {
@@ -240,6 +306,15 @@ impl Service {
             RequestBody::Handoff(handoff) => self.handoff(session, handoff, &fd())?.into(),
             RequestBody::Transfer(transfer) => self.transfer(session, &transfer)?.into(),
             RequestBody::Forget(vm) => self.forget(session, &vm)?.into(),
+            RequestBody::Restart => {
+                Self::require_operator(session, Request::Restart)?;
+                log::info!("restart in place asked by {}", self.describe(session));
+                Done {
+                    response: Response::ok(Vec::new()),
+                    ended: Vec::new(),
+                    restart: true,
+                }
+            }
         })
     }
 
@@ -296,9 +371,12 @@ fn join(names: &[Name]) -> String {
 #[cfg(test)]
 impl Service {
     fn advance_clock(&mut self, secs: u64) {
-        self.started = self
-            .started
-            .checked_sub(std::time::Duration::from_secs(secs))
-            .expect("the clock goes back that far");
+        self.clock_offset += secs;
     }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

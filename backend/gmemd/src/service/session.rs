@@ -43,6 +43,46 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session as the journal describes it (after a gmemd restart).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn restore(
+        id: SessionId,
+        peer: Peer,
+        principal: Principal,
+        socket_inode: u64,
+        admission: Admission,
+        state: u8,
+        features: Features,
+        lease: Option<LeaseId>,
+    ) -> Self {
+        let state = match (state, lease) {
+            (1, _) => SessionState::Control { features },
+            (2, Some(id)) => SessionState::Lease { id, features },
+            (2 | 3, _) => SessionState::Revoked {
+                id: id_or_first(lease),
+            },
+            _ => SessionState::AwaitingHello,
+        };
+        Session {
+            id,
+            peer,
+            principal,
+            socket_inode,
+            admission,
+            state,
+        }
+    }
+
+    /// The standing as the journal keeps it: state code, features, lease.
+    pub(super) fn journal_state(&self) -> (u8, u64, Option<u64>) {
+        match self.state {
+            SessionState::AwaitingHello => (0, 0, None),
+            SessionState::Control { features } => (1, features.bits(), None),
+            SessionState::Lease { id, features } => (2, features.bits(), Some(id.get())),
+            SessionState::Revoked { id } => (3, 0, Some(id.get())),
+        }
+    }
+
     /// The lease this session holds, if it opened one and it was not revoked.
     pub fn lease(&self) -> Option<LeaseId> {
         match self.state {
@@ -75,4 +115,8 @@ impl Session {
             SessionState::Control { features } | SessionState::Lease { features, .. } => features,
         }
     }
+}
+
+fn id_or_first(lease: Option<LeaseId>) -> LeaseId {
+    lease.unwrap_or(LeaseId::FIRST)
 }

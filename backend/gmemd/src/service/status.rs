@@ -5,8 +5,8 @@
 
 use gmem_protocol::server::Response;
 use gmem_protocol::wire::{
-    encode_status_page_from, BindingStatus, FileStatus, LeaseStatus, OwnerStatus, ScopedFileStatus,
-    StatusQuery, StatusSection,
+    encode_status_page_from, BindingStatus, DaemonStatus, FileStatus, LeaseStatus, OwnerStatus,
+    ScopedFileStatus, StatusQuery, StatusSection,
 };
 
 use super::scope::View;
@@ -69,6 +69,35 @@ impl Service {
                         .count(),
                 };
                 encode_status_page_from(count(total), query.start, entries, LeaseStatus::encode).0
+            }
+            StatusSection::Daemon => {
+                let h = &self.history;
+                let entry = DaemonStatus {
+                    pid: std::process::id(),
+                    restarts: u32::try_from(h.restarts).unwrap_or(u32::MAX),
+                    born: h.born,
+                    started: h.started,
+                    files: count(self.visible_file_count(&view)),
+                    leases: count(match &view {
+                        View::All => self.ledger.lease_count(),
+                        View::Vms(vms) => vms
+                            .iter()
+                            .filter(|u| self.ledger.vm(**u).is_some_and(|v| v.lease.is_some()))
+                            .count(),
+                    }),
+                    recovered: if h.recovered.is_empty() {
+                        "nothing: started fresh".to_owned()
+                    } else {
+                        h.recovered.clone()
+                    },
+                };
+                encode_status_page_from(
+                    1,
+                    query.start,
+                    (query.start == 0).then_some(entry),
+                    DaemonStatus::encode,
+                )
+                .0
             }
         };
         Ok(Response::ok(body))

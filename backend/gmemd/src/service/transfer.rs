@@ -26,14 +26,17 @@ impl Service {
         // The copy is made before anything changes: a failure leaves the
         // file where it was, content intact.
         let fresh = memory::create(&to.name, spec.size, spec.kind)?;
-        let old = self.fds.get(&from).expect("every ledger file has an fd");
+        let old = self
+            .memfiles
+            .get(&from)
+            .expect("every ledger file has an fd");
         let copied = memory::copy_content(old, &fresh, &spec)?;
         let (from_label, to_label) = (self.ledger.label(&from), self.ledger.label(&to));
         self.ledger.move_file(&from, to.clone())?;
-        let old = self.fds.remove(&from).expect("checked above");
+        let old = self.memfiles.remove(&from).expect("checked above");
         // Whoever kept the old inode sees zeros from now on.
         punch(&old, &spec, &from_label);
-        self.fds.insert(to.clone(), fresh);
+        self.memfiles.insert(to.clone(), fresh);
         info!(
             "transferred {from_label} to {to_label} ({}, {} of content copied into a fresh \
              inode) for {}",
@@ -48,7 +51,7 @@ impl Service {
         Self::require_operator(session, Request::Forget)?;
         let (entry, keys) = self.ledger.forget(vm)?;
         for (key, spec) in &keys {
-            if let Some(fd) = self.fds.remove(key) {
+            if let Some(fd) = self.memfiles.remove(key) {
                 // The memory goes now, not when the last old holder exits.
                 punch(&fd, spec, &format!("{}/{}", entry.vm.name, key.name));
             }

@@ -15,6 +15,7 @@ impl Service {
         if !self.ledger.retired().is_empty() {
             self.prune_holders();
         }
+        self.end_detached_leases();
         let Some(after) = self.config.limits.expire_orphans else {
             return;
         };
@@ -34,7 +35,7 @@ impl Service {
                 continue;
             };
             for (key, spec) in &files {
-                if let Some(fd) = self.fds.remove(key) {
+                if let Some(fd) = self.memfiles.remove(key) {
                     punch(&fd, spec, &format!("{}/{}", vm.name, key.name));
                 }
             }
@@ -46,6 +47,31 @@ impl Service {
                 entry.tie
             );
         }
+        self.persist();
+    }
+
+    /// Ends the leases a restart found without their connection once the
+    /// grace period has passed; their VMs keep their files.
+    fn end_detached_leases(&mut self) {
+        if self.detached.is_empty() {
+            return;
+        }
+        let grace = self.config.limits.lease_grace.as_secs();
+        let now = self.now();
+        let due: Vec<_> = self
+            .detached
+            .iter()
+            .filter(|(_, since)| now.saturating_sub(**since) >= grace)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.detached.remove(&id);
+            self.end_lease(
+                id,
+                &format!("its connection did not survive a gmemd restart ({grace} s grace)"),
+            );
+        }
+        self.persist();
     }
 
     /// Seconds since VM `vm`'s last lease ended; 0 while it has one.

@@ -64,7 +64,7 @@ fn frame(body: &RequestBody, fds: Vec<OwnedFd>) -> Frame {
 }
 
 fn serve(svc: &mut Service, s: &mut Session, body: RequestBody, fds: Vec<OwnedFd>) -> Served {
-    svc.serve(s, frame(&body, fds))
+    svc.serve(s, frame(&body, fds), None)
 }
 
 fn call(svc: &mut Service, s: &mut Session, body: RequestBody) -> Result<Reply, Reply> {
@@ -257,6 +257,7 @@ fn snapshot(svc: &Service) -> String {
     format!("{:?}", svc.ledger())
 }
 
+mod persist;
 mod quotas;
 mod requests;
 mod tenants;

@@ -40,7 +40,7 @@ fn disallowed_peers_are_cut_off_even_for_malformed_messages() {
         payload: Vec::new(),
         fds: Vec::new(),
     };
-    let served = svc.serve(&mut s, garbage);
+    let served = svc.serve(&mut s, garbage, None);
     assert!(served.close);
     assert_eq!(
         Reply::decode(&served.reply.payload).unwrap().status,
@@ -63,7 +63,7 @@ fn malformed_requests_get_their_errno_and_change_nothing() {
     let mut bad = frame(&open("x"), Vec::new());
     bad.payload.pop();
     bad.header.size -= 1;
-    let reply = Reply::decode(&svc.serve(&mut s, bad).reply.payload).unwrap();
+    let reply = Reply::decode(&svc.serve(&mut s, bad, None).reply.payload).unwrap();
     assert_eq!(reply.status, -Errno::INVAL.raw_os_error());
     let memfd = rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     let served = serve(&mut svc, &mut s, open("x"), vec![memfd]);

@@ -1,0 +1,310 @@
+//! A real systemd user instance for tests of units, `Type=notify`, the fd
+//! store and the watchdog.
+//!
+//! systemd 252 is installed here but is not PID 1, so the instance runs as
+//! root in a private mount namespace whose `/run/systemd` is a fresh tmpfs
+//! (it wants `/run/systemd/system` to exist), with `XDG_RUNTIME_DIR` a
+//! temporary directory under `/run` (not `/tmp`: units with `PrivateTmp=`
+//! must still reach its notify socket). Units go in `DIR/systemd/user/`;
+//! `%t` in them is `DIR`. `systemctl --user` only works from inside the
+//! namespace, so it runs under `nsenter -t PID -m`. Services run without
+//! cgroups and their output has no journal to go to: give them
+//! `StandardOutput=append:FILE`.
+//!
+//! A binary a unit runs must not live under `/tmp` or `/var/tmp` either
+//! (`PrivateTmp=` hides it: status 226/NAMESPACE or 203/EXEC); the
+//! workspace's `target/` is fine.
+//!
+//! Every wait is bounded. Dropping the instance stops it (SIGTERM, which
+//! stops its units, SIGKILL after a grace) and kills any main process seen
+//! that is still in its mount namespace.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::process::{wait_until, ChildGuard};
+
+/// The systemd binary run as the user instance.
+pub const SYSTEMD: &str = "/lib/systemd/systemd";
+
+/// How long a `systemctl` call may take.
+const SYSTEMCTL_TIMEOUT: &str = "30";
+
+/// The options of `gmemd.service` a user instance here cannot set up:
+/// each makes systemd build the unit's root under
+/// `/run/systemd/unit-root`, which fails in this namespace ("Failed to set
+/// up mount namespacing: /run/systemd/unit-root/home: No such file or
+/// directory", status 226/NAMESPACE). Everything else is tested as shipped.
+pub const SANDBOX_DROP_IN: &str = "[Service]\n\
+    ProtectHome=no\n\
+    ProtectKernelTunables=no\n\
+    ProtectKernelLogs=no\n\
+    ProtectControlGroups=no\n";
+
+/// A running `systemd --user` in its own mount namespace.
+#[derive(Debug)]
+pub struct UserSystemd {
+    manager: ChildGuard,
+    pid: u32,
+    /// `readlink /proc/PID/ns/mnt` of the manager.
+    mount_ns: PathBuf,
+    /// Main pids seen, killed on drop if still in the namespace.
+    seen: RefCell<Vec<u32>>,
+    // Last: removed after the manager is gone.
+    dir: tempfile::TempDir,
+}
+
+impl UserSystemd {
+    /// Starts an instance, or returns `None` (a skip) where none can run:
+    /// not root, systemd or util-linux missing, or no private mount
+    /// namespace allowed. Under `GMEM_E2E=require` that is a failure instead.
+    ///
+    /// # Panics
+    /// If the instance starts but does not come up within 30 s.
+    pub fn start() -> Option<UserSystemd> {
+        let missing = [
+            "/usr/bin/unshare",
+            "/usr/bin/nsenter",
+            "/usr/bin/systemctl",
+            SYSTEMD,
+        ]
+        .into_iter()
+        .find(|p| !Path::new(p).exists());
+        let root = rustix::process::geteuid().is_root();
+        if !root || missing.is_some() {
+            let what = format!(
+                "a systemd user instance (root: {root}, missing: {})",
+                missing.unwrap_or("nothing")
+            );
+            assert!(
+                !crate::e2e::required(),
+                "{what} is required (GMEM_E2E=require) but not available"
+            );
+            eprintln!("SKIPPED: {what} (set GMEM_E2E=require to make this a failure)");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("gmem-systemd-")
+            .tempdir_in("/run")
+            .expect("temp dir under /run");
+        std::fs::create_dir_all(dir.path().join("systemd/user")).expect("unit dir");
+        let log = std::fs::File::create(dir.path().join("manager.log")).expect("manager log");
+        let mut cmd = Command::new("/usr/bin/unshare");
+        cmd.args(["-m", "--propagation", "private", "/bin/sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system && \
+                 exec {SYSTEMD} --user --log-target=console"
+            ))
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        let manager = ChildGuard::spawn("systemd --user", cmd);
+        let pid = manager.pid();
+        let mut instance = UserSystemd {
+            manager,
+            pid,
+            mount_ns: PathBuf::new(),
+            seen: RefCell::new(Vec::new()),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if instance.manager.child().try_wait().ok().flatten().is_some() {
+                let log = instance.manager_log();
+                assert!(
+                    !crate::e2e::required(),
+                    "systemd --user exited at start (GMEM_E2E=require):\n{log}"
+                );
+                eprintln!("SKIPPED: systemd --user could not start here:\n{log}");
+                return None;
+            }
+            let state = instance.systemctl(&["is-system-running"]);
+            let state = String::from_utf8_lossy(&state.stdout);
+            if matches!(state.trim(), "running" | "degraded") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "systemd --user did not come up in 30 s (state {state:?}):\n{}",
+                instance.manager_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        instance.mount_ns =
+            std::fs::read_link(format!("/proc/{pid}/ns/mnt")).expect("manager's mount namespace");
+        Some(instance)
+    }
+
+    /// The runtime directory (`XDG_RUNTIME_DIR`, `%t` in units).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The manager's pid (for `nsenter -t`).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Where unit files go.
+    pub fn unit_dir(&self) -> PathBuf {
+        self.dir().join("systemd/user")
+    }
+
+    /// What the manager logged.
+    pub fn manager_log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("manager.log")).unwrap_or_default()
+    }
+
+    /// Writes the unit file `name` and reloads the manager.
+    pub fn install(&self, name: &str, text: &str) {
+        std::fs::write(self.unit_dir().join(name), text).expect("writing a unit");
+        self.systemctl_ok(&["daemon-reload"]);
+    }
+
+    /// Runs `systemctl --user ARGS` in the instance's namespace (30 s at most).
+    pub fn systemctl(&self, args: &[&str]) -> Output {
+        self.in_namespace("systemctl", &[&["--user"], args].concat())
+    }
+
+    /// Runs `program ARGS` in the instance's mount namespace with its
+    /// `XDG_RUNTIME_DIR` (30 s at most, then killed).
+    pub fn in_namespace(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .args(["--kill-after=5", SYSTEMCTL_TIMEOUT, "nsenter", "-t"])
+            .arg(self.pid.to_string())
+            .args(["-m", program])
+            .args(args)
+            .env("XDG_RUNTIME_DIR", self.dir())
+            .env("SYSTEMD_PAGER", "")
+            .env("SYSTEMD_COLORS", "0")
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running nsenter")
+    }
+
+    /// `systemctl --user ARGS`, which must succeed; returns its stdout.
+    ///
+    /// # Panics
+    /// If it fails, with its output and the manager's log.
+    pub fn systemctl_ok(&self, args: &[&str]) -> String {
+        let out = self.systemctl(args);
+        assert!(
+            out.status.success(),
+            "systemctl --user {args:?}: {}\n{}{}\nmanager log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.manager_log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Installs the shipped `gmemd.service` and `gmemd.socket`
+    /// (`backend/gmemd/systemd/`) as they are, but for `ExecStart=`, which
+    /// becomes `exec_start`, output appended to `DIR/gmemd.out`, no core
+    /// dumps, and [`SANDBOX_DROP_IN`] as `gmemd.service.d/sandbox.conf`.
+    pub fn install_gmemd_units(&self, exec_start: &str) {
+        let units = crate::workspace_path("backend/gmemd/systemd");
+        let service = std::fs::read_to_string(units.join("gmemd.service")).expect("gmemd.service");
+        let exec = service
+            .lines()
+            .find(|l| l.starts_with("ExecStart="))
+            .expect("ExecStart= in gmemd.service");
+        let out = self.dir().join("gmemd.out");
+        let service = service.replace(
+            exec,
+            &format!(
+                "ExecStart={exec_start}\nStandardOutput=append:{out}\n\
+                 StandardError=append:{out}\nLimitCORE=0",
+                out = out.display()
+            ),
+        );
+        let drop_in = self.unit_dir().join("gmemd.service.d");
+        std::fs::create_dir_all(&drop_in).expect("drop-in dir");
+        std::fs::write(drop_in.join("sandbox.conf"), SANDBOX_DROP_IN).expect("drop-in");
+        let socket = std::fs::read_to_string(units.join("gmemd.socket")).expect("gmemd.socket");
+        std::fs::write(self.unit_dir().join("gmemd.socket"), socket).expect("writing a unit");
+        self.install("gmemd.service", &service);
+    }
+
+    /// Starts `unit` without waiting for it (`--no-block`).
+    pub fn start_unit(&self, unit: &str) {
+        self.systemctl_ok(&["start", "--no-block", unit]);
+    }
+
+    /// Stops `unit` and waits for the stop (bounded by the call's timeout).
+    pub fn stop_unit(&self, unit: &str) {
+        self.systemctl_ok(&["stop", unit]);
+    }
+
+    /// The value of `property` of `unit`.
+    pub fn show(&self, unit: &str, property: &str) -> String {
+        self.systemctl_ok(&["show", "--value", "-p", property, unit])
+            .trim()
+            .to_owned()
+    }
+
+    /// The unit's main pid, if it has one.
+    pub fn main_pid(&self, unit: &str) -> Option<u32> {
+        let pid = self
+            .show(unit, "MainPID")
+            .parse::<u32>()
+            .ok()
+            .filter(|p| *p != 0);
+        if let Some(pid) = pid {
+            let mut seen = self.seen.borrow_mut();
+            if !seen.contains(&pid) {
+                seen.push(pid);
+            }
+        }
+        pid
+    }
+
+    /// Waits until `unit` is active and running with a main pid other than
+    /// `not` (the one just killed, say); returns that pid.
+    pub fn wait_running(&self, unit: &str, not: Option<u32>, timeout: Duration) -> u32 {
+        wait_until(timeout, &format!("{unit} to run (not as {not:?})"), || {
+            let state = self.show(unit, "SubState");
+            if state != "running" {
+                return None;
+            }
+            self.main_pid(unit).filter(|pid| Some(*pid) != not)
+        })
+    }
+
+    /// Sends `signal` to `pid` (this process shares the pid namespace).
+    pub fn kill(&self, pid: u32, signal: rustix::process::Signal) {
+        let pid =
+            rustix::process::Pid::from_raw(i32::try_from(pid).expect("pid")).expect("nonzero pid");
+        rustix::process::kill_process(pid, signal).expect("kill");
+    }
+
+    /// Whether `pid` is a live process in the instance's mount namespace.
+    fn ours(&self, pid: u32) -> bool {
+        std::fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok_and(|ns| ns == self.mount_ns)
+    }
+}
+
+impl Drop for UserSystemd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("systemd --user log:\n{}", self.manager_log());
+        }
+        // SIGTERM: the user manager stops its units and exits.
+        self.manager.stop();
+        for pid in self.seen.borrow().iter().copied() {
+            if self.ours(pid) {
+                self.kill(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
