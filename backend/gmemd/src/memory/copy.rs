@@ -4,7 +4,8 @@
 //!
 //! Both files are mapped and copied in blocks. A memfd's holes are skipped
 //! (`SEEK_DATA`), and blocks that read as zeros are not written, so the
-//! copy takes only the memory the content needs. Hand-written: vm-memory
+//! copy takes only the memory the content needs. The mappings are
+//! `MADV_DONTDUMP`: no core dump of gmemd holds a tenant's memory. Hand-written: vm-memory
 //! maps guest RAM, not two files of one host process, and the copy is a
 //! loop over a mapping.
 
@@ -40,7 +41,15 @@ impl Mapping {
             kind,
             source: Errno::FAULT.into(),
         })?;
-        Ok(Mapping { addr, len })
+        let mapping = Mapping { addr, len };
+        // A core dump of gmemd (after a watchdog abort, say) must never
+        // hold a tenant's RAM.
+        // SAFETY: advice on exactly the range mapped above.
+        unsafe {
+            rustix::mm::madvise(addr.as_ptr().cast(), len, rustix::mm::Advice::LinuxDontDump)
+        }
+        .map_err(syscall("madvise(MADV_DONTDUMP)", kind))?;
+        Ok(mapping)
     }
 }
 
@@ -155,6 +164,26 @@ mod tests {
         // The middle was never written: still a hole in the copy.
         let data = rustix::fs::seek(&to, SeekFrom::Data(1 << 20)).unwrap();
         assert_eq!(data, size - 4096);
+    }
+
+    #[test]
+    fn gmemds_mappings_of_guest_memory_are_left_out_of_core_dumps() {
+        let fd = create(&Name::new("dd").unwrap(), 1 << 20, MemoryKind::Memfd).unwrap();
+        let m = Mapping::new(&fd, 1 << 20, ProtFlags::READ, MemoryKind::Memfd).unwrap();
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start = format!("{:x}-", m.addr.as_ptr() as usize);
+        let block: String = smaps
+            .lines()
+            .skip_while(|l| !l.starts_with(&start))
+            .take_while(|l| l.starts_with(&start) || !l.contains('-') || l.contains(':'))
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let flags = block
+            .lines()
+            .find(|l| l.starts_with("VmFlags:"))
+            .unwrap_or_else(|| panic!("no VmFlags for the mapping: {block}"));
+        assert!(flags.split_whitespace().any(|f| f == "dd"), "{flags}");
     }
 
     #[test]
