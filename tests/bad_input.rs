@@ -495,3 +495,23 @@ fn the_config_file_is_used_and_its_mistakes_are_named() {
     a.create(&name("one"), 4096, MemoryKind::Memfd).unwrap();
     a.create(&name("two"), 4096, MemoryKind::Memfd).unwrap();
 }
+
+#[test]
+fn a_second_gmemd_on_the_same_state_dir_is_refused() {
+    let first = Daemon::start();
+    let out = Command::new(bin("gmemd"))
+        .arg("--state-dir")
+        .arg(first.dir())
+        .arg("--socket")
+        .arg(first.dir().join("other.sock"))
+        .arg("--no-keeper")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another gmemd") && stderr.contains(&first.pid().to_string()),
+        "{stderr}"
+    );
+}

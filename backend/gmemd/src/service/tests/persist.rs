@@ -209,3 +209,31 @@ fn fds_kept_and_released_follow_the_files() {
     call(&mut svc, &mut a, destroy("ram")).unwrap();
     assert!(!keeper.0.lock().unwrap().contains_key(&format!("f{fid}")));
 }
+
+#[test]
+fn a_lease_whose_connection_was_lost_ends_after_the_grace_and_its_vm_keeps_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let keeper = MemKeeper::default();
+    let mut svc = persisted(dir.path(), &keeper);
+    history(&mut svc);
+    drop(svc);
+    // No connection came back: the leases wait for the grace period.
+    let (mut svc, _) = recover(dir.path(), &keeper);
+    assert_eq!(svc.ledger.lease_count(), 2);
+    svc.upkeep();
+    assert_eq!(svc.ledger.lease_count(), 2, "ended before the grace");
+    svc.advance_clock(config().limits.lease_grace.as_secs());
+    svc.upkeep();
+    assert_eq!(svc.ledger.lease_count(), 0);
+    // Their bindings went; their files and ties stay.
+    let ram = svc
+        .ledger
+        .file(&FileKey::vm(vm("vm-a").uuid, name("ram")))
+        .unwrap();
+    assert!(ram.owner.is_none());
+    let mut s = session(&svc, 9, BOB);
+    assert_eq!(
+        errno_of(call(&mut svc, &mut s, hello(Some("vm-a")))),
+        Errno::ACCESS
+    );
+}
