@@ -138,10 +138,11 @@ pub fn encode_reply(code: u32, response: Response) -> OutgoingReply {
 /// over (PROTOCOL.md §14.2), before it reads anything from it.
 ///
 /// `restarts` counts the restarts the daemon survived, this one included.
-/// `pending` says whether a whole request is queued unread on the
-/// connection ([`crate::conn::peek_queued`] returns
-/// [`Queued::Whole`](crate::conn::Queued::Whole)): it will be answered
-/// after the notice. A client that gets `pending == false` while it waits
+/// `pending` says whether a request is queued unread on the connection,
+/// whole or in part ([`crate::conn::peek_queued`] returns
+/// [`Queued::Whole`](crate::conn::Queued::Whole) or
+/// [`Queued::Partial`](crate::conn::Queued::Partial)): it will be
+/// answered after the notice. A client that gets `pending == false` while it waits
 /// for a reply reconciles (§14.4).
 pub fn encode_restart_notice(restarts: u32, pending: bool) -> OutgoingReply {
     let payload = RestartNotice { restarts, pending }.encode_payload();

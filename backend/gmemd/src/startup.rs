@@ -45,10 +45,11 @@ pub fn start(config: Config, state_dir: &Path, socket: &Path) -> Result<EventLoo
     if let Some(store) = store.as_mut() {
         store.adopt(fds.iter().map(|(name, _)| name.as_str()));
     }
+    let took_over = !fds.is_empty();
     let listener = take_listener(&mut fds);
     let keeper = store.map(|s| Box::new(s) as Box<dyn FdKeeper>);
     let (mut event_loop, resumed) = if recovered.records > 0 || !fds.is_empty() {
-        let recovery = Service::recover(config, journal, recovered, fds, keeper);
+        let recovery = Service::recover(config, journal, recovered, fds, keeper, took_over);
         let listener = match listener {
             Some(l) => l,
             None => crate::event_loop::listen(socket)?,

@@ -714,12 +714,15 @@ impl EventLoop {
 
 impl Drop for EventLoop {
     fn drop(&mut self) {
+        // With an fd keeper, the socket, the connections and the leases
+        // belong to the next gmemd (or go with the keeper when it stops).
+        if self.keep_socket || self.service.has_keeper() {
+            info!("leaving the socket, connections and leases to the fd keeper");
+            return;
+        }
         let ids: Vec<SessionId> = self.conns.keys().copied().collect();
         for id in ids {
             self.drop_conn(id, "gmemd shutting down".to_owned());
-        }
-        if self.keep_socket {
-            return;
         }
         if let Err(e) = std::fs::remove_file(&self.socket_path) {
             debug!("removing {}: {e}", self.socket_path.display());

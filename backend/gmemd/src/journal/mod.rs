@@ -6,7 +6,8 @@
 //! change, before its reply is sent). Each record is one entity's state
 //! ([`record`]); replaying them in order gives the state ([`state`]).
 //! Damage is never silent ([`codec`]): a torn tail is cut, a damaged
-//! record in the middle is kept aside in `ledger.damaged.*` and reported,
+//! record in the middle is kept aside in `ledger.journal.damaged.*` (or
+//! `ledger.snap.damaged.*`) and reported,
 //! and everything the intact records describe comes back. A lock file
 //! keeps a second gmemd off a state dir that one already uses.
 

@@ -42,13 +42,15 @@ pub struct Recovery {
 impl Service {
     /// Rebuilds the service from the journal's state and the kept fds
     /// (named `f<id>` and `c<id>`; others are returned in `notes` and
-    /// closed).
+    /// closed). `took_over`: fds were handed over (a restart, not a start
+    /// after a stop).
     pub fn recover(
         config: Config,
         journal: Journal,
         recovered: Recovered,
         fds: Vec<(String, OwnedFd)>,
         keeper: Option<Box<dyn FdKeeper>>,
+        took_over: bool,
     ) -> Recovery {
         let mut notes = recovered.damage.clone();
         let state = recovered.state;
@@ -229,7 +231,11 @@ impl Service {
             }
         }
         let mut meta = state.meta;
-        meta.restarts += 1;
+        // A restart is a gmemd taking over kept fds; a start after a stop
+        // (nothing kept) only reads what the journal remembers.
+        if took_over {
+            meta.restarts += 1;
+        }
         meta.next_sid = next_sid;
         service.history.restarts = meta.restarts;
         service.history.born = meta.born;

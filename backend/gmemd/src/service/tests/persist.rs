@@ -52,7 +52,7 @@ fn persisted(dir: &std::path::Path, keeper: &MemKeeper) -> Service {
 
 fn recover(dir: &std::path::Path, keeper: &MemKeeper) -> (Service, Vec<String>) {
     let (journal, recovered) = Journal::open(dir).unwrap();
-    let r = Service::recover(config(), journal, recovered, keeper.handed_over(), None);
+    let r = Service::recover(config(), journal, recovered, keeper.handed_over(), None, true);
     (r.service, r.notes)
 }
 
@@ -139,7 +139,7 @@ fn a_journal_cut_at_any_byte_loses_only_what_came_after_the_cut() {
         let (j, recovered) = Journal::open(d.path()).unwrap();
         let described = recovered.state.clone();
         let torn = !recovered.damage.is_empty();
-        let r = Service::recover(config(), j, recovered, keeper.handed_over(), None);
+        let r = Service::recover(config(), j, recovered, keeper.handed_over(), None, true);
         // Every file the intact part describes, whose fd was kept, is back.
         for f in described.files.values() {
             if keeper
@@ -188,7 +188,7 @@ fn a_flipped_byte_is_reported_and_the_rest_comes_back() {
         std::fs::write(d.path().join("ledger.journal"), &bad).unwrap();
         let (j, recovered) = Journal::open(d.path()).unwrap();
         assert!(!recovered.damage.is_empty(), "flip at {at} went unnoticed");
-        let r = Service::recover(config(), j, recovered, keeper.handed_over(), None);
+        let r = Service::recover(config(), j, recovered, keeper.handed_over(), None, true);
         assert!(!r.notes.is_empty(), "flip at {at}");
         r.service.ledger.assert_consistent();
     }
