@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -42,14 +42,21 @@ pub struct ClientEnd {
 pub struct Pause {
     wanted: AtomicBool,
     paused: AtomicUsize,
+    /// What failed clients said: they never pause again.
+    failures: Mutex<Vec<String>>,
 }
 
 impl Pause {
     /// Runs `f` while every one of the `n` clients waits between two
     /// requests (bounded: 30 s for them to get there).
+    ///
+    /// # Panics
+    /// If they do not, or a client failed (saying what it failed with).
     pub fn during<T>(&self, n: usize, f: impl FnOnce() -> T) -> T {
         self.wanted.store(true, Ordering::SeqCst);
         crate::wait_until(Duration::from_secs(30), "the clients to pause", || {
+            let failures = self.failures.lock().expect("failures");
+            assert!(failures.is_empty(), "client(s) failed: {failures:?}");
             (self.paused.load(Ordering::SeqCst) >= n).then_some(())
         });
         let out = f();
@@ -86,9 +93,10 @@ pub fn start_clients(
             let pause = Arc::clone(&pause);
             std::thread::spawn(move || {
                 let result = client_loop(&socket, i, &stop, &ready, &pause);
-                if result.is_err() {
+                if let Err(e) = &result {
                     // Keep the others from waiting for this one.
                     stop.store(true, Ordering::Relaxed);
+                    pause.failures.lock().expect("failures").push(e.clone());
                 }
                 result
             })

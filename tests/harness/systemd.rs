@@ -7,9 +7,16 @@
 //! temporary directory under `/run` (not `/tmp`: units with `PrivateTmp=`
 //! must still reach its notify socket). Units go in `DIR/systemd/user/`;
 //! `%t` in them is `DIR`. `systemctl --user` only works from inside the
-//! namespace, so it runs under `nsenter -t PID -m`. Services run without
-//! cgroups and their output has no journal to go to: give them
-//! `StandardOutput=append:FILE`.
+//! namespace, so it runs under `nsenter -t PID -m`. Services' output has
+//! no journal to go to: give them `StandardOutput=append:FILE`.
+//!
+//! Each instance gets a cgroup of its own (`gmem-systemd-XXXX` at the root
+//! of the `name=systemd` and the cgroup2 hierarchy), so its units' cgroups
+//! (`…/app.slice/NAME.service`) are its own: instances started from the
+//! same cgroup would share them, and one instance stopping or restarting a
+//! unit would kill another's processes of the same unit name (with
+//! `KillMode=control-group`) and wait for them to go. Where no cgroup can be
+//! made the instance runs where the test runs.
 //!
 //! A binary a unit runs must not live under `/tmp` or `/var/tmp` either
 //! (`PrivateTmp=` hides it: status 226/NAMESPACE or 203/EXEC); the
@@ -52,6 +59,9 @@ pub struct UserSystemd {
     mount_ns: PathBuf,
     /// Main pids seen, killed on drop if still in the namespace.
     seen: RefCell<Vec<u32>>,
+    /// The name of the instance's own cgroup in each hierarchy (see the
+    /// module doc), removed on drop.
+    cgroup_name: String,
     // Last: removed after the manager is gone.
     dir: tempfile::TempDir,
 }
@@ -91,10 +101,22 @@ impl UserSystemd {
             .expect("temp dir under /run");
         std::fs::create_dir_all(dir.path().join("systemd/user")).expect("unit dir");
         let log = std::fs::File::create(dir.path().join("manager.log")).expect("manager log");
+        let cgroup_name = dir
+            .path()
+            .file_name()
+            .expect("temp dir name")
+            .to_string_lossy()
+            .into_owned();
+        let cgroups = make_cgroups(&cgroup_name);
+        // The shell moves itself (and so the manager it becomes) into them.
+        let enter: String = cgroups
+            .iter()
+            .map(|cg| format!("echo $$ > {}/cgroup.procs && ", cg.display()))
+            .collect();
         let mut cmd = Command::new("/usr/bin/unshare");
         cmd.args(["-m", "--propagation", "private", "/bin/sh", "-c"])
             .arg(format!(
-                "mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system && \
+                "{enter}mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system && \
                  exec {SYSTEMD} --user --log-target=console"
             ))
             .env("XDG_RUNTIME_DIR", dir.path())
@@ -113,6 +135,7 @@ impl UserSystemd {
             pid,
             mount_ns: PathBuf::new(),
             seen: RefCell::new(Vec::new()),
+            cgroup_name,
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -306,5 +329,82 @@ impl Drop for UserSystemd {
                 self.kill(pid, rustix::process::Signal::KILL);
             }
         }
+        remove_cgroups(&self.cgroup_name);
     }
+}
+
+/// Mount points of the cgroup hierarchies: (`cgroup2` or the v1
+/// controllers, mount point), from `/proc/self/mountinfo`.
+fn cgroup_mounts() -> Vec<(String, PathBuf)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let mount_point = before.split_whitespace().nth(4)?;
+            let mut after = after.split_whitespace();
+            let (fstype, options) = (after.next()?, after.nth(1).unwrap_or(""));
+            let what = match fstype {
+                "cgroup2" => "cgroup2".to_owned(),
+                "cgroup" => options.to_owned(),
+                _ => return None,
+            };
+            Some((what, PathBuf::from(mount_point)))
+        })
+        .collect()
+}
+
+/// Makes the cgroup `name` at the root of the hierarchies systemd tracks
+/// processes in (`name=systemd` and cgroup2) and returns them; none where
+/// that is not possible.
+fn make_cgroups(name: &str) -> Vec<PathBuf> {
+    let made: Vec<PathBuf> = cgroup_mounts()
+        .into_iter()
+        .filter(|(what, _)| what == "cgroup2" || what.split(',').any(|o| o == "name=systemd"))
+        .map(|(_, mount_point)| mount_point.join(name))
+        .filter(|cg| std::fs::create_dir(cg).is_ok())
+        .collect();
+    if made.is_empty() {
+        eprintln!(
+            "note: no cgroup of its own for systemd --user: instances running at once share \
+             their units' cgroups"
+        );
+    }
+    made
+}
+
+/// Removes the cgroup `name` with everything systemd made in it, in every
+/// hierarchy (it makes them in the v1 controllers too). Any process still
+/// in one (a unit's process the manager left) is killed first.
+fn remove_cgroups(name: &str) {
+    let roots: Vec<PathBuf> = cgroup_mounts()
+        .into_iter()
+        .map(|(_, mount_point)| mount_point.join(name))
+        .filter(|cg| cg.is_dir())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for root in &roots {
+        while remove_cgroup_tree(root) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Kills what is left in the cgroup tree at `dir` and removes it, leaves
+/// first. Returns whether something is still there (a process dying).
+fn remove_cgroup_tree(dir: &Path) -> bool {
+    let mut left = false;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                left |= remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+    left | std::fs::remove_dir(dir).is_err()
 }

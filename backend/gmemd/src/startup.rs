@@ -42,10 +42,18 @@ pub fn start(config: Config, state_dir: &Path, socket: &Path) -> Result<EventLoo
     let mut fds = fdstore::listen_fds().map_err(StartError::Fds)?;
     let (journal, recovered) = Journal::open(state_dir)?;
     let mut store = FdStore::from_env().map_err(StartError::Fds)?;
+    // Kept for gmemd: everything but a socket unit's socket, which systemd
+    // passes to every start (a start after `systemctl stop` too) and holds
+    // itself, not in the fd store.
+    let kept = || {
+        fds.iter()
+            .map(|(name, _)| name.as_str())
+            .filter(|name| *name != fdstore::SOCKET_UNIT_NAME)
+    };
     if let Some(store) = store.as_mut() {
-        store.adopt(fds.iter().map(|(name, _)| name.as_str()));
+        store.adopt(kept());
     }
-    let took_over = !fds.is_empty();
+    let took_over = kept().next().is_some();
     let listener = take_listener(&mut fds);
     let keeper = store.map(|s| Box::new(s) as Box<dyn FdKeeper>);
     let (mut event_loop, resumed) = if recovered.records > 0 || !fds.is_empty() {

@@ -90,8 +90,11 @@ impl Ledger {
             })?;
         // The binding starting closest below our end is the only one that
         // can overlap, because bindings of one file never overlap each other.
-        if let Some((&start, &(_, slot, size))) = file.ranges.range(..file_end).next_back() {
-            if start + size > req.offset {
+        // Overlapping this lease's binding in the very slot asked for is
+        // that slot being taken (EEXIST, below), which is what a BIND sent
+        // again across a gmemd restart must be told (PROTOCOL §14.4).
+        if let Some((&start, &(lease_id, slot, size))) = file.ranges.range(..file_end).next_back() {
+            if start + size > req.offset && (lease_id, slot) != (id, req.slot) {
                 return Err(LedgerError::FileRangeOverlap {
                     file: self.label(&key),
                     offset: req.offset,

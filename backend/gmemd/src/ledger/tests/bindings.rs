@@ -87,6 +87,24 @@ fn each_validation_refuses_with_its_own_error_and_changes_nothing() {
 }
 
 #[test]
+fn the_same_bind_again_is_told_its_slot_is_taken() {
+    // A BIND sent again after a gmemd restart (PROTOCOL §14.4) must get
+    // EEXIST, which the client resolves against STATUS, not EBUSY.
+    let mut l = setup();
+    let req = bind_req("f", 5, 0x10_0000, 0, MIB);
+    l.bind(id(1), &req).unwrap();
+    let err = refuse(&mut l, |l| l.bind(id(1), &req));
+    assert_eq!(err, LedgerError::SlotTaken { slot: 5 });
+    assert_eq!(err.errno(), Errno::EXIST);
+    // Overlapping it from another slot is still EBUSY.
+    let err = refuse(&mut l, |l| l.bind(id(1), &bind_req("f", 6, 0, 0, MIB)));
+    assert!(
+        matches!(err, LedgerError::FileRangeOverlap { slot: 5, .. }),
+        "{err}"
+    );
+}
+
+#[test]
 fn adjacent_ranges_are_not_overlaps() {
     let mut l = setup();
     l.bind(id(1), &bind_req("f", 0, 0, MIB, MIB)).unwrap();

@@ -274,7 +274,9 @@ impl Service {
 impl Service {
     /// Whether an fd keeper holds gmemd's fds (systemd or gmemd's keeper).
     pub fn has_keeper(&self) -> bool {
-        self.persistence.as_ref().is_some_and(|p| p.keeper.is_some())
+        self.persistence
+            .as_ref()
+            .is_some_and(|p| p.keeper.is_some())
     }
 
     /// Gives `fd` to the fd keeper under `name`, if there is one.

@@ -52,7 +52,14 @@ fn persisted(dir: &std::path::Path, keeper: &MemKeeper) -> Service {
 
 fn recover(dir: &std::path::Path, keeper: &MemKeeper) -> (Service, Vec<String>) {
     let (journal, recovered) = Journal::open(dir).unwrap();
-    let r = Service::recover(config(), journal, recovered, keeper.handed_over(), None, true);
+    let r = Service::recover(
+        config(),
+        journal,
+        recovered,
+        keeper.handed_over(),
+        None,
+        true,
+    );
     (r.service, r.notes)
 }
 
