@@ -52,7 +52,7 @@ impl Gmemd {
     /// no systemd user instance can run.
     fn start(extra: &str) -> Option<Gmemd> {
         let systemd = UserSystemd::start()?;
-        // Not under /tmp (PrivateTmp= hides it): the workspace's target/.
+        // Copied out of /tmp if built there (PrivateTmp= would hide it).
         let gmemd = gmem_tests::bin("gmemd");
         systemd.install_gmemd_units(&gmemd.display().to_string());
         std::fs::write(

@@ -19,8 +19,9 @@
 //! made the instance runs where the test runs.
 //!
 //! A binary a unit runs must not live under `/tmp` or `/var/tmp` either
-//! (`PrivateTmp=` hides it: status 226/NAMESPACE or 203/EXEC); the
-//! workspace's `target/` is fine.
+//! (`PrivateTmp=` hides it: status 226/NAMESPACE or 203/EXEC): the
+//! workspace's `target/` is fine, and [`UserSystemd::install_gmemd_units`]
+//! copies a binary from there into the instance's directory.
 //!
 //! Every wait is bounded. Dropping the instance stops it (SIGTERM, which
 //! stops its units, SIGKILL after a grace) and kills any main process seen
@@ -236,6 +237,7 @@ impl UserSystemd {
     /// becomes `exec_start`, output appended to `DIR/gmemd.out`, no core
     /// dumps, and [`SANDBOX_DROP_IN`] as `gmemd.service.d/sandbox.conf`.
     pub fn install_gmemd_units(&self, exec_start: &str) {
+        let exec_start = self.outside_private_tmp(exec_start);
         let units = crate::workspace_path("backend/gmemd/systemd");
         let service = std::fs::read_to_string(units.join("gmemd.service")).expect("gmemd.service");
         let exec = service
@@ -257,6 +259,30 @@ impl UserSystemd {
         let socket = std::fs::read_to_string(units.join("gmemd.socket")).expect("gmemd.socket");
         std::fs::write(self.unit_dir().join("gmemd.socket"), socket).expect("writing a unit");
         self.install("gmemd.service", &service);
+    }
+
+    /// `command_line` with its binary copied into this instance's directory
+    /// (under `/run`) if it lives under `/tmp` or `/var/tmp`, which
+    /// `PrivateTmp=` hides from the unit (a checkout under `/tmp` builds
+    /// its binaries there).
+    fn outside_private_tmp(&self, command_line: &str) -> String {
+        let (binary, args) = command_line
+            .split_once(' ')
+            .map_or((command_line, None), |(b, a)| (b, Some(a)));
+        let hidden = ["/tmp/", "/var/tmp/"].iter().any(|t| binary.starts_with(t));
+        if !hidden {
+            return command_line.to_owned();
+        }
+        let bin_dir = self.dir().join("bin");
+        std::fs::create_dir_all(&bin_dir).expect("bin dir");
+        let name = Path::new(binary).file_name().expect("a binary's name");
+        let copy = bin_dir.join(name);
+        std::fs::copy(binary, &copy)
+            .unwrap_or_else(|e| panic!("copying {binary} out of PrivateTmp's way: {e}"));
+        match args {
+            Some(args) => format!("{} {args}", copy.display()),
+            None => copy.display().to_string(),
+        }
     }
 
     /// Starts `unit` without waiting for it (`--no-block`).
