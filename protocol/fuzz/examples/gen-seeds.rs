@@ -110,6 +110,18 @@ fn requests() -> Vec<(&'static str, RequestBody)> {
                 start: 0,
             }),
         ),
+        (
+            "open-vm-scoped",
+            RequestBody::Open(FileRef::vm(VmSelector::Uuid(vm.uuid), name("ram0"))),
+        ),
+        (
+            "destroy-operators",
+            RequestBody::Destroy(FileRef::operators(name("spare"))),
+        ),
+        (
+            "scrub-vm-named",
+            RequestBody::Scrub(FileRef::vm(VmSelector::Name(name("vm-b")), name("ram0"))),
+        ),
     ]
 }
 
