@@ -123,6 +123,7 @@ fn main() {
             lease: LeaseId::FIRST,
         }),
         bindings: vec![BindingStatus {
+            confirmed: false,
             slot: 0,
             gpa: GuestAddress(0),
             offset: 0,

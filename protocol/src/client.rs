@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use crate::conn::{ConnError, FrameReader};
 use crate::wire::{
-    BindRequest, CreateFlags, CreateRequest, DaemonStatus, DepositRequest, Features, FileInfo,
-    FileRef, FileStatus, HandoffReply, HandoffRequest, Hello, HelloReply, LeaseId, LeaseStatus,
-    MemoryKind, Name, Request, RequestBody, RestartNotice, RevokeReport, ScopedFileStatus,
-    StatusPage, StatusQuery, StatusSection, TransferRequest, VmId, VmSelector, WireError,
+    BindRequest, CreateFlags, CreateRequest, DaemonStatus, DepositRequest, DeviceReply,
+    DeviceRequest, Features, FileInfo, FileRef, FileStatus, HandoffReply, HandoffRequest, Hello,
+    HelloReply, LeaseId, LeaseStatus, MemoryKind, Name, Request, RequestBody, RestartNotice,
+    RevokeReport, ScopedFileStatus, StatusPage, StatusQuery, StatusSection, TransferRequest, VmId,
+    VmSelector, WireError,
 };
 
 mod exchange;
@@ -337,6 +338,23 @@ impl Client {
         let request = RequestBody::Handoff(HandoffRequest { fd });
         let (body, _) = self.call(&request, &[pidfd])?;
         Ok(HandoffReply::decode(&body)?.pid)
+    }
+
+    /// Asks gmemd to serve a vhost-user-blk device for the lease's VM,
+    /// with `disk` (a memfd file of the VM) as its disk or none; the same
+    /// disk again gives the same device. Needs feature `DEVICE`.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] with `ENOENT` (no such disk), `EINVAL`
+    /// (not a memfd, size not a multiple of 512), `ENOSPC` (8 devices
+    /// already), `EPERM`, `EOPNOTSUPP`.
+    pub fn device(&mut self, disk: Option<&Name>, queues: u32) -> ClientResult<DeviceReply> {
+        let request = RequestBody::Device(DeviceRequest {
+            queues,
+            disk: disk.cloned(),
+        });
+        let (body, _) = self.call(&request, &[])?;
+        Ok(DeviceReply::decode(&body)?)
     }
 
     /// Forgets a memory file of the session's own namespace.

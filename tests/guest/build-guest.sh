@@ -33,7 +33,7 @@ KERNEL_META=${GMEM_GUEST_KERNEL_META:-linux-image-cloud-amd64}
 # Loaded by /init in this order (dependency order). The first five are the
 # virtio PCI transport; balloon and mem are small extras for memory tests.
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-         virtio_balloon virtio_mem)
+         virtio_balloon virtio_mem virtio_blk)
 
 VMLINUZ=$OUTDIR/vmlinuz
 INITRD=$OUTDIR/initramfs.cpio.gz

@@ -196,6 +196,14 @@ enum Command {
         /// gmemctl's QMP socket for this VM [default: RUN_DIR/NAME.qmp].
         #[arg(long)]
         qmp: Option<PathBuf>,
+        /// A disk served by gmemd (vhost-user-blk), NAME=SIZE: a memory file
+        /// of the VM that outlives QEMU; repeatable.
+        #[arg(long = "disk", value_name = "NAME=SIZE")]
+        disks: Vec<gmemctl::launch::devices::DiskArg>,
+        /// Attach gmemd's vhost-user device even without --disk, so QEMU's
+        /// memory table confirms the bindings.
+        #[arg(long)]
+        vhost_device: bool,
         /// The QEMU program and its arguments (without -m or memory-backend).
         #[arg(last = true, required = true, value_name = "QEMU")]
         command: Vec<String>,
@@ -369,6 +377,8 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             max_memory,
             slots,
             qmp,
+            disks,
+            vhost_device,
             command,
         } => {
             let vm = match uuid {
@@ -385,6 +395,8 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 max_memory,
                 slots,
                 qmp,
+                disks,
+                vhost_device,
                 command,
             };
             let code = gmemctl::launch::launch(&opts, |r| {

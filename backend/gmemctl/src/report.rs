@@ -135,6 +135,7 @@ pub fn status_json(status: &Status) -> Value {
                     "gpa": b.gpa.0,
                     "offset": b.offset,
                     "size": b.size,
+                    "confirmed": b.confirmed,
                 })).collect::<Vec<_>>(),
             });
             let space = match row.space {
@@ -204,7 +205,7 @@ pub fn status_table(status: &Status) -> String {
             "KIND",
             "OWNER",
             "ORPHAN",
-            "BINDINGS (slot gpa +offset size)",
+            "BINDINGS (slot gpa +offset size, * confirmed by QEMU)",
         ],
     );
     let rows = status.rows();
@@ -225,11 +226,12 @@ pub fn status_table(status: &Status) -> String {
                 .iter()
                 .map(|b| {
                     format!(
-                        "{} {:#x} +{:#x} {}",
+                        "{} {:#x} +{:#x} {}{}",
                         b.slot,
                         b.gpa.0,
                         b.offset,
-                        format_size(b.size)
+                        format_size(b.size),
+                        if b.confirmed { " *" } else { "" }
                     )
                 })
                 .collect::<Vec<_>>()
@@ -297,6 +299,7 @@ mod tests {
             }),
             bindings: if bound {
                 vec![BindingStatus {
+                    confirmed: false,
                     slot: 1,
                     gpa: GuestAddress(0),
                     offset: 0,

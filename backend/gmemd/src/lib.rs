@@ -31,5 +31,6 @@ pub mod service;
 pub mod signals;
 pub mod size;
 pub mod startup;
+pub mod vhost;
 
 pub use gmem_protocol::error_chain;

@@ -85,6 +85,7 @@ pub fn start(config: Config, state_dir: &Path, socket: &Path) -> Result<EventLoo
         (EventLoop::new(listener, socket, service)?, None)
     };
     event_loop.keep_listener();
+    event_loop.serve_devices(state_dir.join("vhost"))?;
     if let Some((sessions, next_sid)) = resumed {
         event_loop.resume(sessions, next_sid);
     }

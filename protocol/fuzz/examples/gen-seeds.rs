@@ -139,12 +139,14 @@ fn files() -> Vec<FileStatus> {
             }),
             bindings: vec![
                 BindingStatus {
+                    confirmed: false,
                     slot: 0,
                     gpa: GuestAddress(0),
                     offset: 0,
                     size: 2 << 20,
                 },
                 BindingStatus {
+                    confirmed: false,
                     slot: 1,
                     gpa: GuestAddress(1 << 32),
                     offset: 2 << 20,

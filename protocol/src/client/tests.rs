@@ -259,6 +259,7 @@ fn a_lost_create_that_was_applied_is_opened() {
 #[test]
 fn a_lost_bind_is_fine_when_the_slot_holds_that_binding() {
     let binding = BindingStatus {
+        confirmed: false,
         slot: 2,
         gpa: GuestAddress(1 << 20),
         offset: 4096,
@@ -272,6 +273,7 @@ fn a_lost_bind_is_fine_when_the_slot_holds_that_binding() {
             fake.expect(Request::Bind);
             fake.refuse(Request::Bind, Errno::EXIST);
             let held = BindingStatus {
+                confirmed: false,
                 gpa: GuestAddress(gpa),
                 ..binding
             };

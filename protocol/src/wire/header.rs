@@ -51,6 +51,8 @@ wire_enum! {
         Forget = 13 => "FORGET",
         /// Operator: restart gmemd in place (exec, everything handed over).
         Restart = 14 => "RESTART",
+        /// Serve a vhost-user-blk device for the lease's VM; reply: its socket.
+        Device = 15 => "DEVICE",
     }
 }
 
@@ -85,6 +87,7 @@ impl Request {
             Request::Handoff => RawHandoff::SIZE,
             Request::Transfer => RawTransfer::SIZE,
             Request::Restart => 0,
+            Request::Device => RawDevice::SIZE,
         }
     }
 
@@ -113,6 +116,9 @@ bitflags! {
         /// RESTART by an operator: gmemd restarts in place, keeping every
         /// connection, lease and file.
         const RESTART = 1 << 5;
+        /// DEVICE: gmemd serves a vhost-user-blk device per VM disk and
+        /// confirms bindings from the memory table QEMU sends it.
+        const DEVICE = 1 << 6;
     }
 }
 

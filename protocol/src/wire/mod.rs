@@ -222,14 +222,17 @@ pub use header::{Features, Header, HeaderFlags, RawHeader, Request, MARKER_CODES
 pub use identity::{LeaseId, Name, Uuid, VmId};
 pub use kind::{MemoryKind, StatusSection};
 pub use raw::*;
-pub use reply::{FileInfo, HandoffReply, HelloReply, Reply, RestartNotice, RevokeReport};
+pub use reply::{
+    DeviceReply, FileInfo, HandoffReply, HelloReply, Reply, RestartNotice, RevokeReport,
+    MAX_DEVICE_PATH,
+};
 pub use request::{
-    BindRequest, CreateRequest, DepositRequest, FileRef, HandoffRequest, Hello, RequestBody, Scope,
-    StatusQuery, TransferRequest, VmSelector,
+    BindRequest, CreateRequest, DepositRequest, DeviceRequest, FileRef, HandoffRequest, Hello,
+    RequestBody, Scope, StatusQuery, TransferRequest, VmSelector, MAX_DEVICE_QUEUES,
 };
 pub use status::{
     encode_status_page, encode_status_page_from, BindingStatus, DaemonStatus, FileStatus,
-    LeaseStatus, OwnerStatus, ScopedFileStatus, StatusPage,
+    LeaseStatus, OwnerStatus, ScopedFileStatus, StatusPage, BINDING_CONFIRMED,
 };
 /// Guest-physical addresses are vm-memory's, as in every rust-vmm VMM.
 pub use vm_memory::GuestAddress;

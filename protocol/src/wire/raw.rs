@@ -167,6 +167,31 @@ raw_struct!(
 });
 
 raw_struct!(
+    /// DEVICE request payload.
+    RawDevice, 72, {
+    /// Virtqueues the device serves, 1 to 8.
+    queues: Le32,
+    /// Zero.
+    flags: Le32,
+    /// The disk: a memfd file of the VM's namespace; all zero: no disk
+    /// (capacity 0, the device only confirms the memory table).
+    disk: [u8; NAME_LEN],
+});
+
+raw_struct!(
+    /// DEVICE reply body.
+    RawDeviceReply, 128, {
+    /// The disk's size in bytes (0 without a disk).
+    capacity: Le64,
+    /// Device id.
+    id: Le32,
+    /// Bytes of `path` used.
+    path_len: Le32,
+    /// The device's socket path (UTF-8, zero padded).
+    path: [u8; 112],
+});
+
+raw_struct!(
     /// STATUS request payload.
     RawStatusQuery, 8, {
     /// [`StatusSection`].

@@ -145,6 +145,63 @@ impl HandoffReply {
     }
 }
 
+/// DEVICE reply: where the device listens and how big its disk is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceReply {
+    /// Device id (stable across gmemd restarts).
+    pub id: u32,
+    /// The disk's size in bytes (0 without a disk).
+    pub capacity: u64,
+    /// The vhost-user socket (QEMU: `-chardev socket,path=...,reconnect-ms=...`).
+    pub path: String,
+}
+
+/// The longest device socket path a DEVICE reply carries.
+pub const MAX_DEVICE_PATH: usize = 112;
+
+impl DeviceReply {
+    /// Encodes a reply body.
+    ///
+    /// # Panics
+    /// If the path is longer than [`MAX_DEVICE_PATH`] (the daemon keeps
+    /// its paths shorter: a socket path has at most 107 bytes).
+    pub fn encode(&self) -> Vec<u8> {
+        let bytes = self.path.as_bytes();
+        assert!(bytes.len() <= MAX_DEVICE_PATH, "device path too long");
+        let mut path = [0u8; MAX_DEVICE_PATH];
+        path[..bytes.len()].copy_from_slice(bytes);
+        RawDeviceReply {
+            capacity: self.capacity.into(),
+            id: self.id.into(),
+            path_len: wire_len(bytes.len()).into(),
+            path,
+        }
+        .as_slice()
+        .to_vec()
+    }
+
+    /// Decodes a reply body.
+    pub fn decode(body: &[u8]) -> WireResult<Self> {
+        let raw: RawDeviceReply = read_exact(body)?;
+        let len = raw.path_len.to_native() as usize;
+        let path = raw
+            .path
+            .get(..len)
+            .ok_or(WireError::BadReply("DEVICE path length"))?;
+        if raw.path[len..].iter().any(|b| *b != 0) {
+            return Err(WireError::BadReply("DEVICE path padding"));
+        }
+        let path = std::str::from_utf8(path)
+            .map_err(|_| WireError::BadReply("DEVICE path not UTF-8"))?
+            .to_owned();
+        Ok(DeviceReply {
+            id: raw.id.to_native(),
+            capacity: raw.capacity.to_native(),
+            path,
+        })
+    }
+}
+
 /// The NOTICE a restarted daemon sends first on every connection it took
 /// over (PROTOCOL.md §14.2): header code [`NOTICE_CODE`] with `REPLY` set,
 /// then a success reply whose body is [`RawRestartNotice`].

@@ -178,6 +178,18 @@ impl fmt::Display for FileRef {
     }
 }
 
+/// DEVICE: a vhost-user-blk device for the lease's VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRequest {
+    /// Virtqueues, 1 to [`MAX_DEVICE_QUEUES`].
+    pub queues: u32,
+    /// The disk file (of the VM's namespace), or none.
+    pub disk: Option<Name>,
+}
+
+/// The most virtqueues a DEVICE serves.
+pub const MAX_DEVICE_QUEUES: u32 = 8;
+
 /// TRANSFER: a file moves to another namespace (and name).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferRequest {
@@ -230,6 +242,8 @@ pub enum RequestBody {
     Forget(VmSelector),
     /// RESTART (empty payload).
     Restart,
+    /// DEVICE.
+    Device(DeviceRequest),
 }
 
 impl RequestBody {
@@ -250,6 +264,7 @@ impl RequestBody {
             RequestBody::Transfer(_) => Request::Transfer,
             RequestBody::Forget(_) => Request::Forget,
             RequestBody::Restart => Request::Restart,
+            RequestBody::Device(_) => Request::Device,
         }
     }
 
@@ -382,6 +397,23 @@ impl RequestBody {
             }
             // The length check above admitted only an empty payload.
             Request::Restart => RequestBody::Restart,
+            Request::Device => {
+                let raw: RawDevice = read_raw(payload);
+                zero_pad(raw.flags, "DEVICE flags")?;
+                let queues = raw.queues.to_native();
+                if !(1..=MAX_DEVICE_QUEUES).contains(&queues) {
+                    return Err(WireError::UnknownValue {
+                        field: "DEVICE queues",
+                        value: queues,
+                    });
+                }
+                let disk = if raw.disk == [0; NAME_LEN] {
+                    None
+                } else {
+                    Some(Name::from_field(&raw.disk, "disk name")?)
+                };
+                RequestBody::Device(DeviceRequest { queues, disk })
+            }
         })
     }
 
@@ -477,6 +509,13 @@ impl RequestBody {
             .as_slice()
             .to_vec(),
             RequestBody::Restart => Vec::new(),
+            RequestBody::Device(d) => RawDevice {
+                queues: d.queues.into(),
+                flags: 0.into(),
+                disk: d.disk.as_ref().map_or([0; NAME_LEN], Name::to_field),
+            }
+            .as_slice()
+            .to_vec(),
         }
     }
 }

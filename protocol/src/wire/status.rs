@@ -42,7 +42,13 @@ pub struct BindingStatus {
     pub offset: u64,
     /// Size.
     pub size: u64,
+    /// QEMU's memory table has this very range at this address (reported
+    /// by the VM's vhost-user device, PROTOCOL.md §7.15).
+    pub confirmed: bool,
 }
+
+/// `RawBindingEntry.flags` bit: the binding is confirmed.
+pub const BINDING_CONFIRMED: u32 = 1;
 
 /// A lease in a STATUS page.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,7 +157,7 @@ impl FileStatus {
             out.extend_from_slice(
                 RawBindingEntry {
                     slot: b.slot.into(),
-                    flags: 0.into(),
+                    flags: u32::from(b.confirmed).into(),
                     gpa: b.gpa.0.into(),
                     offset: b.offset.into(),
                     size: b.size.into(),
@@ -188,7 +194,15 @@ impl FileStatus {
         for _ in 0..raw.bindings.to_native() {
             let (b, tail) = take::<RawBindingEntry>(rest)?;
             rest = tail;
+            let flags = b.flags.to_native();
+            if flags & !BINDING_CONFIRMED != 0 {
+                return Err(WireError::UnknownFlags {
+                    field: "binding flags",
+                    bits: u64::from(flags & !BINDING_CONFIRMED),
+                });
+            }
             bindings.push(BindingStatus {
+                confirmed: flags & BINDING_CONFIRMED != 0,
                 slot: b.slot.to_native(),
                 gpa: GuestAddress(b.gpa.to_native()),
                 offset: b.offset.to_native(),

@@ -249,6 +249,7 @@ fn status_pages_round_trip_and_fit() {
                 lease: LeaseId::new(4).unwrap(),
             }),
             bindings: vec![BindingStatus {
+                confirmed: false,
                 slot: i,
                 gpa: GuestAddress(0),
                 offset: 0,
@@ -382,7 +383,7 @@ fn restart_has_an_empty_payload_and_its_own_feature() {
         })
     );
     assert_eq!(Features::RESTART.bits(), 0x20);
-    assert_eq!(Features::all().bits(), 0x3f);
+    assert_eq!(Features::all().bits(), 0x7f);
     assert_eq!(StatusSection::try_from(3), Ok(StatusSection::Daemon));
     assert_eq!(StatusSection::Daemon.name(), "daemon");
 }

@@ -21,6 +21,7 @@
 //! [`RAM_FD`]; DIMMs inherited by an upgrade target start at
 //! [`DIMM_FD_BASE`] (all in [`qemu`]).
 
+pub mod devices;
 pub mod hotplug;
 pub mod launcher;
 pub mod process;

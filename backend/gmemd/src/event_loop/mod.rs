@@ -22,6 +22,7 @@
 //! (connection slots), `listener` (the socket and its directory).
 
 mod connection;
+mod devices;
 mod gate;
 mod listener;
 
@@ -112,6 +113,7 @@ enum Token {
     Exit,
     Signal,
     Timer,
+    Devices,
     Conn(SessionId),
     Unknown(u64),
 }
@@ -125,6 +127,7 @@ impl From<u64> for Token {
             1 => Token::Exit,
             2 => Token::Signal,
             3 => Token::Timer,
+            4 => Token::Devices,
             v if v >= FIRST_CONN => Token::Conn(v),
             v => Token::Unknown(v),
         }
@@ -138,6 +141,7 @@ impl Token {
             Token::Exit => 1,
             Token::Signal => 2,
             Token::Timer => 3,
+            Token::Devices => 4,
             Token::Conn(v) | Token::Unknown(v) => v,
         }
     }
@@ -179,6 +183,8 @@ pub struct EventLoop {
     restart_asked: bool,
     /// Ticks since the last status line to the fd keeper.
     ticks: u32,
+    /// The devices' calls, once [`EventLoop::serve_devices`] ran.
+    devices: Option<devices::DeviceCalls>,
 }
 
 impl EventLoop {
@@ -250,6 +256,7 @@ impl EventLoop {
             keep_socket: false,
             restart_asked: false,
             ticks: 0,
+            devices: None,
         };
         lp.add(lp.listener.as_raw_fd(), Token::Listener, Events::EPOLLIN)
             .map_err(setup("epoll_ctl listener"))?;
@@ -392,7 +399,11 @@ impl EventLoop {
                         return Ok(RunEnd::Shutdown);
                     }
                     Token::Timer => self.tick(),
-                    Token::Conn(id) => self.serve(id, flags),
+                    Token::Devices => self.answer_device_calls(),
+                    Token::Conn(id) => {
+                        self.serve(id, flags);
+                        self.start_fresh_devices();
+                    }
                     Token::Unknown(data) => warn!("event for unknown token {data}: {flags:?}"),
                 }
             }

@@ -44,6 +44,27 @@ pub enum Record {
         /// Its id.
         sid: u64,
     },
+    /// A vhost-user device (added after format 1's first records, so old
+    /// journals still read).
+    Device(DeviceRec),
+    /// A device is gone.
+    DeviceGone {
+        /// Its id.
+        id: u32,
+    },
+}
+
+/// A vhost-user device of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRec {
+    /// Its id (its socket is `d<id>.sock`).
+    pub id: u32,
+    /// Its VM's UUID.
+    pub vm: [u8; 16],
+    /// Its disk file in the VM's namespace, if any.
+    pub disk: Option<String>,
+    /// Virtqueues.
+    pub queues: u32,
 }
 
 /// Counters and history.

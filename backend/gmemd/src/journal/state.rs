@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::record::{FileRec, LeaseRec, Meta, Record, RetiredRec, SessionRec, VmRec};
+use super::record::{DeviceRec, FileRec, LeaseRec, Meta, Record, RetiredRec, SessionRec, VmRec};
 
 /// Entities by id, as the intact records left them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,6 +19,8 @@ pub struct State {
     pub retired: Vec<RetiredRec>,
     /// Connections by id.
     pub sessions: BTreeMap<u64, SessionRec>,
+    /// vhost-user devices by id.
+    pub devices: BTreeMap<u32, DeviceRec>,
 }
 
 impl State {
@@ -51,6 +53,12 @@ impl State {
             Record::SessionGone { sid } => {
                 self.sessions.remove(&sid);
             }
+            Record::Device(d) => {
+                self.devices.insert(d.id, d);
+            }
+            Record::DeviceGone { id } => {
+                self.devices.remove(&id);
+            }
         }
     }
 
@@ -62,6 +70,7 @@ impl State {
         out.extend(self.leases.values().cloned().map(Record::Lease));
         out.push(Record::Retired(self.retired.clone()));
         out.extend(self.sessions.values().cloned().map(Record::Session));
+        out.extend(self.devices.values().cloned().map(Record::Device));
         out
     }
 }

@@ -55,6 +55,17 @@ pub enum ServiceError {
         /// Limit (formatted).
         limit: String,
     },
+    /// A DEVICE that cannot be served as asked.
+    #[error("{0}")]
+    BadDevice(String),
+    /// The VM has as many devices as it may.
+    #[error("VM {vm} has {max} devices, the most one VM may have")]
+    TooManyDevices {
+        /// The VM's name.
+        vm: gmem_protocol::wire::Name,
+        /// The limit.
+        max: usize,
+    },
     /// gmemd keeps as many files as it may.
     #[error("gmemd keeps {limit} memory files, its limit (--max-files); destroy some first")]
     TooManyFiles {
@@ -182,6 +193,8 @@ impl ServiceError {
             | Self::NotLeaseHolder { .. } => Errno::PERM,
             Self::FeatureOff(_) => Errno::OPNOTSUPP,
             Self::Revoked(_) => Errno::CONNABORTED,
+            Self::BadDevice(_) => Errno::INVAL,
+            Self::TooManyDevices { .. } => Errno::NOSPC,
             Self::MemoryLimit { .. } => Errno::NOSPC,
             Self::FileLimit { .. } => Errno::MFILE,
             Self::TooManyFiles { .. } | Self::TooManyHolders { .. } => Errno::NFILE,

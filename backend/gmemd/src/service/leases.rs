@@ -59,7 +59,7 @@ impl Service {
 
     pub(super) fn bind(&mut self, session: &Session, req: &BindRequest) -> ServiceResult<Response> {
         let lease = Self::require_lease(session, Request::Bind)?;
-        let sets_owner = self.ledger.bind(lease, req)?;
+        let sets_owner = self.bind_over_recorded(lease, req)?;
         info!(
             "{}: bound slot {} gpa {:#x} -> {} +{:#x} size {:#x}{}",
             self.describe(session),
@@ -159,6 +159,7 @@ impl Service {
             ),
             ended: vec![lease],
             restart: false,
+            device: None,
         })
     }
 

@@ -16,6 +16,7 @@
 //! `upkeep` (the periodic work: orphans, retired memory), `status` (STATUS
 //! pages).
 
+mod devices;
 mod error;
 mod files;
 mod holders;
@@ -83,6 +84,8 @@ pub struct Service {
     /// Tests move the clock forward by this many seconds.
     clock_offset: u64,
     log_limiter: crate::log_limit::LogLimiter,
+    /// The VMs' vhost-user devices and their memory tables.
+    devices: devices::Devices,
 }
 
 const SERVER_FEATURES: Features = Features::all();
@@ -108,6 +111,7 @@ struct Done {
     response: Response,
     ended: Vec<LeaseId>,
     restart: bool,
+    device: Option<crate::vhost::DeviceSpec>,
 }
 
 impl From<Response> for Done {
@@ -116,6 +120,7 @@ impl From<Response> for Done {
             response,
             ended: Vec::new(),
             restart: false,
+            device: None,
         }
     }
 }
@@ -140,6 +145,7 @@ impl Service {
             next_lease: LeaseId::FIRST,
             clock_offset: 0,
             log_limiter: crate::log_limit::LogLimiter::new(),
+            devices: devices::Devices::default(),
         }
     }
 
@@ -222,8 +228,8 @@ impl Service {
             let request = decode_request(frame)?;
             self.dispatch(session, request.body, request.fds)
         });
-        let (response, close, ended, restart) = match result {
-            Ok(done) => (done.response, false, done.ended, done.restart),
+        let (response, close, ended, restart, device) = match result {
+            Ok(done) => (done.response, false, done.ended, done.restart, done.device),
             Err(err) => {
                 let request = Request::try_from(code)
                     .map_or_else(|_| format!("request code {code}"), |r| r.to_string());
@@ -237,9 +243,12 @@ impl Service {
                     self.describe(session)
                 );
                 let response = Response::error(err.errno(), &err.to_string());
-                (response, err.should_close(), Vec::new(), false)
+                (response, err.should_close(), Vec::new(), false, None)
             }
         };
+        if let Some(spec) = device {
+            self.devices.fresh.push(spec);
+        }
         // A connection is kept across gmemd restarts from its HELLO on.
         if was_awaiting && !session.awaiting_hello() {
             self.journal_session(session, socket);
@@ -285,6 +294,7 @@ impl Service {
             Request::Handoff => Features::HANDOFF,
             Request::Transfer | Request::Forget => Features::VM_SCOPE,
             Request::Restart => Features::RESTART,
+            Request::Device => Features::DEVICE,
             _ => Features::empty(),
         };
         if !session.features().contains(needed) {
@@ -313,8 +323,10 @@ impl Service {
                     response: Response::ok(Vec::new()),
                     ended: Vec::new(),
                     restart: true,
+                    device: None,
                 }
             }
+            RequestBody::Device(device) => self.device(session, &device)?,
         })
     }
 

@@ -138,6 +138,7 @@ impl Service {
             .bindings()
             .filter_map(|(lease, slot)| self.ledger.binding(lease, slot))
             .map(|b| BindingStatus {
+                confirmed: self.devices.confirms(key, b),
                 slot: b.slot,
                 gpa: b.gpa,
                 offset: b.offset,

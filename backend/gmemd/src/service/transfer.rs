@@ -56,6 +56,10 @@ impl Service {
                 punch(&fd, spec, &format!("{}/{}", entry.vm.name, key.name));
             }
         }
+        let devices = self.drop_devices_of(entry.vm.uuid);
+        if !devices.is_empty() {
+            info!("VM {}'s devices {devices:?} are gone with it", entry.vm);
+        }
         info!(
             "forgot VM {} (was tied to {}): {} file(s) destroyed, for {}",
             entry.vm,

@@ -106,6 +106,9 @@ pub enum LaunchError {
         #[source]
         source: ClientError,
     },
+    /// A vhost-user device could not be set up.
+    #[error(transparent)]
+    Device(#[from] crate::launch::devices::DeviceError),
     /// Recording a binding failed.
     #[error("cannot bind {file} +{offset:#x} at gpa {gpa:#x} for VM {vm}")]
     Bind {
@@ -167,6 +170,10 @@ pub struct LaunchOptions {
     pub slots: Option<u32>,
     /// gmemctl's QMP socket; default `RUN_DIR/<vm>.qmp`.
     pub qmp: Option<PathBuf>,
+    /// Disks served by gmemd as vhost-user-blk devices.
+    pub disks: Vec<crate::launch::devices::DiskArg>,
+    /// A vhost-user device even without disks (memory table confirmation).
+    pub vhost_device: bool,
     /// The QEMU program and its arguments.
     pub command: Vec<String>,
 }
@@ -329,6 +336,7 @@ fn start(
             range: *range,
         });
     }
+    let devices = crate::launch::devices::set_up(&mut lease, &opts.disks, opts.vhost_device)?;
     log::info!(
         "VM {vm_name}: lease {lease_id}, {} {file} ({}), bindings {bindings:?}",
         if info.created { "created" } else { "reopened" },
@@ -355,6 +363,7 @@ fn start(
         }
         .to_args(),
     );
+    args.extend(crate::launch::devices::qemu_args(&devices));
     log::debug!("starting {} {args:?}", command.program.display());
     let child = spawn(SpawnSpec {
         program: command.program.clone(),
@@ -399,6 +408,7 @@ fn start(
             bindings,
         },
         dimms: Vec::new(),
+        devices,
     };
     if let Err(e) = opts.run_dir.save(&record) {
         // Without a record nobody could upgrade or hotplug this QEMU.
@@ -452,6 +462,8 @@ mod tests {
             max_memory: None,
             slots: None,
             qmp: None,
+            disks: Vec::new(),
+            vhost_device: false,
             command: vec!["qemu-system-x86_64".into(), "-M".into(), "q35".into()],
         }
     }

@@ -249,6 +249,7 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
         }
         .to_args(),
     );
+    args.extend(crate::launch::devices::qemu_args(&rec.devices));
 
     let t_start = Instant::now();
     let mut target = start_target(&att, &command.program, args, fds)?;

@@ -200,6 +200,9 @@ pub struct VmRecord {
     pub memory: MemoryRecord,
     /// Hot-plugged DIMMs.
     pub dimms: Vec<DimmRecord>,
+    /// gmemd's vhost-user devices (disks) QEMU has.
+    #[serde(default)]
+    pub devices: Vec<crate::launch::devices::DeviceRecord>,
 }
 
 impl VmRecord {
@@ -284,6 +287,10 @@ mod tests {
                 dimm_slot: 0,
                 addr: 0x1_0000_0000,
                 slot: 16,
+            }],
+            devices: vec![crate::launch::devices::DeviceRecord {
+                disk: Some("scratch".into()),
+                path: "/run/gmemd/vhost/d0.sock".into(),
             }],
         }
     }

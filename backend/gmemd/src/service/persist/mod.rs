@@ -86,8 +86,9 @@ impl FdKeeper for crate::fdstore::FdStore {
 pub struct Persistence {
     journal: Journal,
     keeper: Option<Box<dyn FdKeeper>>,
-    /// Session records waiting for the next write.
-    sessions: Vec<Record>,
+    /// Records not made from ledger changes (sessions, devices), waiting
+    /// for the next write.
+    pending: Vec<Record>,
     meta: Meta,
     written_meta: Option<Meta>,
 }
@@ -98,7 +99,7 @@ impl Persistence {
         Persistence {
             journal,
             keeper,
-            sessions: Vec::new(),
+            pending: Vec::new(),
             meta,
             written_meta: None,
         }
@@ -144,7 +145,7 @@ impl Service {
             .collect();
         records.extend(self.change_records(changes));
         let p = self.persistence.as_mut().expect("checked above");
-        records.append(&mut p.sessions);
+        records.append(&mut p.pending);
         p.meta.next_lease = self.next_lease.get();
         p.meta.next_fid = self.memfiles.next_fid();
         if p.written_meta.as_ref() != Some(&p.meta) {
@@ -233,7 +234,15 @@ impl Service {
                 .collect(),
         ));
         out.extend(self.sessions.values().cloned().map(Record::Session));
+        out.extend(self.devices.records());
         out
+    }
+
+    /// Journals `record` with the next write (a device's).
+    pub(crate) fn journal_record(&mut self, record: Record) {
+        if let Some(p) = self.persistence.as_mut() {
+            p.pending.push(record);
+        }
     }
 
     /// Journals a session's standing (and keeps its socket, if `fd`).
@@ -253,7 +262,7 @@ impl Service {
             }
         }
         p.meta.next_sid = p.meta.next_sid.max(session.id + 1);
-        p.sessions.push(Record::Session(rec));
+        p.pending.push(Record::Session(rec));
     }
 
     /// Journals that a session ended, and lets go of its socket.
@@ -267,7 +276,7 @@ impl Service {
                 warn!("the fd keeper did not let go of connection {sid}: {e}");
             }
         }
-        p.sessions.push(Record::SessionGone { sid });
+        p.pending.push(Record::SessionGone { sid });
     }
 }
 

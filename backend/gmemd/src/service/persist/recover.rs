@@ -170,6 +170,8 @@ impl Service {
             service.detached.insert(id, now);
         }
 
+        service.devices.restore(state.devices.values(), &mut notes);
+
         let mut sessions = Vec::new();
         let mut next_sid = state.meta.next_sid;
         for s in state.sessions.values() {

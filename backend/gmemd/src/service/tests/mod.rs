@@ -257,6 +257,7 @@ fn snapshot(svc: &Service) -> String {
     format!("{:?}", svc.ledger())
 }
 
+mod devices;
 mod persist;
 mod quotas;
 mod requests;
