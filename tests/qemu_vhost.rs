@@ -283,3 +283,60 @@ fn guest_disk_io_goes_on_across_gmemd_crash_restart_and_qemu_upgrade() {
     assert!(admitted >= 4, "{admitted} device connections:\n{log}");
     vm.kill_launcher();
 }
+
+#[test]
+fn a_qemu_started_by_hand_gets_its_bindings_recorded_from_its_table() {
+    let Some(program) = e2e::qemu() else {
+        return;
+    };
+    let daemon = Daemon::start();
+    // The tool opens the lease and the RAM, asks for the device and binds
+    // nothing: it does not know where QEMU will put the RAM.
+    let mut lease =
+        gmem_protocol::Client::connect(daemon.socket(), gmem_tests::vm("by-hand")).unwrap();
+    let ram_name = gmem_tests::name("ram");
+    let (ram, _) = lease
+        .create_or_open(&ram_name, 3 * GIB, gmem_protocol::wire::MemoryKind::Memfd)
+        .unwrap();
+    let dev = lease.device(None, 1).unwrap();
+    // QEMU inherits the RAM fd at its number.
+    rustix::io::fcntl_setfd(&ram, rustix::io::FdFlags::empty()).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&ram);
+    let mut cmd = Command::new(program);
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+    ])
+    .args([
+        "-monitor",
+        "none",
+        "-serial",
+        "none",
+        "-machine",
+        "q35,memory-backend=mem",
+    ])
+    .args(["-m", "3G", "-object"])
+    .arg(format!(
+        "memory-backend-file,id=mem,size=3G,mem-path=/proc/self/fd/{fd},share=on"
+    ))
+    .arg("-chardev")
+    .arg(format!("socket,id=vu,path={},reconnect-ms=500", dev.path))
+    .args(["-device", "vhost-user-blk-pci,chardev=vu,num-queues=1"])
+    .stdin(Stdio::null());
+    let _qemu = ChildGuard::spawn("qemu", cmd);
+    // q35 with 3 GiB: 2 GiB below 4 GiB, the rest above.
+    let (b, _) = wait_confirmed(&daemon, "ram", 2);
+    assert_eq!(
+        ranges(&b),
+        [(0, 0, 2 * GIB), (4 * GIB, 2 * GIB, GIB)],
+        "{b:?}"
+    );
+    let mut slots: Vec<u64> = b.iter().map(|b| b["slot"].as_u64().unwrap()).collect();
+    slots.sort_unstable();
+    assert_eq!(slots, [0x8000, 0x8001], "recorded from the table");
+    drop(lease);
+}

@@ -407,7 +407,37 @@ impl Service {
             resolved.len()
         );
         self.devices.tables.insert((device, conn), resolved);
+        if let Some(lease) = lease {
+            self.drop_unmapped_records(device, lease);
+        }
         self.persist();
+    }
+
+    /// Unbinds what was recorded from a memory table (slots from
+    /// [`RECORDED_SLOT_BASE`]) once no live table maps it any more (QEMU
+    /// removed the region: a DIMM unplugged). A connection that merely
+    /// went away takes nothing: QEMU reconnects with the same table.
+    fn drop_unmapped_records(&mut self, device: u32, lease: LeaseId) {
+        let Ok(record) = self.ledger.lease(lease) else {
+            return;
+        };
+        let vm = record.vm.uuid;
+        let gone: Vec<u32> = record
+            .bindings()
+            .filter(|b| b.slot >= RECORDED_SLOT_BASE)
+            .filter(|b| !self.devices.confirms(&FileKey::vm(vm, b.file.clone()), b))
+            .map(|b| b.slot)
+            .collect();
+        for slot in gone {
+            match self.ledger.unbind(lease, slot) {
+                Ok((b, _)) => info!(
+                    "device d{device}: QEMU no longer maps {} [{:#x}+{:#x}]: lease {lease} \
+                     slot {slot} unbound",
+                    b.file, b.offset, b.size
+                ),
+                Err(e) => warn!("device d{device}: unbinding recorded slot {slot}: {e}"),
+            }
+        }
     }
 
     /// BIND, where a binding recorded from QEMU's memory table (slot from

@@ -189,7 +189,8 @@ fn only_the_vms_own_files_inside_their_size_may_be_mapped() {
 #[test]
 fn the_memory_table_confirms_corrects_and_records_bindings() {
     let dir = tempfile::tempdir().unwrap();
-    let mut svc = service_with_devices(dir.path());
+    let mut svc = service_with(|c| c.limits.max_files_per_vm = 8);
+    svc.set_device_dir(dir.path().to_owned());
     let mut a = vm_session(&mut svc, 1, "vm-a", ALICE);
     let ram = call_fd(&mut svc, &mut a, create_named("ram", 4 * MIB));
     let id = device_reply(&call(&mut svc, &mut a, device(None)).unwrap()).id;
@@ -241,6 +242,28 @@ fn the_memory_table_confirms_corrects_and_records_bindings() {
         bindings_of(&mut svc, &mut a, "extra"),
         [(0x8000, 8 << 30, 0, MIB, true)]
     );
+    // QEMU removes a region it reported (a DIMM unplugged): what was
+    // recorded from it goes; what the launcher bound stays.
+    let other = call_fd(&mut svc, &mut a, create_named("other", MIB));
+    let mut tab = vec![
+        region(&ram, 0, 0, 2 * MIB),
+        region(&ram, 4 << 30, 2 * MIB, 2 * MIB),
+        region(&extra, 8 << 30, 0, MIB),
+    ];
+    let without_other = tab.clone();
+    tab.push(region(&other, 9 << 30, 0, MIB));
+    table(&mut svc, id, tab);
+    assert_eq!(
+        bindings_of(&mut svc, &mut a, "other"),
+        [(0x8001, 9 << 30, 0, MIB, true)]
+    );
+    table(&mut svc, id, without_other);
+    assert_eq!(
+        bindings_of(&mut svc, &mut a, "other"),
+        [],
+        "unbound with its region"
+    );
+    assert_eq!(bindings_of(&mut svc, &mut a, "ram").len(), 2);
     // The launcher's BIND of that very range takes it into its own slot.
     let take = BindRequest::new(7, GuestAddress(8 << 30), name("extra"), 0, MIB);
     call(&mut svc, &mut a, RequestBody::Bind(take)).unwrap();
