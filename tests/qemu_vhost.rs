@@ -21,7 +21,7 @@ const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 
 /// `gmemctl launch` of a SeaBIOS-only QEMU (no kernel, no disk) with
-/// `--vhost-device`.
+/// its vhost-user device (no disk).
 fn launch_seabios(
     daemon: &Daemon,
     dir: &Path,
@@ -33,7 +33,7 @@ fn launch_seabios(
     let program = e2e::qemu().expect("checked by the test");
     let log = std::fs::File::create(dir.join(format!("{name}.launcher.log"))).unwrap();
     let mut cmd: Command = daemon.gmemctl();
-    cmd.args(["launch", "--vm", name, "--memory", memory, "--vhost-device"])
+    cmd.args(["launch", "--vm", name, "--memory", memory])
         .args(extra)
         .arg("--")
         .arg(program)

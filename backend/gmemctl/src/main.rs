@@ -200,10 +200,10 @@ enum Command {
         /// of the VM that outlives QEMU; repeatable.
         #[arg(long = "disk", value_name = "NAME=SIZE")]
         disks: Vec<gmemctl::launch::devices::DiskArg>,
-        /// Attach gmemd's vhost-user device even without --disk, so QEMU's
-        /// memory table confirms the bindings.
+        /// Attach no vhost-user device when there is no --disk: the bindings
+        /// are then the layout gmemctl assumes, unconfirmed by QEMU.
         #[arg(long)]
-        vhost_device: bool,
+        no_vhost_device: bool,
         /// The QEMU program and its arguments (without -m or memory-backend).
         #[arg(last = true, required = true, value_name = "QEMU")]
         command: Vec<String>,
@@ -378,7 +378,7 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             slots,
             qmp,
             disks,
-            vhost_device,
+            no_vhost_device,
             command,
         } => {
             let vm = match uuid {
@@ -396,7 +396,7 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 slots,
                 qmp,
                 disks,
-                vhost_device,
+                vhost_device: !no_vhost_device,
                 command,
             };
             let code = gmemctl::launch::launch(&opts, |r| {

@@ -1,9 +1,9 @@
 //! The VM's vhost-user devices: `--disk NAME=SIZE` (a memfd of the VM
-//! served by gmemd as a virtio-blk disk, surviving QEMU) and
-//! `--vhost-device` (a device without a disk, only so QEMU's memory table
-//! confirms the bindings). gmemd serves each on a socket of its own; QEMU
-//! reaches it with `reconnect-ms`, so the device comes back after gmemd
-//! restarts.
+//! served by gmemd as a virtio-blk disk, surviving QEMU) and, without
+//! disks, a device without a disk (capacity 0) only so QEMU's memory table
+//! confirms the bindings (`--no-vhost-device` leaves it out). gmemd
+//! serves each on a socket of its own; QEMU reaches it with
+//! `reconnect-ms`, so the device comes back after gmemd restarts.
 
 use std::str::FromStr;
 
