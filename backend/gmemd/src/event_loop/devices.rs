@@ -9,12 +9,12 @@ use epoll::Events;
 use log::error;
 
 use super::{DaemonError, EventLoop, Token};
-use crate::vhost::{call_channel, CallReceiver, CallSender, DeviceSpec};
+use crate::service::DeviceStarter;
+use crate::vhost::{call_channel, CallReceiver, DeviceSpec};
 
 /// What the event loop keeps for the devices.
 #[derive(Debug)]
 pub(super) struct DeviceCalls {
-    sender: CallSender,
     receiver: CallReceiver,
 }
 
@@ -34,34 +34,27 @@ impl EventLoop {
             Events::EPOLLIN,
         )
         .map_err(setup("epoll_ctl device eventfd"))?;
-        self.devices = Some(DeviceCalls { sender, receiver });
+        let starter_calls = sender.clone();
+        self.devices = Some(DeviceCalls { receiver });
         self.service.set_device_dir(dir);
         let specs: Vec<DeviceSpec> = self.service.devices().specs().cloned().collect();
         for spec in &specs {
-            self.serve_device(spec);
+            let Some(path) = self.service.devices().path(spec.id) else {
+                continue;
+            };
+            if let Err(e) = crate::vhost::server::serve(spec, &path, sender.clone()) {
+                error!(
+                    "device d{} cannot be served on {}: {e}",
+                    spec.id,
+                    path.display()
+                );
+            }
         }
+        self.service
+            .set_device_starter(DeviceStarter(Box::new(move |spec, path| {
+                crate::vhost::server::serve(spec, path, starter_calls.clone())
+            })));
         Ok(())
-    }
-
-    fn serve_device(&self, spec: &DeviceSpec) {
-        let (Some(devices), Some(path)) = (&self.devices, self.service.devices().path(spec.id))
-        else {
-            return;
-        };
-        if let Err(e) = crate::vhost::server::serve(spec, &path, devices.sender.clone()) {
-            error!(
-                "device d{} cannot be served on {}: {e}",
-                spec.id,
-                path.display()
-            );
-        }
-    }
-
-    /// Starts serving the devices requests just made.
-    pub(super) fn start_fresh_devices(&mut self) {
-        for spec in self.service.take_fresh_devices() {
-            self.serve_device(&spec);
-        }
     }
 
     /// Answers the device threads' calls.

@@ -400,10 +400,7 @@ impl EventLoop {
                     }
                     Token::Timer => self.tick(),
                     Token::Devices => self.answer_device_calls(),
-                    Token::Conn(id) => {
-                        self.serve(id, flags);
-                        self.start_fresh_devices();
-                    }
+                    Token::Conn(id) => self.serve(id, flags),
                     Token::Unknown(data) => warn!("event for unknown token {data}: {flags:?}"),
                 }
             }

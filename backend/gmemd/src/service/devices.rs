@@ -8,7 +8,7 @@
 //! [`crate::vhost::DeviceCall`], answered here on the event loop.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use gmem_protocol::server::Response;
 use gmem_protocol::wire::{
@@ -32,6 +32,20 @@ const SECTOR: u64 = 512;
 /// launchers use, so theirs never collide with it).
 pub const RECORDED_SLOT_BASE: u32 = 0x8000;
 
+/// Starts serving a device's socket at a path: the event loop's part, so
+/// the service itself holds no sockets. Called before DEVICE's reply, so
+/// the socket is there when the client reads the reply.
+pub struct DeviceStarter(pub Box<StartFn>);
+
+/// What a [`DeviceStarter`] runs.
+pub type StartFn = dyn FnMut(&DeviceSpec, &Path) -> std::io::Result<()>;
+
+impl std::fmt::Debug for DeviceStarter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceStarter")
+    }
+}
+
 /// The VMs' devices and the memory tables their connections reported.
 #[derive(Debug, Default)]
 pub struct Devices {
@@ -42,8 +56,8 @@ pub struct Devices {
     /// The current table of each live device connection, by (device,
     /// connection), with the file each region maps.
     tables: HashMap<(u32, u64), Vec<(FileKey, MappedRegion)>>,
-    /// Devices made since the event loop last looked.
-    pub(super) fresh: Vec<DeviceSpec>,
+    /// Serves a new device's socket.
+    starter: Option<DeviceStarter>,
 }
 
 impl Devices {
@@ -188,6 +202,14 @@ impl Service {
             })?
             .to_owned();
         if new {
+            if let Some(starter) = self.devices.starter.as_mut() {
+                (starter.0)(&spec, Path::new(&path)).map_err(|source| {
+                    ServiceError::DeviceSocket {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+            }
             self.devices.next_id += 1;
             self.devices.specs.insert(spec.id, spec.clone());
             self.journal_record(Record::Device(device_rec(&spec)));
@@ -204,12 +226,7 @@ impl Service {
             capacity,
             path,
         };
-        Ok(Done {
-            response: Response::ok(reply.encode()),
-            ended: Vec::new(),
-            restart: false,
-            device: new.then_some(spec),
-        })
+        Ok(Response::ok(reply.encode()).into())
     }
 
     /// Forgets the devices of VM `uuid` (it was forgotten).
@@ -234,9 +251,9 @@ impl Service {
         &self.devices
     }
 
-    /// The devices DEVICE made since the last call, to start serving.
-    pub fn take_fresh_devices(&mut self) -> Vec<DeviceSpec> {
-        std::mem::take(&mut self.devices.fresh)
+    /// Serves each new device's socket with `starter` from now on.
+    pub fn set_device_starter(&mut self, starter: DeviceStarter) {
+        self.devices.starter = Some(starter);
     }
 
     /// Device sockets go in `dir`.
@@ -274,6 +291,7 @@ impl Service {
             DeviceCall::Gone { device, conn } => {
                 if self.devices.tables.remove(&(device, conn)).is_some() {
                     info!("device d{device} connection {conn} closed: its memory table is gone");
+                    self.reapply_tables(device);
                 }
                 self.persist();
             }
@@ -411,6 +429,36 @@ impl Service {
             self.drop_unmapped_records(device, lease);
         }
         self.persist();
+    }
+
+    /// Applies again the live tables of device `device`'s VM, so a
+    /// connection that moved a binding and went away (a second frontend
+    /// of the VM's principal) leaves the bindings where the QEMUs still
+    /// connected map them.
+    fn reapply_tables(&mut self, device: u32) {
+        let Some(vm) = self.devices.specs.get(&device).map(|s| s.vm) else {
+            return;
+        };
+        let Some(lease) = self.ledger.vm(vm).and_then(|v| v.lease) else {
+            return;
+        };
+        let vm_devices: Vec<u32> = self
+            .devices
+            .specs
+            .values()
+            .filter(|s| s.vm == vm)
+            .map(|s| s.id)
+            .collect();
+        let live: Vec<(u32, FileKey, MappedRegion)> = self
+            .devices
+            .tables
+            .iter()
+            .filter(|((d, _), _)| vm_devices.contains(d))
+            .flat_map(|((d, _), t)| t.iter().map(move |(k, r)| (*d, k.clone(), r.clone())))
+            .collect();
+        for (d, key, region) in &live {
+            self.record_region(*d, lease, key, region);
+        }
     }
 
     /// Unbinds what was recorded from a memory table (slots from

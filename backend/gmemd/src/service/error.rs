@@ -58,6 +58,15 @@ pub enum ServiceError {
     /// A DEVICE that cannot be served as asked.
     #[error("{0}")]
     BadDevice(String),
+    /// A device's socket could not be served.
+    #[error("cannot serve a device on {path}")]
+    DeviceSocket {
+        /// The socket path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The VM has as many devices as it may.
     #[error("VM {vm} has {max} devices, the most one VM may have")]
     TooManyDevices {
@@ -194,6 +203,7 @@ impl ServiceError {
             Self::FeatureOff(_) => Errno::OPNOTSUPP,
             Self::Revoked(_) => Errno::CONNABORTED,
             Self::BadDevice(_) => Errno::INVAL,
+            Self::DeviceSocket { .. } => Errno::IO,
             Self::TooManyDevices { .. } => Errno::NOSPC,
             Self::MemoryLimit { .. } => Errno::NOSPC,
             Self::FileLimit { .. } => Errno::MFILE,

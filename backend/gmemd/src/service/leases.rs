@@ -159,7 +159,6 @@ impl Service {
             ),
             ended: vec![lease],
             restart: false,
-            device: None,
         })
     }
 

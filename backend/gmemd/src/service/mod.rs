@@ -17,6 +17,7 @@
 //! pages).
 
 mod devices;
+pub use devices::DeviceStarter;
 mod error;
 mod files;
 mod holders;
@@ -111,7 +112,6 @@ struct Done {
     response: Response,
     ended: Vec<LeaseId>,
     restart: bool,
-    device: Option<crate::vhost::DeviceSpec>,
 }
 
 impl From<Response> for Done {
@@ -120,7 +120,6 @@ impl From<Response> for Done {
             response,
             ended: Vec::new(),
             restart: false,
-            device: None,
         }
     }
 }
@@ -228,8 +227,8 @@ impl Service {
             let request = decode_request(frame)?;
             self.dispatch(session, request.body, request.fds)
         });
-        let (response, close, ended, restart, device) = match result {
-            Ok(done) => (done.response, false, done.ended, done.restart, done.device),
+        let (response, close, ended, restart) = match result {
+            Ok(done) => (done.response, false, done.ended, done.restart),
             Err(err) => {
                 let request = Request::try_from(code)
                     .map_or_else(|_| format!("request code {code}"), |r| r.to_string());
@@ -243,12 +242,9 @@ impl Service {
                     self.describe(session)
                 );
                 let response = Response::error(err.errno(), &err.to_string());
-                (response, err.should_close(), Vec::new(), false, None)
+                (response, err.should_close(), Vec::new(), false)
             }
         };
-        if let Some(spec) = device {
-            self.devices.fresh.push(spec);
-        }
         // A connection is kept across gmemd restarts from its HELLO on.
         if was_awaiting && !session.awaiting_hello() {
             self.journal_session(session, socket);
@@ -323,7 +319,6 @@ impl Service {
                     response: Response::ok(Vec::new()),
                     ended: Vec::new(),
                     restart: true,
-                    device: None,
                 }
             }
             RequestBody::Device(device) => self.device(session, &device)?,

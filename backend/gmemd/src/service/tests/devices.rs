@@ -110,7 +110,7 @@ fn a_vm_gets_one_device_per_disk_and_refusals_say_why() {
     let bare = device_reply(&call(&mut svc, &mut a, device(None)).unwrap());
     assert_ne!(bare.id, first.id);
     assert_eq!(bare.capacity, 0);
-    assert_eq!(svc.take_fresh_devices().len(), 2, "two devices to serve");
+    assert_eq!(svc.devices().specs().count(), 2, "two devices to serve");
     // Another VM's disk of the same name is its own.
     let mut b = vm_session(&mut svc, 3, "vm-b", BOB);
     assert_eq!(
@@ -314,5 +314,83 @@ fn devices_survive_a_restart_and_go_with_a_forgotten_vm() {
     assert!(
         svc.devices().specs().all(|s| s.id != id),
         "the forgotten VM's device is gone"
+    );
+}
+
+#[test]
+fn a_device_is_served_before_its_reply_and_a_socket_failure_refuses_it() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let mut svc = service_with_devices(dir.path());
+    let started = Arc::new(Mutex::new(Vec::new()));
+    let fail = Arc::new(Mutex::new(false));
+    let (s, f) = (Arc::clone(&started), Arc::clone(&fail));
+    svc.set_device_starter(crate::service::DeviceStarter(Box::new(
+        move |spec, path| {
+            if *f.lock().unwrap() {
+                return Err(std::io::Error::other("no socket"));
+            }
+            s.lock().unwrap().push((spec.id, path.to_owned()));
+            Ok(())
+        },
+    )));
+    let mut a = vm_session(&mut svc, 1, "vm-a", ALICE);
+    let reply = device_reply(&call(&mut svc, &mut a, device(None)).unwrap());
+    assert_eq!(
+        *started.lock().unwrap(),
+        [(reply.id, std::path::PathBuf::from(&reply.path))]
+    );
+    call(&mut svc, &mut a, device(None)).unwrap();
+    assert_eq!(
+        started.lock().unwrap().len(),
+        1,
+        "the same device is not served twice"
+    );
+    *fail.lock().unwrap() = true;
+    call_fd(&mut svc, &mut a, create_named("disk", MIB));
+    let (errno, text) = refused(call(&mut svc, &mut a, device(Some("disk"))));
+    assert_eq!(errno, Errno::IO, "{text}");
+    assert_eq!(
+        svc.devices().specs().count(),
+        1,
+        "no device without its socket"
+    );
+}
+
+#[test]
+fn a_frontend_that_leaves_leaves_the_bindings_where_the_others_map_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut svc = service_with_devices(dir.path());
+    let mut a = vm_session(&mut svc, 1, "vm-a", ALICE);
+    let ram = call_fd(&mut svc, &mut a, create_named("ram", 2 * MIB));
+    let id = device_reply(&call(&mut svc, &mut a, device(None)).unwrap()).id;
+    call(
+        &mut svc,
+        &mut a,
+        RequestBody::Bind(BindRequest::new(
+            0,
+            GuestAddress(0),
+            name("ram"),
+            0,
+            2 * MIB,
+        )),
+    )
+    .unwrap();
+    table(&mut svc, id, vec![region(&ram, 0, 0, 2 * MIB)]);
+    // A second connection maps the range elsewhere, then leaves.
+    svc.device_call(DeviceCall::Table {
+        device: id,
+        conn: 2,
+        table: vec![region(&ram, 1 << 40, 0, 2 * MIB)],
+    });
+    assert_eq!(bindings_of(&mut svc, &mut a, "ram")[0].1, 1 << 40);
+    svc.device_call(DeviceCall::Gone {
+        device: id,
+        conn: 2,
+    });
+    assert_eq!(
+        bindings_of(&mut svc, &mut a, "ram"),
+        [(0, 0, 0, 2 * MIB, true)],
+        "back where QEMU, still connected, maps it"
     );
 }
