@@ -1,13 +1,15 @@
-//! Writes the committed seed corpus of the ledger target:
-//! `corpus/ledger_ops/seed-*`.
+//! Writes the committed seed corpora: `corpus/ledger_ops/seed-*` and
+//! `corpus/vhost_filter/seed-*`.
 //!
 //!     cargo run --manifest-path backend/gmemd/fuzz/Cargo.toml --example gen-seeds
 //!
-//! Every seed is a ledger scenario whose operations mostly succeed, so the
+//! Every ledger seed is a scenario whose operations mostly succeed, so the
 //! fuzzer starts deep in the ledger; each is run through the target's check
 //! before it is written, and each says which of its operations the ledger
 //! must accept (`+`) or refuse (`-`), so a seed that drifted from what it
-//! was written to reach is caught here.
+//! was written to reach is caught here. Every vhost_filter seed is a
+//! QEMU-like message sequence, checked the same way against the number of
+//! messages the filter must forward and refuse and how it must end.
 
 use std::path::Path;
 
@@ -15,6 +17,7 @@ use gmem_fuzz::seeds::{numbered, write_seeds};
 use gmem_protocol::wire::{Name, Uuid, MAX_BINDINGS_PER_FILE};
 use gmemd::ledger::FileKey;
 use gmemd_fuzz::ledger_ops::{self, Harness, Op};
+use gmemd_fuzz::vhost_filter::{self as vf, End, FdKind, Msg, Summary};
 
 /// `who` bytes (see `ledger_ops::who`).
 const ALICE: u8 = 0; // uid 1000, tied by uid
@@ -375,5 +378,212 @@ fn main() {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/ledger_ops"),
         &scenarios,
         ledger_ops::check_ledger,
+    );
+    write_vhost_filter_seeds();
+}
+
+/// 32 bytes of a memory region.
+fn vf_region(gpa: u64, size: u64, offset: u64) -> Vec<u8> {
+    let user = 0x7f00_0000_0000u64.wrapping_add(gpa);
+    [gpa, size, user, offset]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
+}
+
+/// SET_MEM_TABLE with `regions` (gpa, size, offset), one fd each.
+fn vf_table(flags: u32, regions: &[(u64, u64, u64)], fds: &[u8]) -> Msg {
+    let mut payload = u32::try_from(regions.len()).unwrap().to_le_bytes().to_vec();
+    payload.extend_from_slice(&[0; 4]);
+    for &(gpa, size, offset) in regions {
+        payload.extend(vf_region(gpa, size, offset));
+    }
+    Msg::new(vf::SET_MEM_TABLE, flags, payload).with_fds(fds)
+}
+
+/// ADD_MEM_REG / REM_MEM_REG of one region.
+fn vf_single(request: u32, flags: u32, (gpa, size, offset): (u64, u64, u64), fds: &[u8]) -> Msg {
+    let mut payload = vec![0; 8];
+    payload.extend(vf_region(gpa, size, offset));
+    Msg::new(request, flags, payload).with_fds(fds)
+}
+
+fn vf_u64(request: u32, value: u64) -> Msg {
+    Msg::new(request, vf::VERSION_1, value.to_le_bytes().to_vec())
+}
+
+/// SET_VRING_ADDR of ring `index`: index, flags, then four addresses.
+fn vf_vring_addr(index: u32) -> Msg {
+    let mut payload = index.to_le_bytes().to_vec();
+    payload.extend_from_slice(&0u32.to_le_bytes());
+    for addr in [0x7f00_0000_1000u64, 0x7f00_0000_2000, 0x7f00_0000_3000, 0] {
+        payload.extend_from_slice(&addr.to_le_bytes());
+    }
+    Msg::new(9, vf::VERSION_1, payload)
+}
+
+/// SET_VRING_NUM / SET_VRING_BASE / SET_VRING_ENABLE: index and a value.
+fn vf_vring_state(request: u32, index: u32, value: u32) -> Msg {
+    let mut payload = index.to_le_bytes().to_vec();
+    payload.extend_from_slice(&value.to_le_bytes());
+    Msg::new(request, vf::VERSION_1, payload)
+}
+
+fn write_vhost_filter_seeds() {
+    const V1: u32 = vf::VERSION_1;
+    const ACK: u32 = vf::VERSION_1 | vf::NEED_REPLY;
+    const MB: u64 = 0x10_0000;
+    // Memfds the judge accepts, one it refuses, a pipe (an eventfd's stand-in).
+    let own8 = vf::spec(FdKind::Own, 8, false);
+    let own16 = vf::spec(FdKind::Own, 16, false);
+    let own4_odd = vf::spec(FdKind::Own, 4, true);
+    let foreign = vf::spec(FdKind::Foreign, 8, false);
+    let pipe = vf::spec(FdKind::Pipe, 0, false);
+    let page = vf::PAGE;
+    let get_features = Msg::new(1, V1, Vec::new());
+    let handshake = vec![
+        get_features.clone(),
+        vf_u64(2, 1 << 32 | 1 << 30),
+        Msg::new(3, V1, Vec::new()),
+        Msg::new(15, V1, Vec::new()),
+        vf_u64(16, 0x3 | 1 << 15),
+        Msg::new(36, V1, Vec::new()),
+    ];
+    let with = |msgs: Vec<Msg>| [handshake.clone(), msgs].concat();
+    let summary = |forwarded, refused, replies, end| Summary {
+        forwarded,
+        refused,
+        replies,
+        end,
+    };
+    let seeds: Vec<(&str, Vec<Msg>, Summary)> = vec![
+        (
+            "mem-table-and-rings",
+            with(vec![
+                vf_table(ACK, &[(0, 8 * page, 0), (MB, 8 * page, 0)], &[own8, own16]),
+                vf_vring_state(8, 0, 256),
+                vf_vring_addr(0),
+                vf_vring_state(10, 0, 0),
+                vf_u64(vf::SET_VRING_KICK, 0).with_fds(&[pipe]),
+                vf_u64(vf::SET_VRING_CALL, 0).with_fds(&[pipe]),
+                vf_u64(vf::SET_VRING_ERR, vf::VRING_NOFD),
+                vf_vring_state(18, 0, 1),
+                Msg::new(11, V1, 0u64.to_le_bytes().to_vec()),
+            ]),
+            summary(15, 0, 0, None),
+        ),
+        (
+            "add-and-remove-regions",
+            with(vec![
+                vf_single(vf::ADD_MEM_REG, ACK, (0, 4 * page, 0), &[own8]),
+                vf_single(vf::ADD_MEM_REG, ACK, (MB, 4 * page, 4 * page), &[own8]),
+                vf_single(vf::ADD_MEM_REG, ACK, (2 * MB, 16 * page, 0), &[own16]),
+                vf_single(vf::REM_MEM_REG, ACK, (0, 4 * page, 0), &[]),
+                vf_single(vf::REM_MEM_REG, ACK, (MB, 4 * page, 0), &[own8]),
+                vf_single(vf::ADD_MEM_REG, ACK, (0, 8 * page, 0), &[own8]),
+                vf_table(V1, &[(4 * MB, 4 * page + 1, 0)], &[own4_odd]),
+            ]),
+            summary(13, 0, 0, None),
+        ),
+        (
+            "refused-regions",
+            with(vec![
+                // Past the end of the file, by a page and by a byte.
+                vf_table(ACK, &[(0, 9 * page, 0)], &[own8]),
+                vf_single(vf::ADD_MEM_REG, ACK, (0, 4 * page + 2, 0), &[own4_odd]),
+                // The judge's no, a pipe, a zero size, an overflow.
+                vf_table(ACK, &[(0, page, 0), (MB, page, 0)], &[own8, foreign]),
+                vf_single(vf::ADD_MEM_REG, ACK, (0, page, 0), &[pipe]),
+                vf_single(vf::ADD_MEM_REG, V1, (0, 0, 0), &[own8]),
+                vf_single(
+                    vf::ADD_MEM_REG,
+                    ACK,
+                    (u64::MAX - page + 1, page, 0),
+                    &[own8],
+                ),
+                // Overlaps, within a table and with the table.
+                vf_table(ACK, &[(0, 2 * page, 0), (page, page, 0)], &[own8, own8]),
+                vf_single(vf::ADD_MEM_REG, ACK, (0, 2 * page, 0), &[own8]),
+                vf_single(vf::ADD_MEM_REG, ACK, (page, page, 0), &[own8]),
+                get_features.clone(),
+            ]),
+            summary(8, 8, 7, None),
+        ),
+        (
+            "log-base",
+            with(vec![
+                vf_table(V1, &[(0, 8 * page, 0)], &[own8]),
+                Msg::new(vf::SET_LOG_FD, V1, Vec::new()).with_fds(&[pipe]),
+                Msg::new(
+                    vf::SET_LOG_BASE,
+                    ACK,
+                    [page.to_le_bytes(), page.to_le_bytes()].concat(),
+                )
+                .with_fds(&[own8]),
+                Msg::new(
+                    vf::SET_LOG_BASE,
+                    ACK,
+                    [(8 * page).to_le_bytes(), page.to_le_bytes()].concat(),
+                )
+                .with_fds(&[own8]),
+            ]),
+            summary(9, 0, 0, Some(End::LogBaseRefused)),
+        ),
+        (
+            "split-sends",
+            with(vec![
+                vf_table(ACK, &[(0, 8 * page, 0)], &[own8]).split(),
+                vf_single(vf::ADD_MEM_REG, ACK, (MB, 8 * page, 0), &[own8]).split(),
+                vf_u64(vf::SET_VRING_KICK, 1).with_fds(&[pipe]).split(),
+                get_features.clone().split(),
+            ]),
+            summary(10, 0, 0, None),
+        ),
+        (
+            "too-many-fds",
+            with(vec![vf_table(
+                V1,
+                &[(0, page, 0); 8],
+                &[own8, own8, own8, own8, own8, own8, own8, own8, own8],
+            )]),
+            summary(6, 0, 0, Some(End::TooManyFds)),
+        ),
+        (
+            "fd-on-a-plain-request",
+            with(vec![get_features.clone().with_fds(&[own8])]),
+            summary(6, 0, 0, Some(End::FdCount)),
+        ),
+        (
+            "oversized",
+            with(vec![Msg::new(1, V1, vec![0; 0x1001])]),
+            summary(6, 0, 0, Some(End::Oversized)),
+        ),
+        (
+            "bad-version",
+            with(vec![Msg::new(9, V1, vec![0; 40])])
+                .into_iter()
+                .chain([Msg::new(1, 0x3, Vec::new())])
+                .collect(),
+            // The version-3 flags end it before the rest is read.
+            summary(7, 0, 0, Some(End::BadVersion)),
+        ),
+    ];
+    let mut encoded = Vec::new();
+    for (label, msgs, want) in &seeds {
+        let bytes = vf::encode(msgs);
+        let got = vf::run_input(&bytes);
+        assert_eq!(&got, want, "vhost_filter seed {label}");
+        println!("vhost_filter seed {label}: {got:?}");
+        encoded.push((*label, bytes));
+    }
+    // A message cut off by the end of the input.
+    let mut cut = vf::encode(&[vf_table(ACK, &[(0, page, 0)], &[own8])]);
+    cut.truncate(cut.len() - 5);
+    assert_eq!(vf::run_input(&cut), summary(0, 0, 0, Some(End::Truncated)));
+    encoded.push(("truncated", cut));
+    write_seeds(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/vhost_filter"),
+        &numbered(encoded),
+        vf::check_filter,
     );
 }
