@@ -120,6 +120,27 @@ fn qemus_memory_table_confirms_the_q35_split_of_a_4g_guest() {
     eprintln!("q35 4 GiB: memory table confirmed {took:?} after launch");
     let log = daemon.log();
     assert!(log.contains("memory table of 2 region(s)"), "{log}");
+
+    // gmemd maps the guest's RAM (the device's view of it), never into a
+    // core dump: both regions are MADV_DONTDUMP.
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", daemon.pid())).unwrap();
+    let mut ram_maps = 0;
+    let mut header = "";
+    for line in smaps.lines() {
+        if line.contains("memfd:gmemd:q35-vm.ram") {
+            header = line;
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if !header.is_empty() {
+                assert!(
+                    flags.split_whitespace().any(|f| f == "dd"),
+                    "{header}: {flags}"
+                );
+                ram_maps += 1;
+                header = "";
+            }
+        }
+    }
+    assert_eq!(ram_maps, 2, "gmemd maps both RAM regions");
 }
 
 #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use gmem_tests::guest::guest;
 use gmem_tests::qemu::{gmemctl_json, LaunchSpec, SerialLog, Vm};
-use gmem_tests::{e2e, name, ChildGuard, Daemon};
+use gmem_tests::{e2e, ChildGuard, Daemon};
 use gmemctl::qmp::QmpClient;
 use serde_json::{json, Value};
 
@@ -214,9 +214,10 @@ fn main() {
             .expect("two runs");
         rows.push((gib, fill, median(upgrades), copy));
         drop(plain);
-        let file = name(&format!("{vm_name}.ram"));
+        // The VM's RAM is in the VM's namespace (an operator names it so).
+        let file = gmem_tests::vm_file(&vm_name, &format!("{vm_name}.ram"));
         gmem_tests::wait_until(Duration::from_secs(30), "the VM's lease to end", || {
-            daemon.control().destroy(&file).ok()
+            daemon.control().destroy_in(&file).ok()
         });
     }
 

@@ -12,6 +12,7 @@ pub mod qemu;
 pub mod survival;
 pub mod systemd;
 pub mod tenant;
+pub mod vhost;
 
 use std::path::PathBuf;
 
