@@ -220,31 +220,9 @@ fn a_disk_served_by_gmemd_outlives_qemu() {
     vm.kill_launcher();
 }
 
-/// The last `disk io N ok` round on the console; panics on a failed one.
-fn io_rounds(vm: &Vm) -> u64 {
-    let text = vm.serial.text();
-    assert!(
-        !text.contains("disk io") || !text.contains("GMEM-GUEST: error"),
-        "the guest's disk I/O failed:\n{text}"
-    );
-    text.lines()
-        .filter_map(|l| l.strip_prefix("GMEM-GUEST: disk io "))
-        .filter_map(|l| l.strip_suffix(" ok"))
-        .filter_map(|n| n.parse().ok())
-        .max()
-        .unwrap_or(0)
-}
-
 /// Waits for `more` rounds of guest disk I/O past the current ones.
 fn wait_io(vm: &Vm, more: u64, what: &str) -> u64 {
-    let from = io_rounds(vm);
-    let t0 = Instant::now();
-    let n = wait_until(BOOT_TIMEOUT, what, || {
-        let n = io_rounds(vm);
-        (n >= from + more).then_some(n)
-    });
-    eprintln!("{what}: rounds {from} -> {n} in {:?}", t0.elapsed());
-    n
+    gmem_tests::vhost::wait_io(vm, more, BOOT_TIMEOUT, what)
 }
 
 fn all_confirmed(daemon: &Daemon, file: &str) -> bool {
