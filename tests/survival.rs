@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use gmem_tests::daemon::KEEPER;
 use gmem_tests::qemu::gmemctl_json;
-use gmem_tests::survival::{check_invariants, pattern, start_clients, Pause, FILE_SIZE};
+use gmem_tests::survival::{check_clients_kept, check_invariants, start_clients, Pause};
 use gmem_tests::{vm_file, wait_until, Daemon};
 use rustix::process::{kill_process, Pid, Signal};
 
@@ -79,25 +79,8 @@ fn sigkill_under_traffic_loses_no_file_content_lease_or_binding() {
         CLIENTS,
         "no file lost, no scratch file left: {status}"
     );
-    let mut ctl = daemon.control();
-    for (i, end) in ends.iter().enumerate() {
-        // Its lease is the one HELLO gave it, still open, bound.
-        let lease = leases
-            .iter()
-            .find(|l| l["name"] == end.vm.as_str())
-            .unwrap_or_else(|| panic!("{}'s lease is gone: {status}", end.vm));
-        assert_eq!(lease["id"], end.lease.get(), "{}", end.vm);
-        assert_eq!(lease["bindings"], 1, "{}", end.vm);
-        // Its content is intact, in the very inode it holds.
-        let (fd, _) = ctl.open_in(&vm_file(&end.vm, "ram")).unwrap();
-        let p = pattern(i);
-        let mut buf = vec![0u8; p.len()];
-        for at in [0, FILE_SIZE - p.len() as u64] {
-            rustix::io::pread(&fd, &mut buf, at).unwrap();
-            assert_eq!(buf, p, "{} at {at}", end.vm);
-        }
-        let ino = |f: &std::os::fd::OwnedFd| rustix::fs::fstat(f).unwrap().st_ino;
-        assert_eq!(ino(&fd), ino(&end.fd), "{}: the same file", end.vm);
+    check_clients_kept(&status, &mut daemon.control(), &ends);
+    for end in &ends {
         assert!(end.rounds > 0, "{} did nothing", end.vm);
     }
     let seen: u64 = ends.iter().map(|e| e.restarts_seen).sum();

@@ -20,7 +20,6 @@
 // An integration test file is a test module of its own.
 #![allow(clippy::tests_outside_test_module)]
 
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,9 +28,11 @@ use std::time::{Duration, Instant};
 
 use gmem_protocol::wire::FileRef;
 use gmem_protocol::Client;
-use gmem_tests::survival::{check_invariants, pattern, start_clients, ClientEnd, Pause, FILE_SIZE};
+use gmem_tests::survival::{
+    check_clients_kept, check_invariants, start_clients, ClientEnd, Pause, FILE_SIZE,
+};
 use gmem_tests::systemd::UserSystemd;
-use gmem_tests::{vm_file, wait_until};
+use gmem_tests::wait_until;
 use rustix::process::Signal;
 use serde_json::Value;
 
@@ -245,23 +246,7 @@ fn check_nothing_lost(gmemd: &Gmemd, ends: &[ClientEnd], kills: usize) {
     let leases = status["leases"].as_array().expect("leases");
     assert_eq!(leases.len(), ends.len(), "{status}");
     let mut ctl = gmemd.control();
-    for (i, end) in ends.iter().enumerate() {
-        let lease = leases
-            .iter()
-            .find(|l| l["name"] == end.vm.as_str())
-            .unwrap_or_else(|| panic!("{}'s lease is gone: {status}", end.vm));
-        assert_eq!(lease["id"], end.lease.get(), "{}: the same lease", end.vm);
-        assert_eq!(lease["bindings"], 1, "{}", end.vm);
-        let (fd, _) = ctl.open_in(&vm_file(&end.vm, "ram")).unwrap();
-        let p = pattern(i);
-        let mut buf = vec![0u8; p.len()];
-        for at in [0, FILE_SIZE - p.len() as u64] {
-            rustix::io::pread(&fd, &mut buf, at).unwrap();
-            assert_eq!(buf, p, "{}: content at {at}", end.vm);
-        }
-        let ino = |f: &OwnedFd| rustix::fs::fstat(f).unwrap().st_ino;
-        assert_eq!(ino(&fd), ino(&end.fd), "{}: the same file", end.vm);
-    }
+    check_clients_kept(&status, &mut ctl, ends);
     let files = status["files"].as_array().expect("files");
     let others: Vec<&Value> = files
         .iter()

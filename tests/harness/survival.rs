@@ -244,3 +244,31 @@ pub fn check_invariants(status: &Value) {
         assert_eq!(listed, bs.len() as u64, "lease {lease}: binding count");
     }
 }
+
+/// Checks that each client kept what it had: its lease is the one HELLO
+/// gave it, still open with its one binding, and its file is there with
+/// its pattern, in the very inode the client holds. `status` is
+/// `gmemctl status --json`; `ctl` an operator's control session.
+///
+/// # Panics
+/// On the first thing lost.
+pub fn check_clients_kept(status: &Value, ctl: &mut Client, ends: &[ClientEnd]) {
+    let leases = status["leases"].as_array().expect("leases");
+    for (i, end) in ends.iter().enumerate() {
+        let lease = leases
+            .iter()
+            .find(|l| l["name"] == end.vm.as_str())
+            .unwrap_or_else(|| panic!("{}'s lease is gone: {status}", end.vm));
+        assert_eq!(lease["id"], end.lease.get(), "{}: the same lease", end.vm);
+        assert_eq!(lease["bindings"], 1, "{}", end.vm);
+        let (fd, _) = ctl.open_in(&crate::vm_file(&end.vm, "ram")).unwrap();
+        let p = pattern(i);
+        let mut buf = vec![0u8; p.len()];
+        for at in [0, FILE_SIZE - p.len() as u64] {
+            rustix::io::pread(&fd, &mut buf, at).unwrap();
+            assert_eq!(buf, p, "{}: content at {at}", end.vm);
+        }
+        let ino = |f: &OwnedFd| rustix::fs::fstat(f).unwrap().st_ino;
+        assert_eq!(ino(&fd), ino(&end.fd), "{}: the same file", end.vm);
+    }
+}
