@@ -67,7 +67,7 @@ fn a_linux_guest_boots_from_gmemd_memory_and_its_ram_outlives_qemu() {
     assert_eq!(status["leases"][0]["name"], "boot-vm");
     // The lease's process is QEMU, which holds the lease socket, not the
     // launcher that opened it and handed it over.
-    assert_eq!(status["leases"][0]["pid"], vm.qemu_pid(), "{status}");
+    assert_eq!(status["leases"][0]["pid"], vm.vmm_pid(), "{status}");
     assert_ne!(status["leases"][0]["pid"], vm.launcher_pid(), "{status}");
 
     vm.serial.wait_for("GMEM-GUEST: init started", BOOT_TIMEOUT);

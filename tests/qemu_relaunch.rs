@@ -69,7 +69,7 @@ fn sigkill_ends_the_lease_and_a_relaunch_gets_the_same_memory() {
     };
 
     // SIGKILL QEMU: the launcher exits with 128+9, the lease and bindings go.
-    let qemu = vm.qemu_pid();
+    let qemu = vm.vmm_pid();
     kill_process(
         Pid::from_raw(i32::try_from(qemu).unwrap()).unwrap(),
         Signal::KILL,

@@ -46,7 +46,7 @@ fn a_guest_runs_on_across_a_gmemd_crash_and_restart() {
         &LaunchSpec::new("512M", "gmem.tick=1"),
     );
     vm.serial.wait_tick(2, BOOT_TIMEOUT, |_| true);
-    let qemu = vm.qemu_pid();
+    let qemu = vm.vmm_pid();
     let before = lease_and_binding(&daemon);
     assert_eq!(before.1, 1);
 

@@ -88,7 +88,7 @@ fn upgrade_keeps_the_guest_running_and_moves_no_ram() {
         &LaunchSpec::new("512M", "gmem.tick=1"),
     );
     vm.serial.wait_tick(2, BOOT_TIMEOUT, |_| true);
-    let first = vm.qemu_pid();
+    let first = vm.vmm_pid();
     let lease_socket = fd_target(first, LEASE_FD).expect("QEMU holds the lease socket");
     assert!(lease_socket.starts_with("socket:"), "{lease_socket}");
     let mut ctl = daemon.control();
@@ -98,7 +98,7 @@ fn upgrade_keeps_the_guest_running_and_moves_no_ram() {
     assert_eq!(u(&report["old_pid"]), u64::from(first));
     assert_eq!(report["supervised"], true, "{report}");
     assert_eq!(u(&report["lease"]), lease.get());
-    let second = vm.qemu_pid();
+    let second = vm.vmm_pid();
     assert_eq!(u64::from(second), u(&report["new_pid"]));
     // The ledger: the same lease, now held by the new QEMU, same binding.
     assert_eq!(fd_target(second, LEASE_FD), Some(lease_socket.clone()));
@@ -129,7 +129,7 @@ fn upgrade_keeps_the_guest_running_and_moves_no_ram() {
     // Without a launcher the upgrade starts the new QEMU itself.
     let report = upgrade(&daemon, "up-vm", &vm.serial);
     assert_eq!(report["supervised"], false, "{report}");
-    let third = vm.qemu_pid();
+    let third = vm.vmm_pid();
     assert_eq!(fd_target(third, LEASE_FD), Some(lease_socket));
     let leases = ctl.leases().unwrap();
     assert_eq!((leases[0].lease, leases[0].pid), (lease, third));

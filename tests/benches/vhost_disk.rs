@@ -339,7 +339,7 @@ fn seabios_launch(daemon: &Daemon, dir: &Path, vm: &str, vhost_flag: bool) -> La
             qemu_start = std::fs::read_to_string(&record)
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|r| r["qemu"]["process"]["pid"].as_u64())
+                .and_then(|r| r["vmm"]["process"]["pid"].as_u64())
                 .and_then(process_start);
         }
         std::thread::sleep(Duration::from_millis(2));

@@ -46,3 +46,29 @@ pub fn qemu() -> Option<std::path::PathBuf> {
     });
     available("qemu-system-x86_64", found.is_some()).then(|| found.expect("checked"))
 }
+
+/// The cloud-hypervisor binaries on `PATH` (all three, or none); see the
+/// module doc for skipping. `.ci/install-deps` installs them.
+pub fn cloud_hypervisor() -> Option<crate::ch::ChTools> {
+    let find = |name: &str| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(name))
+                .find(|p| p.exists())
+        })
+    };
+    let tools = match (
+        find("cloud-hypervisor"),
+        find("cloud-hypervisor-pvm"),
+        find("ch-remote"),
+    ) {
+        (Some(stock), Some(pvm), Some(remote)) => Some(crate::ch::ChTools { stock, pvm, remote }),
+        _ => None,
+    };
+    let present = tools.is_some() && kvm();
+    available(
+        "cloud-hypervisor, cloud-hypervisor-pvm and ch-remote",
+        present,
+    )
+    .then(|| tools.expect("checked"))
+}

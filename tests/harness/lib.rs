@@ -2,12 +2,14 @@
 //! `gmemd` on a temp socket, child processes that are always killed and
 //! reaped, bounded waits, and the rule for tests that need KVM or QEMU.
 
+pub mod ch;
 pub mod daemon;
 pub mod e2e;
 pub mod fdstore;
 pub mod guest;
 pub mod hugepages;
 pub mod process;
+pub mod pvh;
 pub mod qemu;
 pub mod survival;
 pub mod systemd;

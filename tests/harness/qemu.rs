@@ -251,13 +251,32 @@ pub struct Vm {
 impl Vm {
     /// Launches `name` and waits until QEMU runs (the VM's record exists).
     pub fn launch(daemon: &Daemon, dir: &Path, name: &str, spec: &LaunchSpec) -> Vm {
+        let cmd = launch_command(daemon, dir, name, spec);
+        Vm::start(
+            daemon,
+            dir,
+            name,
+            cmd,
+            Some(dir.join(format!("{name}.serial"))),
+        )
+    }
+
+    /// Runs `cmd` (a `gmemctl launch` of VM `name`, any VMM) with its output
+    /// in `DIR/NAME.launcher.log` and waits until the VMM runs. The console
+    /// is `serial`, or that log (a VMM writing its console to stdout).
+    pub fn start(
+        daemon: &Daemon,
+        dir: &Path,
+        name: &str,
+        mut cmd: Command,
+        serial: Option<PathBuf>,
+    ) -> Vm {
         let log = dir.join(format!("{name}.launcher.log"));
         let file = std::fs::File::create(&log).expect("launcher log");
-        let mut cmd = launch_command(daemon, dir, name, spec);
         cmd.stdout(file.try_clone().expect("dup")).stderr(file);
         let mut vm = Vm {
             name: name.to_owned(),
-            serial: SerialLog::new(dir.join(format!("{name}.serial"))),
+            serial: SerialLog::new(serial.unwrap_or_else(|| log.clone())),
             test_qmp: dir.join(format!("{name}.test-qmp")),
             log,
             run_dir: daemon.dir().join("vms"),
@@ -265,7 +284,7 @@ impl Vm {
         };
         wait_until(
             Duration::from_secs(30),
-            "gmemctl launch to start QEMU",
+            "gmemctl launch to start the VMM",
             || {
                 if let Ok(Some(status)) = vm.launcher.child().try_wait() {
                     panic!(
@@ -274,7 +293,7 @@ impl Vm {
                     );
                 }
                 vm.try_record()
-                    .filter(|r| r["qemu"]["process"]["pid"].is_u64())
+                    .filter(|r| r["vmm"]["process"]["pid"].is_u64())
             },
         );
         vm
@@ -291,9 +310,9 @@ impl Vm {
         self.try_record().expect("the VM's record")
     }
 
-    /// The pid of the QEMU running the VM now.
-    pub fn qemu_pid(&self) -> u32 {
-        let pid = self.record()["qemu"]["process"]["pid"]
+    /// The pid of the VMM process (QEMU, cloud-hypervisor) running the VM now.
+    pub fn vmm_pid(&self) -> u32 {
+        let pid = self.record()["vmm"]["process"]["pid"]
             .as_u64()
             .expect("pid");
         u32::try_from(pid).expect("pid fits")

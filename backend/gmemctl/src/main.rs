@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use gmem_protocol::wire::{MemoryKind, Name, Uuid, VmId, VmSelector};
 use gmemctl::address::{parse_file, parse_new_file_name, parse_uuid, parse_vm_selector, FileArg};
+use gmemctl::launch::vmm::VmmKind;
 use gmemctl::launch::{
     HotplugOptions, HotplugReport, LaunchOptions, RunDir, UnplugOptions, UnplugReport,
     UpgradeOptions, UpgradeReport,
@@ -166,11 +167,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run QEMU on gmemd memory: `launch --vm NAME --memory 2G -- qemu-system-x86_64 ARGS...`.
+    /// Run QEMU or cloud-hypervisor on gmemd memory: `launch --vm NAME
+    /// --memory 2G -- qemu-system-x86_64 ARGS...` (or `-- cloud-hypervisor ARGS...`).
     ///
     /// Opens the VM's lease, creates its memory (or reopens it, content
-    /// intact), records the bindings, starts QEMU with the memory and the
-    /// lease inherited and supervises it; exits with QEMU's status.
+    /// intact), records the bindings, starts the VMM with the memory and the
+    /// lease inherited and supervises it; exits with the VMM's status.
     Launch {
         /// VM name (its UUID is derived from it unless --uuid is given).
         #[arg(long)]
@@ -208,20 +210,22 @@ enum Command {
         #[arg(last = true, required = true, value_name = "QEMU")]
         command: Vec<String>,
     },
-    /// Replace a VM's QEMU live; only device state moves, RAM stays in place.
+    /// Replace a VM's QEMU or cloud-hypervisor live; only device state
+    /// moves, RAM stays in place.
     Upgrade {
         /// VM name.
         vm: Name,
-        /// New QEMU binary, same arguments.
-        #[arg(long)]
-        qemu: Option<PathBuf>,
+        /// New VMM binary, same arguments.
+        #[arg(long, alias = "qemu")]
+        binary: Option<PathBuf>,
         /// Bound on each step, in seconds.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
-        /// New QEMU program and arguments [default: the running ones].
+        /// New VMM program and arguments [default: the running ones; for
+        /// cloud-hypervisor only process options (-v, --log-file, …) apply].
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
@@ -401,21 +405,26 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             };
             let code = gmemctl::launch::launch(&opts, |r| {
                 eprintln!(
-                    "gmemctl: VM {} running: QEMU pid {}, lease {}, memory {} ({} {}), QMP {}",
+                    "gmemctl: VM {} running: {} pid {}, lease {}, memory {} ({} {}), {} {}",
                     r.vm,
-                    r.qemu.process.pid,
+                    r.vmm.kind,
+                    r.vmm.process.pid,
                     r.lease,
                     r.memory.file,
                     format_size(r.memory.size),
                     r.memory.kind,
-                    r.qemu.qmp.display()
+                    match r.vmm.kind {
+                        VmmKind::Qemu => "QMP",
+                        VmmKind::CloudHypervisor => "API",
+                    },
+                    r.vmm.monitor.display()
                 );
             })?;
             return Ok(ExitCode::from(code));
         }
         Command::Upgrade {
             vm,
-            qemu,
+            binary,
             timeout,
             json,
             command,
@@ -424,7 +433,7 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 run_dir,
                 vm,
                 command: (!command.is_empty()).then_some(command),
-                qemu,
+                binary,
                 timeout: Duration::from_secs(timeout),
             })?;
             print_report(json, &report, upgrade_text)?;
@@ -488,9 +497,9 @@ fn opt_ms(v: Option<u64>) -> String {
 
 fn upgrade_text(r: &UpgradeReport) -> String {
     format!(
-        "upgraded VM {}: QEMU pid {} -> {} (generation {}, lease {} kept, {})\n  \
+        "upgraded VM {}: pid {} -> {} (generation {}, lease {} kept, {})\n  \
          downtime {}, migration total {} (setup {}), RAM sent {}, RAM left in place {}\n  \
-         new QEMU up in {:.1} ms, handoff {:.1} ms, whole upgrade {:.1} ms",
+         new VMM up in {:.1} ms, handoff {:.1} ms, whole upgrade {:.1} ms",
         r.vm,
         r.old_pid,
         r.new_pid,

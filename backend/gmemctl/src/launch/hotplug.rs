@@ -27,6 +27,7 @@ use crate::launch::qemu::DIMM_SLOT_BASE;
 use crate::launch::vm::attach::{attach, AttachError};
 use crate::launch::vm::record::{DimmRecord, RecordError};
 use crate::launch::vm::run_dir::RunDir;
+use crate::launch::vmm::VmmKind;
 use crate::qmp::{QmpClient, QmpError};
 
 /// Errors of hotplug and unplug.
@@ -35,6 +36,15 @@ pub enum HotplugError {
     /// Finding the VM.
     #[error(transparent)]
     Attach(#[from] AttachError),
+    /// The VM runs under cloud-hypervisor.
+    #[error(
+        "VM {vm} runs under cloud-hypervisor, which cannot hot-plug gmemd memory: its ACPI \
+         and virtio-mem hotplug only add memory it allocates itself, never a given file"
+    )]
+    CloudHypervisor {
+        /// The VM.
+        vm: Name,
+    },
     /// A memory kind QEMU cannot map.
     #[error(transparent)]
     Kind(#[from] KindError),
@@ -238,6 +248,9 @@ pub fn hotplug(opts: &HotplugOptions) -> Result<HotplugReport, HotplugError> {
     check_kind(opts.kind)?;
     let mut att = attach(&opts.run_dir, &opts.vm, opts.timeout)?;
     let vm = att.record.vm.clone();
+    if att.record.vmm.kind == VmmKind::CloudHypervisor {
+        return Err(HotplugError::CloudHypervisor { vm });
+    }
     let slots = att.record.memory.slots;
     if att.record.memory.max_memory.is_none() {
         return Err(HotplugError::NoHotplug(vm));
@@ -356,6 +369,9 @@ pub fn unplug(opts: &UnplugOptions) -> Result<UnplugReport, HotplugError> {
     let t0 = Instant::now();
     let mut att = attach(&opts.run_dir, &opts.vm, opts.timeout)?;
     let vm = att.record.vm.clone();
+    if att.record.vmm.kind == VmmKind::CloudHypervisor {
+        return Err(HotplugError::CloudHypervisor { vm });
+    }
     let index = att
         .record
         .dimms

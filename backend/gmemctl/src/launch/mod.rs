@@ -21,6 +21,7 @@
 //! [`RAM_FD`]; DIMMs inherited by an upgrade target start at
 //! [`DIMM_FD_BASE`] (all in [`qemu`]).
 
+pub mod ch;
 pub mod devices;
 pub mod hotplug;
 pub mod launcher;
@@ -28,6 +29,7 @@ pub mod process;
 pub mod qemu;
 pub mod upgrade;
 pub mod vm;
+pub mod vmm;
 
 pub use hotplug::{hotplug, unplug, HotplugOptions, HotplugReport, UnplugOptions, UnplugReport};
 pub use launcher::{launch, LaunchOptions};

@@ -28,6 +28,7 @@ use std::time::Duration;
 use gmem_protocol::wire::{BindRequest, LeaseId, MemoryKind, Name, VmId};
 use gmem_protocol::{Client, ClientError};
 
+use crate::launch::ch::{self, command::ChArgsError, command::ChCommand};
 use crate::launch::launcher::control::{ControlError, ControlServer};
 use crate::launch::launcher::supervise::{block_forwarded_signals, SuperviseError, Supervisor};
 use crate::launch::process::exit::{describe_exit, exit_code};
@@ -38,9 +39,10 @@ use crate::launch::qemu::cmdline::{check_kind, AddedOptions, KindError};
 use crate::launch::qemu::layout::{Machine, RamRange};
 use crate::launch::qemu::{LEASE_FD, MAIN_SLOT, RAM_FD};
 use crate::launch::vm::record::{
-    BindingRecord, MemoryRecord, QemuRecord, RecordError, VmRecord, RECORD_VERSION,
+    BindingRecord, MemoryRecord, RecordError, VmRecord, VmmRecord, RECORD_VERSION,
 };
 use crate::launch::vm::run_dir::{check_socket_path, next_qmp_path, RunDir};
+use crate::launch::vmm::VmmKind;
 use gmemd::size::format_size;
 
 /// Hotplug slots when `--max-memory` is given without `--slots`.
@@ -61,6 +63,9 @@ pub enum LaunchError {
     /// A memory kind QEMU cannot map.
     #[error(transparent)]
     Kind(#[from] KindError),
+    /// The cloud-hypervisor arguments or options it cannot take.
+    #[error(transparent)]
+    ChArgs(#[from] ChArgsError),
     /// A size that is not a multiple of the page size.
     #[error("{what} {} is not a multiple of the {kind} page size ({})", format_size(*size), format_size(kind.page_size()))]
     Unaligned {
@@ -179,7 +184,7 @@ pub struct LaunchOptions {
 }
 
 impl LaunchOptions {
-    fn check(&self) -> Result<(QemuCommand, Machine, u32), LaunchError> {
+    fn check(&self) -> Result<(VmmCommand, u32), LaunchError> {
         check_kind(self.kind)?;
         let page = self.kind.page_size();
         if self.memory == 0 || self.memory % page != 0 {
@@ -218,9 +223,110 @@ impl LaunchOptions {
                 slots
             }
         };
-        let command = QemuCommand::from_argv(&self.command)?;
-        let machine = command.machine()?;
-        Ok((command, machine, slots))
+        let (program, args) = self.command.split_first().ok_or(ArgsError::NoCommand)?;
+        let program = PathBuf::from(program);
+        let vmm = match VmmKind::of_program(&program) {
+            VmmKind::Qemu => {
+                let command = QemuCommand {
+                    program,
+                    args: args.to_vec(),
+                };
+                let machine = command.machine()?;
+                let ram = machine.main_ram(self.memory).map_err(ArgsError::from)?;
+                VmmCommand::Qemu {
+                    command,
+                    machine,
+                    ram,
+                }
+            }
+            VmmKind::CloudHypervisor => {
+                self.check_for_ch()?;
+                let ram = ch::command::main_ram(self.memory);
+                VmmCommand::Ch {
+                    command: ChCommand::new(program, args.to_vec())?,
+                    ram,
+                }
+            }
+        };
+        Ok((vmm, slots))
+    }
+
+    /// gmemctl options that have no cloud-hypervisor equivalent here.
+    fn check_for_ch(&self) -> Result<(), ChArgsError> {
+        let unsupported = |option, reason| Err(ChArgsError::Unsupported { option, reason });
+        if self.max_memory.is_some() {
+            return unsupported(
+                "--max-memory",
+                "cloud-hypervisor hot-plugs only memory it allocates itself (ACPI or \
+                 virtio-mem), never a given file",
+            );
+        }
+        if !self.disks.is_empty() {
+            return unsupported(
+                "--disk",
+                "gmemd's vhost-user disks are wired up for QEMU only",
+            );
+        }
+        if self.qmp.is_some() {
+            return unsupported(
+                "--qmp",
+                "cloud-hypervisor has an API socket, RUN_DIR/NAME.api",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The VMM command line, checked, with where it will map main RAM.
+#[derive(Debug)]
+enum VmmCommand {
+    /// QEMU and its machine type.
+    Qemu {
+        command: QemuCommand,
+        machine: Machine,
+        ram: Vec<RamRange>,
+    },
+    /// cloud-hypervisor.
+    Ch {
+        command: ChCommand,
+        ram: Vec<RamRange>,
+    },
+}
+
+impl VmmCommand {
+    fn kind(&self) -> VmmKind {
+        match self {
+            VmmCommand::Qemu { .. } => VmmKind::Qemu,
+            VmmCommand::Ch { .. } => VmmKind::CloudHypervisor,
+        }
+    }
+
+    fn ram(&self) -> &[RamRange] {
+        match self {
+            VmmCommand::Qemu { ram, .. } | VmmCommand::Ch { ram, .. } => ram,
+        }
+    }
+
+    fn program(&self) -> &Path {
+        match self {
+            VmmCommand::Qemu { command, .. } => &command.program,
+            VmmCommand::Ch { command, .. } => &command.program,
+        }
+    }
+
+    fn user_args(&self) -> &[String] {
+        match self {
+            VmmCommand::Qemu { command, .. } => &command.args,
+            VmmCommand::Ch { command, .. } => &command.args,
+        }
+    }
+
+    /// The machine type recorded for the layout.
+    fn machine(&self) -> String {
+        match self {
+            VmmCommand::Qemu { machine, .. } => machine.type_name.clone(),
+            VmmCommand::Ch { .. } => "cloud-hypervisor".into(),
+        }
     }
 }
 
@@ -231,31 +337,24 @@ impl LaunchOptions {
 /// [`LaunchError`] for everything that stops QEMU from starting; nothing
 /// of the refused launch is left in the run directory then.
 pub fn launch(opts: &LaunchOptions, on_started: impl FnOnce(&VmRecord)) -> Result<u8, LaunchError> {
-    let (command, machine, slots) = opts.check()?;
+    let (vmm, slots) = opts.check()?;
     let vm_name = &opts.vm.name;
     let file = match &opts.file {
         Some(f) => f.clone(),
         None => Name::new(&format!("{vm_name}.ram"))
             .map_err(|_| LaunchError::FileName(vm_name.clone()))?,
     };
-    let ranges = machine.main_ram(opts.memory).map_err(ArgsError::from)?;
     let run_dir = &opts.run_dir;
-    let qmp = opts.qmp.clone().unwrap_or_else(|| run_dir.qmp(vm_name));
-    check_socket_path(&next_qmp_path(&qmp, 9999))?;
+    let monitor = match vmm.kind() {
+        VmmKind::Qemu => opts.qmp.clone().unwrap_or_else(|| run_dir.qmp(vm_name)),
+        VmmKind::CloudHypervisor => run_dir.api(vm_name),
+    };
+    check_socket_path(&next_qmp_path(&monitor, 9999))?;
     let control_path = run_dir.control(vm_name);
     check_socket_path(&control_path)?;
     check_socket_path(&run_dir.migration(vm_name))?;
     let lock = run_dir.lock(vm_name, LOCK_TIMEOUT)?;
-    let started = start(
-        opts,
-        &command,
-        &machine,
-        slots,
-        &file,
-        &ranges,
-        &qmp,
-        &control_path,
-    );
+    let started = start(opts, &vmm, slots, &file, &monitor, &control_path);
     let (supervisor, record) = match started {
         Ok(started) => started,
         Err(e) => {
@@ -269,7 +368,8 @@ pub fn launch(opts: &LaunchOptions, on_started: impl FnOnce(&VmRecord)) -> Resul
 
     let status = supervisor.run()?;
     eprintln!(
-        "gmemctl: VM {vm_name}: QEMU (pid {}) {}",
+        "gmemctl: VM {vm_name}: {} (pid {}) {}",
+        vmm.kind(),
         status.pid,
         describe_exit(status.status)
     );
@@ -277,18 +377,15 @@ pub fn launch(opts: &LaunchOptions, on_started: impl FnOnce(&VmRecord)) -> Resul
     Ok(exit_code(status.status))
 }
 
-/// Opens the lease, gets and binds the memory, starts QEMU with both, hands
-/// the lease to it and writes the record. Everything is undone on failure:
-/// the lease ends with its socket, QEMU is killed.
-#[allow(clippy::too_many_arguments)]
+/// Opens the lease, gets and binds the memory, starts the VMM with both,
+/// hands the lease to it and writes the record. Everything is undone on
+/// failure: the lease ends with its socket, the VMM is killed.
 fn start(
     opts: &LaunchOptions,
-    command: &QemuCommand,
-    machine: &Machine,
+    vmm: &VmmCommand,
     slots: u32,
     file: &Name,
-    ranges: &[RamRange],
-    qmp: &Path,
+    monitor: &Path,
     control_path: &Path,
 ) -> Result<(Supervisor, VmRecord), LaunchError> {
     let vm_name = &opts.vm.name;
@@ -322,7 +419,7 @@ fn start(
             source,
         })?;
     let mut bindings = Vec::new();
-    for (slot, range) in (MAIN_SLOT..).zip(ranges) {
+    for (slot, range) in (MAIN_SLOT..).zip(vmm.ram()) {
         let bind = BindRequest::new(slot, range.gpa, file.clone(), range.offset, range.size);
         lease.bind(&bind).map_err(|source| LaunchError::Bind {
             vm: vm_name.clone(),
@@ -336,7 +433,14 @@ fn start(
             range: *range,
         });
     }
-    let devices = crate::launch::devices::set_up(&mut lease, &opts.disks, opts.vhost_device)?;
+    // The default device confirms QEMU's memory table; cloud-hypervisor
+    // gets none (its layout is checked by the tests instead).
+    let devices = match vmm {
+        VmmCommand::Qemu { .. } => {
+            crate::launch::devices::set_up(&mut lease, &opts.disks, opts.vhost_device)?
+        }
+        VmmCommand::Ch { .. } => Vec::new(),
+    };
     log::info!(
         "VM {vm_name}: lease {lease_id}, {} {file} ({}), bindings {bindings:?}",
         if info.created { "created" } else { "reopened" },
@@ -350,37 +454,52 @@ fn start(
         .as_fd()
         .try_clone_to_owned()
         .map_err(LaunchError::Dup)?;
-    let mut args = command.args.clone();
-    args.extend(
-        AddedOptions {
-            size: opts.memory,
-            max_memory: opts.max_memory,
-            slots,
-            ram_fd: RAM_FD,
-            qmp,
-            dimms: &[],
-            incoming: false,
+    let mut args = vmm.user_args().to_vec();
+    match vmm {
+        VmmCommand::Qemu { .. } => {
+            args.extend(
+                AddedOptions {
+                    size: opts.memory,
+                    max_memory: opts.max_memory,
+                    slots,
+                    ram_fd: RAM_FD,
+                    qmp: monitor,
+                    dimms: &[],
+                    incoming: false,
+                }
+                .to_args(),
+            );
+            args.extend(crate::launch::devices::qemu_args(&devices));
         }
-        .to_args(),
-    );
-    args.extend(crate::launch::devices::qemu_args(&devices));
-    log::debug!("starting {} {args:?}", command.program.display());
+        VmmCommand::Ch { .. } => {
+            // A socket left by a killed cloud-hypervisor would make it fail
+            // to bind; the VM's lock and lease say nobody serves it now.
+            let _ = std::fs::remove_file(monitor);
+            args.extend(ch::command::added_args(
+                opts.memory,
+                opts.kind,
+                RAM_FD,
+                monitor,
+            ));
+        }
+    }
+    log::debug!("starting {} {args:?}", vmm.program().display());
     let child = spawn(SpawnSpec {
-        program: command.program.clone(),
+        program: vmm.program().to_owned(),
         args,
         fds: vec![(lease_fd, LEASE_FD), (ram, RAM_FD)],
         stdio: None,
         process_group: None,
     })?;
-    let supervisor = Supervisor::new(vm_name.clone(), child, signals, control)?;
-    let qemu = supervisor.current().id();
-    // gmemd shows QEMU, not this launcher, as the lease's process.
+    let supervisor = Supervisor::new(vm_name.clone(), vmm.kind(), child, signals, control)?;
+    let process = supervisor.current().id();
+    // gmemd shows the VMM, not this launcher, as the lease's process.
     let at = LEASE_FD.unsigned_abs();
     if let Err(source) = lease.handoff(supervisor.current().pidfd().as_fd(), at) {
         supervisor.kill();
         return Err(LaunchError::Handoff {
             lease: lease_id,
-            pid: qemu.pid,
+            pid: process.pid,
             source,
         });
     }
@@ -391,13 +510,14 @@ fn start(
         lease: lease_id,
         launcher: ProcessId::current(),
         control: control_path.to_owned(),
-        qemu: QemuRecord {
-            process: qemu,
+        vmm: VmmRecord {
+            kind: vmm.kind(),
+            process,
             generation: 0,
-            program: command.program.clone(),
-            args: command.args.clone(),
-            qmp: qmp.to_owned(),
-            machine: machine.type_name.clone(),
+            program: vmm.program().to_owned(),
+            args: vmm.user_args().to_vec(),
+            monitor: monitor.to_owned(),
+            machine: vmm.machine(),
         },
         memory: MemoryRecord {
             file: file.clone(),
@@ -411,7 +531,7 @@ fn start(
         devices,
     };
     if let Err(e) = opts.run_dir.save(&record) {
-        // Without a record nobody could upgrade or hotplug this QEMU.
+        // Without a record nobody could upgrade or hotplug this VMM.
         supervisor.kill();
         return Err(e.into());
     }
@@ -434,12 +554,25 @@ fn cleanup(run_dir: &RunDir, vm: &Name) {
     if record.launcher != ProcessId::current() {
         return;
     }
-    for socket in [
-        record.qemu.qmp.clone(),
-        next_qmp_path(&record.qemu.qmp, record.qemu.generation + 1),
+    let mut leftovers = vec![
+        record.vmm.monitor.clone(),
+        next_qmp_path(&record.vmm.monitor, record.vmm.generation + 1),
         run_dir.migration(vm),
-    ] {
-        let _ = std::fs::remove_file(socket);
+    ];
+    if record.vmm.kind == VmmKind::CloudHypervisor {
+        // cloud-hypervisor locks its API socket with `PATH.lock`, left behind
+        // by each generation (an upgrade target started at `next_qmp_path`).
+        let sockets = (1..=record.vmm.generation + 1)
+            .map(|g| next_qmp_path(&record.vmm.monitor, g))
+            .chain([record.vmm.monitor.clone()]);
+        leftovers.extend(sockets.map(|socket| {
+            let mut lock = socket.into_os_string();
+            lock.push(".lock");
+            PathBuf::from(lock)
+        }));
+    }
+    for path in leftovers {
+        let _ = std::fs::remove_file(path);
     }
     run_dir.remove(vm);
     if let Some(lock) = lock {
@@ -470,13 +603,13 @@ mod tests {
 
     #[test]
     fn options_are_checked_before_anything_starts() {
-        let (_, machine, slots) = opts().check().unwrap();
-        assert_eq!((machine.type_name.as_str(), slots), ("q35", 0));
+        let (vmm, slots) = opts().check().unwrap();
+        assert_eq!((vmm.machine().as_str(), slots), ("q35", 0));
         let o = LaunchOptions {
             max_memory: Some(2 << 30),
             ..opts()
         };
-        assert_eq!(o.check().unwrap().2, DEFAULT_SLOTS);
+        assert_eq!(o.check().unwrap().1, DEFAULT_SLOTS);
 
         let cases: Vec<(LaunchOptions, &str)> = vec![
             (

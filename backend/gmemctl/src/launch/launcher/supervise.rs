@@ -20,6 +20,7 @@ use gmem_protocol::wire::Name;
 
 use crate::launch::process::spawn::{spawn, SpawnSpec};
 use crate::launch::process::{Process, ProcessError};
+use crate::launch::vmm::VmmKind;
 
 /// Signals the launcher passes on to QEMU.
 const FORWARDED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
@@ -74,6 +75,8 @@ impl Generation {
 pub struct Supervisor {
     /// The VM, for what the launcher tells its user.
     vm: Name,
+    /// Which VMM it runs, likewise.
+    vmm: VmmKind,
     current: Generation,
     /// Upgrade targets started but not committed.
     pending: Vec<Generation>,
@@ -95,19 +98,21 @@ pub struct Ended {
 }
 
 impl Supervisor {
-    /// Supervises `qemu`, VM `vm`'s QEMU; `signals` comes from
+    /// Supervises `qemu`, VM `vm`'s VMM process of kind `vmm`; `signals` comes from
     /// [`block_forwarded_signals`].
     ///
     /// # Errors
     /// [`SuperviseError::Process`].
     pub fn new(
         vm: Name,
+        vmm: VmmKind,
         qemu: Child,
         signals: OwnedFd,
         control: ControlServer,
     ) -> Result<Self, SuperviseError> {
         Ok(Supervisor {
             vm,
+            vmm,
             current: Generation::new(qemu)?,
             pending: Vec::new(),
             retiring: Vec::new(),
@@ -187,7 +192,8 @@ impl Supervisor {
             return;
         };
         log::info!(
-            "forwarding {signal:?} to QEMU (pid {})",
+            "forwarding {signal:?} to {} (pid {})",
+            self.vmm,
             self.current.process.pid()
         );
         if let Err(e) = self.current.process.signal(signal) {
@@ -240,7 +246,7 @@ impl Supervisor {
                 {
                     Ok(g) => {
                         let process = g.process.id();
-                        log::info!("started upgrade target QEMU (pid {})", process.pid);
+                        log::info!("started upgrade target {} (pid {})", self.vmm, process.pid);
                         self.pending.push(g);
                         ControlReply::Spawned { process }
                     }
@@ -254,8 +260,9 @@ impl Supervisor {
                 let new = self.pending.swap_remove(at);
                 let old = std::mem::replace(&mut self.current, new);
                 eprintln!(
-                    "gmemctl: VM {}: upgraded, now following QEMU pid {pid} (replacing pid {})",
+                    "gmemctl: VM {}: upgraded, now following {} pid {pid} (replacing pid {})",
                     self.vm,
+                    self.vmm,
                     old.process.pid()
                 );
                 self.retiring.push(old);
@@ -359,7 +366,7 @@ mod tests {
             process_group: None,
         })
         .unwrap();
-        let sup = Supervisor::new(vm(), child, signals, control).unwrap();
+        let sup = Supervisor::new(vm(), VmmKind::Qemu, child, signals, control).unwrap();
         // Thread-directed, so only this thread (which blocks it) gets it.
         // SAFETY: raise has no memory-safety preconditions.
         assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
@@ -380,7 +387,7 @@ mod tests {
             .stdin(std::fs::File::from(go_r))
             .spawn()
             .unwrap();
-        let sup = Supervisor::new(vm(), first, signals, control).unwrap();
+        let sup = Supervisor::new(vm(), VmmKind::Qemu, first, signals, control).unwrap();
         let runner = std::thread::spawn(move || sup.run().unwrap());
         let t = Duration::from_secs(5);
         let (marker_r, marker_w) = pipe();

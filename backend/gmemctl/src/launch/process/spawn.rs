@@ -10,6 +10,8 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use crate::launch::vmm::VmmKind;
+
 /// Errors of spawning QEMU.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -87,6 +89,12 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, SpawnError> {
     }
     if let Some(group) = spec.process_group {
         cmd.process_group(group);
+    }
+    if VmmKind::of_program(&spec.program) == VmmKind::CloudHypervisor {
+        // With a backtrace asked for, an error path of cloud-hypervisor
+        // captures one, whose getcwd its own seccomp filter kills.
+        cmd.env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE");
     }
     // SAFETY: the closure runs in the forked child before exec and calls
     // only async-signal-safe functions (dup2, sigemptyset, sigprocmask) on

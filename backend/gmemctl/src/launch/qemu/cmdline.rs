@@ -32,8 +32,8 @@ pub fn check_kind(kind: MemoryKind) -> Result<(), KindError> {
     let reason = match kind {
         MemoryKind::Memfd | MemoryKind::Hugetlb2M | MemoryKind::Hugetlb1G => return Ok(()),
         MemoryKind::Secret => {
-            "QEMU maps RAM by opening /proc/self/fd/N, and a memfd_secret file cannot be \
-             opened that way (ENXIO)"
+            "QEMU and cloud-hypervisor map RAM by opening /proc/self/fd/N, and a memfd_secret \
+             file cannot be opened that way (ENXIO)"
         }
         MemoryKind::GuestMemfd => "a guest_memfd is created by a VM's KVM, not by gmemd",
     };

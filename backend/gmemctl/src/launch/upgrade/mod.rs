@@ -21,6 +21,7 @@
 //! Parts: `target` (the new QEMU: started through the launcher or here,
 //! killed unless committed), `migration` (the handoff over QMP).
 
+mod ch;
 mod migration;
 mod target;
 
@@ -33,16 +34,17 @@ use serde::Serialize;
 
 use crate::launch::launcher::control::ControlError;
 use crate::launch::process::spawn::SpawnError;
-use crate::launch::process::ProcessError;
+use crate::launch::process::{Process, ProcessError};
 use crate::launch::qemu::args::{ArgsError, QemuCommand};
 use crate::launch::qemu::cmdline::{AddedOptions, StartDimm};
 use crate::launch::qemu::layout::RamRange;
 use crate::launch::qemu::{DIMM_FD_BASE, LEASE_FD, RAM_FD};
 use crate::launch::vm::attach::{attach, AttachError};
 use crate::launch::vm::lease_fd::take_lease;
-use crate::launch::vm::record::{QemuRecord, RecordError};
+use crate::launch::vm::record::{RecordError, VmRecord, VmmRecord};
 use crate::launch::vm::run_dir::RunDir;
 use crate::launch::vm::run_dir::{check_socket_path, next_qmp_path};
+use crate::launch::vmm::VmmKind;
 use crate::qmp::QmpError;
 use migration::{migrate, wait_running};
 use target::{connect_target, start_target};
@@ -69,6 +71,34 @@ pub enum UpgradeError {
         old: Vec<RamRange>,
         /// New layout.
         new: Vec<RamRange>,
+    },
+    /// The new cloud-hypervisor arguments.
+    #[error(transparent)]
+    ChArgs(#[from] crate::launch::ch::command::ChArgsError),
+    /// A VMM of another kind was given.
+    #[error("{program} cannot take over a VM that runs under {running}")]
+    OtherVmm {
+        /// The new program.
+        program: PathBuf,
+        /// The VMM running the VM.
+        running: VmmKind,
+    },
+    /// A cloud-hypervisor API request failed.
+    #[error("{which} cloud-hypervisor: API request failed")]
+    ChApi {
+        /// `old` or `new`.
+        which: &'static str,
+        /// Cause.
+        #[source]
+        source: crate::launch::ch::api::ApiError,
+    },
+    /// cloud-hypervisor's migration did not complete.
+    #[error("migration to the new cloud-hypervisor failed ({reason}); {fate}")]
+    ChMigration {
+        /// What went wrong.
+        reason: String,
+        /// What became of the VM.
+        fate: &'static str,
     },
     /// The VM is in a state that cannot migrate.
     #[error("VM {vm} is {state}: only a running or paused VM can be upgraded")]
@@ -130,8 +160,8 @@ pub struct UpgradeOptions {
     pub vm: Name,
     /// A new QEMU command (program and arguments); default: the running one.
     pub command: Option<Vec<String>>,
-    /// Only a new QEMU binary, same arguments.
-    pub qemu: Option<PathBuf>,
+    /// Only a new VMM binary, same arguments.
+    pub binary: Option<PathBuf>,
     /// Bound on each step (lock, QEMU start, migration).
     pub timeout: Duration,
 }
@@ -182,8 +212,17 @@ pub(super) fn ms(d: Duration) -> f64 {
 pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
     let t0 = Instant::now();
     let mut att = attach(&opts.run_dir, &opts.vm, opts.timeout)?;
+    if att.record.vmm.kind == VmmKind::CloudHypervisor {
+        return ch::upgrade(opts, att, t0);
+    }
     let rec = att.record.clone();
-    let command = new_command(opts, &rec.qemu)?;
+    let command = new_command(opts, &rec.vmm)?;
+    if VmmKind::of_program(&command.program) != VmmKind::Qemu {
+        return Err(UpgradeError::OtherVmm {
+            program: command.program,
+            running: VmmKind::Qemu,
+        });
+    }
     let old_layout: Vec<RamRange> = rec.memory.bindings.iter().map(|b| b.range).collect();
     let new_layout = command
         .machine()?
@@ -216,12 +255,12 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
 
     // Everything the new QEMU inherits comes from the old one.
     let mut fds = vec![
-        (att.qemu.take_fd(LEASE_FD)?, LEASE_FD),
-        (att.qemu.take_fd(RAM_FD)?, RAM_FD),
+        (att.process.take_fd(LEASE_FD)?, LEASE_FD),
+        (att.process.take_fd(RAM_FD)?, RAM_FD),
     ];
     let mut dimms = Vec::new();
     for (fd, dimm) in (DIMM_FD_BASE..).zip(&rec.dimms) {
-        fds.push((att.qemu.take_fd(dimm.qemu_fd)?, fd));
+        fds.push((att.process.take_fd(dimm.qemu_fd)?, fd));
         dimms.push(StartDimm {
             id: &dimm.id,
             size: dimm.size,
@@ -230,8 +269,8 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
             fd,
         });
     }
-    let generation = rec.qemu.generation + 1;
-    let new_qmp = next_qmp_path(&rec.qemu.qmp, generation);
+    let generation = rec.vmm.generation + 1;
+    let new_qmp = next_qmp_path(&rec.vmm.monitor, generation);
     check_socket_path(&new_qmp)?;
     let _ = std::fs::remove_file(&new_qmp);
     let migration = opts.run_dir.migration(&rec.vm);
@@ -274,15 +313,15 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
     };
 
     // The switch is done: end the old QEMU.
-    let old_pid = att.qemu.pid();
+    let old_pid = att.process.pid();
     if let Err(e) = old.quit() {
         log::warn!("old QEMU did not take quit: {e}");
     }
-    if !att.qemu.wait_exit(QUIT_WAIT).unwrap_or(false) {
+    if !att.process.wait_exit(QUIT_WAIT).unwrap_or(false) {
         log::warn!("old QEMU (pid {old_pid}) did not quit; killing it");
-        att.qemu.kill();
+        att.process.kill();
     }
-    let mut qmp = rec.qemu.qmp.clone();
+    let mut qmp = rec.vmm.monitor.clone();
     if let Err(e) = std::fs::rename(&new_qmp, &qmp) {
         log::warn!(
             "cannot move {} to {}: {e}; the VM's QMP socket is now {}",
@@ -292,13 +331,14 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
         );
         qmp = new_qmp;
     }
-    att.record.qemu = QemuRecord {
+    att.record.vmm = VmmRecord {
+        kind: VmmKind::Qemu,
         process: target.process.id(),
         generation,
         program: command.program.clone(),
         args: command.args.clone(),
-        qmp,
-        machine: rec.qemu.machine.clone(),
+        monitor: qmp,
+        machine: rec.vmm.machine.clone(),
     };
     // The new QEMU has each DIMM file inherited at its fd, not in an fd set.
     for (dimm, fd) in att.record.dimms.iter_mut().zip(DIMM_FD_BASE..) {
@@ -306,16 +346,7 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
         dimm.fdset = None;
     }
     att.save()?;
-    // gmemd shows the new QEMU as the lease's process from now on.
-    match take_lease(&target.process, rec.vm_id(), rec.lease, opts.timeout) {
-        Ok(mut lease) => {
-            let at = LEASE_FD.unsigned_abs();
-            if let Err(e) = lease.handoff(target.process.pidfd().as_fd(), at) {
-                log::warn!("gmemd did not take the handoff of the lease to the new QEMU: {e}");
-            }
-        }
-        Err(e) => log::warn!("cannot hand the lease to the new QEMU in gmemd: {e}"),
-    }
+    hand_lease_over(&target.process, &rec);
     running?;
     let in_place = rec.memory.size + rec.dimms.iter().map(|d| d.size).sum::<u64>();
     Ok(UpgradeReport {
@@ -336,13 +367,28 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
     })
 }
 
+/// Tells gmemd that `new` holds the VM's lease from now on (it inherited
+/// the socket); a refusal only changes what `gmemctl status` shows.
+fn hand_lease_over(new: &Process, rec: &VmRecord) {
+    let timeout = Duration::from_secs(10);
+    match take_lease(new, rec.vm_id(), rec.lease, timeout) {
+        Ok(mut lease) => {
+            let at = LEASE_FD.unsigned_abs();
+            if let Err(e) = lease.handoff(new.pidfd().as_fd(), at) {
+                log::warn!("gmemd did not take the handoff of the lease to the new VMM: {e}");
+            }
+        }
+        Err(e) => log::warn!("cannot hand the lease to the new VMM in gmemd: {e}"),
+    }
+}
+
 pub(super) fn qmp_err(which: &'static str) -> impl Fn(QmpError) -> UpgradeError {
     move |source| UpgradeError::Qmp { which, source }
 }
 
 /// The new QEMU command: the given one, or the running one (with
 /// `--qemu`'s binary), without `-incoming`.
-fn new_command(opts: &UpgradeOptions, running: &QemuRecord) -> Result<QemuCommand, ArgsError> {
+fn new_command(opts: &UpgradeOptions, running: &VmmRecord) -> Result<QemuCommand, ArgsError> {
     let mut command = match &opts.command {
         Some(argv) => QemuCommand::from_argv(argv)?,
         None => QemuCommand {
@@ -350,7 +396,7 @@ fn new_command(opts: &UpgradeOptions, running: &QemuRecord) -> Result<QemuComman
             args: running.args.clone(),
         },
     };
-    if let Some(program) = &opts.qemu {
+    if let Some(program) = &opts.binary {
         command.program = program.clone();
     }
     Ok(command.without_incoming())
@@ -363,8 +409,9 @@ mod tests {
     use super::*;
     use crate::launch::process::ProcessId;
 
-    fn running() -> QemuRecord {
-        QemuRecord {
+    fn running() -> VmmRecord {
+        VmmRecord {
+            kind: VmmKind::Qemu,
             process: ProcessId {
                 pid: 1,
                 start_time: 1,
@@ -377,7 +424,7 @@ mod tests {
                 "-incoming".into(),
                 "tcp:0:4444".into(),
             ],
-            qmp: "/run/vm.qmp".into(),
+            monitor: "/run/vm.qmp".into(),
             machine: "q35".into(),
         }
     }
@@ -387,7 +434,7 @@ mod tests {
             run_dir: RunDir::new("/nonexistent"),
             vm: Name::new("vm").unwrap(),
             command: None,
-            qemu: None,
+            binary: None,
             timeout: Duration::from_secs(1),
         }
     }
@@ -398,7 +445,7 @@ mod tests {
         assert_eq!(c.program, Path::new("/usr/bin/qemu-system-x86_64"));
         assert_eq!(c.args, ["-M", "q35"]);
         let o = UpgradeOptions {
-            qemu: Some("/opt/qemu/bin/qemu-system-x86_64".into()),
+            binary: Some("/opt/qemu/bin/qemu-system-x86_64".into()),
             ..opts()
         };
         let c = new_command(&o, &running()).unwrap();

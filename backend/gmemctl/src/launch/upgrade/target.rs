@@ -103,12 +103,12 @@ pub(super) fn start_target(
     // No launcher: the new QEMU gets the old one's stdio and, if it is in
     // our session, its process group.
     let stdio = [
-        att.qemu.take_fd(0)?,
-        att.qemu.take_fd(1)?,
-        att.qemu.take_fd(2)?,
+        att.process.take_fd(0)?,
+        att.process.take_fd(1)?,
+        att.process.take_fd(2)?,
     ];
     let group = match (
-        JobControl::of(att.qemu.pid()),
+        JobControl::of(att.process.pid()),
         JobControl::of(std::process::id()),
     ) {
         (Some(theirs), Some(ours)) => theirs.joinable_group(ours).unwrap_or(0),

@@ -59,8 +59,8 @@ pub struct Attached {
     pub run_dir: RunDir,
     /// Its record (write changes back with [`Attached::save`]).
     pub record: VmRecord,
-    /// Its QEMU.
-    pub qemu: Process,
+    /// Its VMM process (QEMU or cloud-hypervisor).
+    pub process: Process,
     _lock: VmLock,
 }
 
@@ -72,7 +72,7 @@ pub struct Attached {
 pub fn attach(run_dir: &RunDir, vm: &Name, timeout: Duration) -> Result<Attached, AttachError> {
     let lock = run_dir.lock(vm, timeout)?;
     let record = run_dir.load(vm)?;
-    let qemu = match Process::open(record.qemu.process) {
+    let process = match Process::open(record.vmm.process) {
         Ok(p) => p,
         Err(ProcessError::Gone { pid }) => {
             return Err(AttachError::NotRunning {
@@ -86,7 +86,7 @@ pub fn attach(run_dir: &RunDir, vm: &Name, timeout: Duration) -> Result<Attached
     Ok(Attached {
         run_dir: run_dir.clone(),
         record,
-        qemu,
+        process,
         _lock: lock,
     })
 }
@@ -97,7 +97,7 @@ impl Attached {
     /// # Errors
     /// [`AttachError::Qmp`].
     pub fn qmp(&self, timeout: Duration) -> Result<QmpClient, AttachError> {
-        let path = &self.record.qemu.qmp;
+        let path = &self.record.vmm.monitor;
         QmpClient::connect(path, timeout).map_err(|source| AttachError::Qmp {
             vm: self.record.vm.clone(),
             path: path.clone(),
@@ -111,7 +111,7 @@ impl Attached {
     /// [`AttachError::Lease`], [`AttachError::Record`].
     pub fn lease(&self, timeout: Duration) -> Result<Client, AttachError> {
         Ok(take_lease(
-            &self.qemu,
+            &self.process,
             self.record.vm_id(),
             self.record.lease,
             timeout,

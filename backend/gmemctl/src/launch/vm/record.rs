@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::launch::process::ProcessId;
 use crate::launch::qemu::layout::RamRange;
+use crate::launch::vmm::VmmKind;
 
 /// Format version of the record file.
 pub const RECORD_VERSION: u32 = 1;
@@ -115,20 +116,26 @@ pub struct BindingRecord {
     pub range: RamRange,
 }
 
-/// The running QEMU.
+/// The running VMM process (QEMU or cloud-hypervisor).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QemuRecord {
+pub struct VmmRecord {
+    /// Which VMM it is (records written before cloud-hypervisor support
+    /// have none: QEMU).
+    #[serde(default)]
+    pub kind: VmmKind,
     /// Its identity.
     pub process: ProcessId,
-    /// 0 for the launched QEMU, +1 per upgrade.
+    /// 0 for the launched VMM, +1 per upgrade.
     pub generation: u32,
     /// The binary.
     pub program: PathBuf,
     /// The user's arguments (without what gmemctl adds).
     pub args: Vec<String>,
-    /// gmemctl's QMP socket of this QEMU.
-    pub qmp: PathBuf,
-    /// Machine type (for the layout).
+    /// gmemctl's socket to it: QEMU's QMP monitor, cloud-hypervisor's API
+    /// socket (`qmp` in records of earlier gmemctl versions).
+    #[serde(alias = "qmp")]
+    pub monitor: PathBuf,
+    /// Machine type (for the layout; `cloud-hypervisor` for it).
     pub machine: String,
 }
 
@@ -190,12 +197,14 @@ pub struct VmRecord {
     /// gmemd lease id.
     #[serde(with = "crate::launch::vm::serde_fields::lease")]
     pub lease: LeaseId,
-    /// The `gmemctl launch` process supervising QEMU.
+    /// The `gmemctl launch` process supervising the VMM.
     pub launcher: ProcessId,
     /// Its control socket.
     pub control: PathBuf,
-    /// The QEMU serving the VM now.
-    pub qemu: QemuRecord,
+    /// The VMM process serving the VM now (`qemu` in records of earlier
+    /// gmemctl versions).
+    #[serde(alias = "qemu")]
+    pub vmm: VmmRecord,
     /// Main RAM.
     pub memory: MemoryRecord,
     /// Hot-plugged DIMMs.
@@ -251,7 +260,8 @@ mod tests {
                 start_time: 20,
             },
             control: "/run/x.ctl".into(),
-            qemu: QemuRecord {
+            vmm: VmmRecord {
+                kind: VmmKind::Qemu,
                 process: ProcessId {
                     pid: 11,
                     start_time: 21,
@@ -259,7 +269,7 @@ mod tests {
                 generation: 0,
                 program: "qemu-system-x86_64".into(),
                 args: vec!["-machine".into(), "q35".into()],
-                qmp: "/run/x.qmp".into(),
+                monitor: "/run/x.qmp".into(),
                 machine: "q35".into(),
             },
             memory: MemoryRecord {
@@ -316,6 +326,15 @@ mod tests {
             run.load(&name("bad")),
             Err(RecordError::Parse { .. })
         ));
+        // A record of an earlier gmemctl (`qemu`, `qmp`, no kind) still loads.
+        let old = text
+            .replace("\"vmm\"", "\"qemu\"")
+            .replace("\"monitor\"", "\"qmp\"")
+            .replace("\"kind\": \"qemu\",", "");
+        assert!(!old.contains("\"vmm\""), "{old}");
+        std::fs::write(run.record_path(&name("vm-a")), old).unwrap();
+        assert_eq!(run.load(&name("vm-a")).unwrap(), r);
+        run.remove(&name("vm-a"));
         // A record under the wrong name is not that VM's.
         run.save(&record("vm-b")).unwrap();
         std::fs::rename(

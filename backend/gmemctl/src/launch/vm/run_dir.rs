@@ -94,6 +94,11 @@ impl RunDir {
         self.file(vm, "qmp")
     }
 
+    /// `NAME.api`: cloud-hypervisor's API socket.
+    pub fn api(&self, vm: &Name) -> PathBuf {
+        self.file(vm, "api")
+    }
+
     /// `NAME.ctl`: the launcher's control socket.
     pub fn control(&self, vm: &Name) -> PathBuf {
         self.file(vm, "ctl")
