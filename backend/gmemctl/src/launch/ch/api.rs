@@ -112,18 +112,33 @@ impl ChApi {
     }
 
     /// `PUT /api/v1/vm.send-migration` to unix socket `socket`; `local`
-    /// hands RAM over as fds instead of copying it. cloud-hypervisor answers
-    /// once its migration worker started.
+    /// hands RAM over as fds instead of copying it, and then
+    /// `preserve_source` keeps the VM here, paused, instead of ending the
+    /// process. cloud-hypervisor answers once its migration worker started.
     ///
     /// # Errors
     /// [`ApiError`].
-    pub fn send_migration(&self, socket: &Path, local: bool) -> Result<(), ApiError> {
+    pub fn send_migration(
+        &self,
+        socket: &Path,
+        local: bool,
+        preserve_source: bool,
+    ) -> Result<(), ApiError> {
         let body = serde_json::json!({
             "destination_url": unix_url(socket),
             "local": local,
+            "preserve_source": preserve_source,
         });
         self.request("PUT", "vm.send-migration", Some(&body.to_string()))
             .map(drop)
+    }
+
+    /// `PUT /api/v1/vm.resume`.
+    ///
+    /// # Errors
+    /// [`ApiError`].
+    pub fn resume(&self) -> Result<(), ApiError> {
+        self.request("PUT", "vm.resume", None).map(drop)
     }
 
     /// `PUT /api/v1/vmm.shutdown`: the process exits.
@@ -284,7 +299,7 @@ mod tests {
         });
         let api = ChApi::new(&path, Duration::from_secs(5));
         let err = api
-            .send_migration(Path::new("/run/m.sock"), true)
+            .send_migration(Path::new("/run/m.sock"), true, true)
             .unwrap_err();
         assert!(
             matches!(&err, ApiError::Refused { status: 500, body, .. } if body == "VM not created"),
@@ -296,7 +311,9 @@ mod tests {
             "{request}"
         );
         assert!(
-            request.ends_with("{\"destination_url\":\"unix:/run/m.sock\",\"local\":true}"),
+            request.ends_with(
+                "{\"destination_url\":\"unix:/run/m.sock\",\"local\":true,\"preserve_source\":true}"
+            ),
             "{request}"
         );
     }

@@ -7,9 +7,12 @@
 //! `--log-file`, …) and an API socket: the VM's configuration and device
 //! state come with the migration. It must also have an fd at the zone's
 //! `/proc/self/fd/201`, which it checks before it maps the fd it receives;
-//! it gets the very memory file there. Both API calls return at once, so
-//! the handoff is over when the new process runs the VM; the old one exits
-//! by itself after a successful send.
+//! it gets the very memory file there. The new process answers
+//! `receive-migration` once it runs the VM. The old one is asked to keep
+//! its copy, paused (`preserve_source`), rather than exit by itself: so it
+//! can resume the VM if the switch fails, and it ends only once the
+//! launcher follows the new process (an exit before that would look to the
+//! launcher like the VM's end).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -72,7 +75,7 @@ pub(super) fn upgrade(
     };
     wait_for_path(&target, &migration, opts.timeout)?;
     let t_handoff = Instant::now();
-    old.send_migration(&migration, true)
+    old.send_migration(&migration, true, true)
         .map_err(api_err("old"))?;
     let result = match receiver.join() {
         Ok(Ok(())) => wait_state(&target, &new, &state, opts.timeout),
@@ -85,7 +88,9 @@ pub(super) fn upgrade(
     let handoff_ms = ms(t_handoff.elapsed());
     let _ = std::fs::remove_file(&migration);
     if let Err(e) = result {
+        drop(target);
         let fate = if att.process.is_alive() {
+            resume_old(&old, &state, opts.timeout);
             "the VM keeps running on the old cloud-hypervisor"
         } else {
             "the old cloud-hypervisor has exited too: see its log"
@@ -99,10 +104,11 @@ pub(super) fn upgrade(
     let supervised = target.commit();
 
     let old_pid = att.process.pid();
+    if let Err(e) = old.shutdown_vmm() {
+        log::warn!("old cloud-hypervisor did not take vmm.shutdown: {e}");
+    }
     if !att.process.wait_exit(QUIT_WAIT).unwrap_or(false) {
-        log::warn!(
-            "old cloud-hypervisor (pid {old_pid}) did not exit after the migration; killing it"
-        );
+        log::warn!("old cloud-hypervisor (pid {old_pid}) did not exit; killing it");
         att.process.kill();
     }
     let mut monitor = rec.vmm.monitor.clone();
@@ -143,6 +149,32 @@ pub(super) fn upgrade(
         start_ms,
         elapsed_ms: ms(t0.elapsed()),
     })
+}
+
+/// After a failed switch: the old process has the VM back, paused if the
+/// migration got far enough; it runs again if it ran before.
+fn resume_old(old: &ChApi, state: &str, timeout: Duration) {
+    if state != "Running" {
+        return;
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        match old.state().as_deref() {
+            Ok("Running") => return,
+            Ok("Paused") => {
+                if let Err(e) = old.resume() {
+                    log::warn!("cannot resume the VM on the old cloud-hypervisor: {e}");
+                }
+                return;
+            }
+            // Busy finishing the migration attempt.
+            _ if Instant::now() < deadline => std::thread::sleep(POLL),
+            _ => {
+                log::warn!("the old cloud-hypervisor does not say how the VM is");
+                return;
+            }
+        }
+    }
 }
 
 fn api_err(which: &'static str) -> impl Fn(ApiError) -> UpgradeError {

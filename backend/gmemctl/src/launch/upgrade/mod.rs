@@ -120,8 +120,8 @@ pub enum UpgradeError {
     /// The launcher refused to start the new QEMU.
     #[error("the launcher refused to start the new QEMU: {0}")]
     LauncherRefused(String),
-    /// The new QEMU exited before it answered on QMP.
-    #[error("the new QEMU (pid {pid}) exited before its QMP monitor answered (see its stderr)")]
+    /// The new VMM process exited before the switch.
+    #[error("the new VMM process (pid {pid}) exited before the switch (see its stderr or log)")]
     TargetDied {
         /// Its pid.
         pid: u32,
