@@ -100,7 +100,7 @@ fn a_pvh_guest_counts_in_gmemd_ram_and_powers_off() {
         &daemon,
         dir.path(),
         "ch-count",
-        "256M",
+        &["--memory", "256M"],
         &tools.stock,
         &[],
     ));
@@ -344,4 +344,44 @@ fn options_cloud_hypervisor_cannot_take_are_refused_before_anything_starts() {
     assert!(daemon.control().files().unwrap().is_empty());
     assert!(daemon.control().leases().unwrap().is_empty());
     let _ = dir;
+}
+
+#[test]
+fn a_pvh_guest_runs_from_hugetlb_memory() {
+    let Some(tools) = e2e::cloud_hypervisor() else {
+        return;
+    };
+    let Some(_pages) = gmem_tests::hugepages::Reservation::take(128) else {
+        return;
+    };
+    let daemon = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cmd = launch_command(
+        &daemon,
+        dir.path(),
+        "ch-huge",
+        &["--memory", "256M", "--kind", "hugetlb-2m"],
+        &tools.stock,
+        &[],
+    );
+    let vm = gmem_tests::qemu::Vm::start(&daemon, dir.path(), "ch-huge", cmd, None);
+    vm.serial
+        .wait_for(gmem_tests::pvh::UP_LINE, CH_BOOT_TIMEOUT);
+    let (fd, info) = daemon
+        .control()
+        .open_in(&gmem_tests::vm_file("ch-huge", "ch-huge.ram"))
+        .unwrap();
+    assert_eq!(info.page_size, 2 << 20);
+    let ram = gmem_tests::pvh::GuestRam::new(fd);
+    assert!(ram.has_marker());
+    let first = ram.counter();
+    wait_until(CH_BOOT_TIMEOUT, "the counter to move", || {
+        (ram.counter() != first).then_some(())
+    });
+    let pid = vm.vmm_pid();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    assert!(
+        maps.contains("KernelPageSize:     2048 kB"),
+        "no 2 MiB mapping"
+    );
 }

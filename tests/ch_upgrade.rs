@@ -151,6 +151,10 @@ fn upgrade_hands_the_ram_over_by_fd_while_the_guest_counts() {
     let old_text = std::fs::read_to_string(&old_log).unwrap();
     assert!(old_text.contains("local=true"), "{old_text}");
     assert!(old_text.contains("Migration completed"), "{old_text}");
+    // The old process kept the VM (paused) until gmemctl ended it, after the
+    // launcher followed the new one: had it exited by itself, the launcher
+    // could have taken that for the VM's end.
+    assert!(old_text.contains("VmmShutdown"), "{old_text}");
     let new_text = std::fs::read_to_string(&new_log).unwrap();
     assert!(
         new_text.contains("Command 'MemoryFd' received"),

@@ -37,18 +37,21 @@ pub struct ChVm {
     pub ram: GuestRam,
 }
 
-/// The `gmemctl launch` of PVH guest `name` with `memory` of RAM under
-/// `program`, extra cloud-hypervisor arguments `ch_args`.
+/// The `gmemctl launch` of PVH guest `name` with `gmemctl_args` (`--memory
+/// SIZE` at least) under `program`, extra cloud-hypervisor arguments
+/// `ch_args`.
 pub fn launch_command(
     daemon: &Daemon,
     dir: &Path,
     name: &str,
-    memory: &str,
+    gmemctl_args: &[&str],
     program: &Path,
     ch_args: &[&str],
 ) -> Command {
     let mut cmd = daemon.gmemctl();
-    cmd.args(["launch", "--vm", name, "--memory", memory, "--"])
+    cmd.args(["launch", "--vm", name])
+        .args(gmemctl_args)
+        .arg("--")
         .arg(program)
         .arg("--kernel")
         .arg(pvh::write_elf(dir))
@@ -69,7 +72,7 @@ impl ChVm {
         program: &Path,
         ch_args: &[&str],
     ) -> ChVm {
-        let cmd = launch_command(daemon, dir, name, memory, program, ch_args);
+        let cmd = launch_command(daemon, dir, name, &["--memory", memory], program, ch_args);
         let vm = Vm::start(daemon, dir, name, cmd, None);
         let (fd, _) = daemon
             .control()

@@ -472,9 +472,8 @@ fn start(
             args.extend(crate::launch::devices::qemu_args(&devices));
         }
         VmmCommand::Ch { .. } => {
-            // A socket left by a killed cloud-hypervisor would make it fail
-            // to bind; the VM's lock and lease say nobody serves it now.
-            let _ = std::fs::remove_file(monitor);
+            // A socket left by a killed cloud-hypervisor is no obstacle: it
+            // takes the path over once its `PATH.lock` is free.
             args.extend(ch::command::added_args(
                 opts.memory,
                 opts.kind,
