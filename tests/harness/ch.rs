@@ -96,6 +96,21 @@ impl ChVm {
         })
     }
 
+    /// Has the guest power off: cloud-hypervisor and the launcher exit 0
+    /// and leave nothing in the run directory. Returns the launcher's log.
+    pub fn power_off_cleanly(&mut self, daemon: &Daemon) -> String {
+        self.ram.power_off();
+        let status = self.vm.wait_exit(CH_BOOT_TIMEOUT);
+        let log = self.vm.launcher_log();
+        assert_eq!(status.code(), Some(0), "{log}");
+        let left: Vec<_> = std::fs::read_dir(daemon.dir().join("vms"))
+            .expect("the run directory")
+            .map(|e| e.expect("an entry").file_name())
+            .collect();
+        assert!(left.is_empty(), "left in the run directory: {left:?}");
+        log
+    }
+
     /// The VM's API socket (`RUN_DIR/NAME.api`).
     pub fn api(&self, daemon: &Daemon) -> PathBuf {
         daemon

@@ -154,7 +154,8 @@ impl Supervisor {
                 return self.finish();
             }
             reap_first_exited(&mut self.pending, &ready.pending, "upgrade target");
-            reap_first_exited(&mut self.retiring, &ready.retiring, "replaced QEMU");
+            let replaced = format!("replaced {}", self.vmm);
+            reap_first_exited(&mut self.retiring, &ready.retiring, &replaced);
         }
     }
 

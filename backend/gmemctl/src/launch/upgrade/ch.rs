@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::target::{start_target, Target};
-use super::{ms, UpgradeError, UpgradeOptions, UpgradeReport, QUIT_WAIT};
+use super::{ms, UpgradeError, UpgradeOptions, UpgradeReport};
 use crate::launch::ch::api::{ApiError, ChApi};
 use crate::launch::ch::command::ChCommand;
 use crate::launch::qemu::{LEASE_FD, RAM_FD};
@@ -107,20 +107,8 @@ pub(super) fn upgrade(
     if let Err(e) = old.shutdown_vmm() {
         log::warn!("old cloud-hypervisor did not take vmm.shutdown: {e}");
     }
-    if !att.process.wait_exit(QUIT_WAIT).unwrap_or(false) {
-        log::warn!("old cloud-hypervisor (pid {old_pid}) did not exit; killing it");
-        att.process.kill();
-    }
-    let mut monitor = rec.vmm.monitor.clone();
-    if let Err(e) = std::fs::rename(&new_api, &monitor) {
-        log::warn!(
-            "cannot move {} to {}: {e}; the VM's API socket is now {}",
-            new_api.display(),
-            monitor.display(),
-            new_api.display()
-        );
-        monitor = new_api;
-    }
+    super::end_old(&att, VmmKind::CloudHypervisor);
+    let monitor = super::move_monitor(new_api, &rec.vmm.monitor);
     att.record.vmm = VmmRecord {
         kind: VmmKind::CloudHypervisor,
         process: target.process.id(),

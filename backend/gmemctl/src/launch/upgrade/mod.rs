@@ -26,7 +26,7 @@ mod migration;
 mod target;
 
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gmem_protocol::wire::{LeaseId, Name};
@@ -39,7 +39,7 @@ use crate::launch::qemu::args::{ArgsError, QemuCommand};
 use crate::launch::qemu::cmdline::{AddedOptions, StartDimm};
 use crate::launch::qemu::layout::RamRange;
 use crate::launch::qemu::{DIMM_FD_BASE, LEASE_FD, RAM_FD};
-use crate::launch::vm::attach::{attach, AttachError};
+use crate::launch::vm::attach::{attach, AttachError, Attached};
 use crate::launch::vm::lease_fd::take_lease;
 use crate::launch::vm::record::{RecordError, VmRecord, VmmRecord};
 use crate::launch::vm::run_dir::RunDir;
@@ -317,20 +317,8 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
     if let Err(e) = old.quit() {
         log::warn!("old QEMU did not take quit: {e}");
     }
-    if !att.process.wait_exit(QUIT_WAIT).unwrap_or(false) {
-        log::warn!("old QEMU (pid {old_pid}) did not quit; killing it");
-        att.process.kill();
-    }
-    let mut qmp = rec.vmm.monitor.clone();
-    if let Err(e) = std::fs::rename(&new_qmp, &qmp) {
-        log::warn!(
-            "cannot move {} to {}: {e}; the VM's QMP socket is now {}",
-            new_qmp.display(),
-            qmp.display(),
-            new_qmp.display()
-        );
-        qmp = new_qmp;
-    }
+    end_old(&att, VmmKind::Qemu);
+    let qmp = move_monitor(new_qmp, &rec.vmm.monitor);
     att.record.vmm = VmmRecord {
         kind: VmmKind::Qemu,
         process: target.process.id(),
@@ -365,6 +353,33 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
         start_ms,
         elapsed_ms: ms(t0.elapsed()),
     })
+}
+
+/// Waits for the old VMM process, asked to end, to exit; kills it if it
+/// does not within [`QUIT_WAIT`].
+fn end_old(att: &Attached, vmm: VmmKind) {
+    if !att.process.wait_exit(QUIT_WAIT).unwrap_or(false) {
+        let pid = att.process.pid();
+        log::warn!("old {vmm} (pid {pid}) did not exit; killing it");
+        att.process.kill();
+    }
+}
+
+/// Moves the new VMM's socket `new` to the VM's usual path `usual` (a
+/// renamed unix socket keeps serving); returns where it is now.
+fn move_monitor(new: PathBuf, usual: &Path) -> PathBuf {
+    match std::fs::rename(&new, usual) {
+        Ok(()) => usual.to_owned(),
+        Err(e) => {
+            log::warn!(
+                "cannot move {} to {}: {e}; the VM's socket stays at {}",
+                new.display(),
+                usual.display(),
+                new.display()
+            );
+            new
+        }
+    }
 }
 
 /// Tells gmemd that `new` holds the VM's lease from now on (it inherited
