@@ -1,24 +1,28 @@
-//! `gmemctl launch`: one command for QEMU on gmemd memory.
+//! `gmemctl launch`: one command for QEMU or cloud-hypervisor on gmemd
+//! memory.
 //!
-//! 1. Checks the QEMU arguments (no `-m`, no `memory-backend=`) and finds
-//!    the machine type, hence where QEMU will map RAM ([`crate::launch::qemu::layout`]).
+//! 1. Checks the VMM arguments (`vmm_command`: QEMU without `-m` or
+//!    `memory-backend=`, with its machine type; cloud-hypervisor without
+//!    `--memory` or `--memory-zone`), hence where the VMM will map RAM
+//!    ([`crate::launch::qemu::layout`], [`crate::launch::ch::command::main_ram`]).
 //! 2. Opens the VM's lease (refused while another lease of the VM is open:
 //!    a second launch of a running VM fails here).
 //! 3. Creates the VM's memory file, or reopens it with its content (a
-//!    relaunch after QEMU exited or crashed), and records the bindings QEMU
-//!    will use (refused if another VM owns the file).
-//! 4. Starts QEMU with the memory file and the lease socket inherited at
+//!    relaunch after the VMM exited or crashed), and records the bindings
+//!    the VMM will use (refused if another VM owns the file).
+//! 4. Starts the VMM with the memory file and the lease socket inherited at
 //!    [`super::RAM_FD`] and [`super::LEASE_FD`] and the memory options
-//!    added ([`crate::launch::qemu::cmdline`]), writes the VM's record and supervises
-//!    QEMU ([`supervise`]) until it exits.
+//!    added, writes the VM's record and supervises the VMM ([`supervise`])
+//!    until it exits.
 //!
-//! Both the launcher and QEMU hold the lease socket, so the lease (and the
-//! bindings) last until both are gone: killing the launcher leaves the VM
-//! running with its lease; a QEMU that exits or crashes ends the lease once
-//! the launcher has exited with its status.
+//! Both the launcher and the VMM hold the lease socket, so the lease (and
+//! the bindings) last until both are gone: killing the launcher leaves the
+//! VM running with its lease; a VMM that exits or crashes ends the lease
+//! once the launcher has exited with its status.
 
 pub mod control;
 pub mod supervise;
+mod vmm_command;
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -36,7 +40,6 @@ use crate::launch::process::spawn::{spawn, SpawnError, SpawnSpec};
 use crate::launch::process::ProcessId;
 use crate::launch::qemu::args::{ArgsError, QemuCommand};
 use crate::launch::qemu::cmdline::{check_kind, AddedOptions, KindError};
-use crate::launch::qemu::layout::{Machine, RamRange};
 use crate::launch::qemu::{LEASE_FD, MAIN_SLOT, RAM_FD};
 use crate::launch::vm::record::{
     BindingRecord, MemoryRecord, RecordError, VmRecord, VmmRecord, RECORD_VERSION,
@@ -44,6 +47,7 @@ use crate::launch::vm::record::{
 use crate::launch::vm::run_dir::{check_socket_path, next_qmp_path, RunDir};
 use crate::launch::vmm::VmmKind;
 use gmemd::size::format_size;
+use vmm_command::VmmCommand;
 
 /// Hotplug slots when `--max-memory` is given without `--slots`.
 pub const DEFAULT_SLOTS: u32 = 8;
@@ -130,14 +134,14 @@ pub enum LaunchError {
         source: ClientError,
     },
     /// Duplicating the lease socket failed.
-    #[error("cannot share the lease socket with QEMU")]
+    #[error("cannot share the lease socket with the VMM")]
     Dup(#[source] std::io::Error),
-    /// gmemd refused to show QEMU as the lease's process.
-    #[error("gmemd refused the handoff of lease {lease} to QEMU (pid {pid})")]
+    /// gmemd refused to show the VMM as the lease's process.
+    #[error("gmemd refused the handoff of lease {lease} to the VMM (pid {pid})")]
     Handoff {
         /// The lease.
         lease: LeaseId,
-        /// QEMU's pid.
+        /// The VMM's pid.
         pid: u32,
         /// Cause.
         #[source]
@@ -146,10 +150,10 @@ pub enum LaunchError {
     /// The control socket.
     #[error(transparent)]
     Control(#[from] ControlError),
-    /// Starting QEMU.
+    /// Starting the VMM.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
-    /// Supervising QEMU.
+    /// Supervising the VMM.
     #[error(transparent)]
     Supervise(#[from] SuperviseError),
 }
@@ -179,7 +183,7 @@ pub struct LaunchOptions {
     pub disks: Vec<crate::launch::devices::DiskArg>,
     /// A vhost-user device even without disks (memory table confirmation).
     pub vhost_device: bool,
-    /// The QEMU program and its arguments.
+    /// The VMM program (QEMU or cloud-hypervisor) and its arguments.
     pub command: Vec<String>,
 }
 
@@ -277,64 +281,11 @@ impl LaunchOptions {
     }
 }
 
-/// The VMM command line, checked, with where it will map main RAM.
-#[derive(Debug)]
-enum VmmCommand {
-    /// QEMU and its machine type.
-    Qemu {
-        command: QemuCommand,
-        machine: Machine,
-        ram: Vec<RamRange>,
-    },
-    /// cloud-hypervisor.
-    Ch {
-        command: ChCommand,
-        ram: Vec<RamRange>,
-    },
-}
-
-impl VmmCommand {
-    fn kind(&self) -> VmmKind {
-        match self {
-            VmmCommand::Qemu { .. } => VmmKind::Qemu,
-            VmmCommand::Ch { .. } => VmmKind::CloudHypervisor,
-        }
-    }
-
-    fn ram(&self) -> &[RamRange] {
-        match self {
-            VmmCommand::Qemu { ram, .. } | VmmCommand::Ch { ram, .. } => ram,
-        }
-    }
-
-    fn program(&self) -> &Path {
-        match self {
-            VmmCommand::Qemu { command, .. } => &command.program,
-            VmmCommand::Ch { command, .. } => &command.program,
-        }
-    }
-
-    fn user_args(&self) -> &[String] {
-        match self {
-            VmmCommand::Qemu { command, .. } => &command.args,
-            VmmCommand::Ch { command, .. } => &command.args,
-        }
-    }
-
-    /// The machine type recorded for the layout.
-    fn machine(&self) -> String {
-        match self {
-            VmmCommand::Qemu { machine, .. } => machine.type_name.clone(),
-            VmmCommand::Ch { .. } => "cloud-hypervisor".into(),
-        }
-    }
-}
-
-/// Launches and supervises QEMU; `on_started` is told once it runs.
-/// Returns the exit code to exit with: QEMU's, or 128 + signal.
+/// Launches and supervises the VMM; `on_started` is told once it runs.
+/// Returns the exit code to exit with: the VMM's, or 128 + signal.
 ///
 /// # Errors
-/// [`LaunchError`] for everything that stops QEMU from starting; nothing
+/// [`LaunchError`] for everything that stops the VMM from starting; nothing
 /// of the refused launch is left in the run directory then.
 pub fn launch(opts: &LaunchOptions, on_started: impl FnOnce(&VmRecord)) -> Result<u8, LaunchError> {
     let (vmm, slots) = opts.check()?;
