@@ -217,7 +217,15 @@ fn a_failed_migration_leaves_the_vm_on_the_old_process() {
     let dir = tempfile::tempdir().unwrap();
     // Stock cloud-hypervisor cannot save vCPU state on this host's KVM
     // (no nested state): its send fails after the target started.
-    let ch = ChVm::launch(&daemon, dir.path(), "ch-fail", "256M", &tools.stock, &[]);
+    let log = dir.path().join("ch.log");
+    let ch = ChVm::launch(
+        &daemon,
+        dir.path(),
+        "ch-fail",
+        "256M",
+        &tools.stock,
+        &["--log-file", log.to_str().unwrap()],
+    );
     let old_pid = ch.vm.vmm_pid();
     let record = ch.vm.record();
     let out = gmemctl(&daemon, &["upgrade", "ch-fail", "--timeout", "20"]);
@@ -228,6 +236,15 @@ fn a_failed_migration_leaves_the_vm_on_the_old_process() {
         "{text}"
     );
     assert!(text.contains("keeps running on the old"), "{text}");
+    // The same --log-file for the new process: the operator is warned that
+    // it empties the old one's log.
+    assert!(
+        text.contains(&format!(
+            "{}: the new cloud-hypervisor empties this file",
+            log.display()
+        )),
+        "{text}"
+    );
 
     // Same process, same lease, same record; still counting; the target is
     // gone.

@@ -125,6 +125,50 @@ impl ChCommand {
     }
 }
 
+impl ChCommand {
+    /// `--log-file PATH`, which cloud-hypervisor creates afresh (truncates)
+    /// when it starts.
+    pub fn log_files(&self) -> Vec<String> {
+        self.file_options(true)
+    }
+
+    /// The console files of `--serial file=PATH` and `--console file=PATH`,
+    /// which cloud-hypervisor creates afresh when it sets the VM up, an
+    /// upgrade target too (it gets the VM's configuration).
+    pub fn console_files(&self) -> Vec<String> {
+        self.file_options(false)
+    }
+
+    fn file_options(&self, log: bool) -> Vec<String> {
+        let mut files = Vec::new();
+        let mut args = self.args.iter();
+        while let Some(arg) = args.next() {
+            let (name, value) = match arg.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
+                _ => (arg.as_str(), None),
+            };
+            let wanted = if log {
+                name == "--log-file"
+            } else {
+                matches!(name, "--serial" | "--console")
+            };
+            if !wanted {
+                continue;
+            }
+            let Some(value) = value.or_else(|| args.next().cloned()) else {
+                continue;
+            };
+            let file = if log {
+                Some(value.as_str())
+            } else {
+                value.split(',').find_map(|kv| kv.strip_prefix("file="))
+            };
+            files.extend(file.map(str::to_owned));
+        }
+        files
+    }
+}
+
 /// The options gmemctl adds: main RAM as one shared memory zone on the
 /// inherited memory file and the API socket.
 pub fn added_args(size: u64, kind: MemoryKind, ram_fd: RawFd, api: &Path) -> Vec<String> {
@@ -224,6 +268,29 @@ mod tests {
                 "--event-monitor",
                 "path=/run/ev"
             ])
+        );
+    }
+
+    #[test]
+    fn files_an_upgrade_would_empty_are_found() {
+        let c = ChCommand::new(
+            "cloud-hypervisor".into(),
+            strings(&[
+                "--log-file",
+                "/var/log/ch.log",
+                "--serial",
+                "file=/var/log/serial.log",
+                "--console=off",
+                "--serial-x",
+                "file=/not",
+                "--console=file=/var/log/hvc.log,iommu=off",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.log_files(), strings(&["/var/log/ch.log"]));
+        assert_eq!(
+            c.console_files(),
+            strings(&["/var/log/serial.log", "/var/log/hvc.log"])
         );
     }
 

@@ -38,6 +38,23 @@ pub(super) fn upgrade(
 ) -> Result<UpgradeReport, UpgradeError> {
     let rec = att.record.clone();
     let command = new_command(opts, &rec.vmm)?;
+    let running = ChCommand {
+        program: rec.vmm.program.clone(),
+        args: rec.vmm.args.clone(),
+    };
+    // The old process's log if the new one logs there too, and the
+    // consoles of the VM the new one receives.
+    let old_logs = running.log_files();
+    let reused_logs = command
+        .log_files()
+        .into_iter()
+        .filter(|f| old_logs.contains(f));
+    for file in reused_logs.chain(running.console_files()) {
+        log::warn!(
+            "{file}: the new cloud-hypervisor empties this file when it starts; keep a copy, \
+             or use --serial tty or a socket for the console and another --log-file"
+        );
+    }
     let old = ChApi::new(&rec.vmm.monitor, opts.timeout);
     let state = old.state().map_err(api_err("old"))?;
     if state != "Running" && state != "Paused" {
