@@ -93,12 +93,21 @@ pub struct FrameReader {
     payload: Vec<u8>,
     payload_len: usize,
     fds: Vec<OwnedFd>,
+    /// Whether bytes followed the last message [`Self::read_whole`] took.
+    more_queued: bool,
 }
 
 impl FrameReader {
     /// A reader with nothing buffered.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// After [`Self::read_whole`] took a message: whether more bytes were
+    /// already queued behind it (read again at once), or none, as far as
+    /// one look could tell (wait for readiness instead of asking again).
+    pub fn more_queued(&self) -> bool {
+        self.more_queued
     }
 
     /// Whether no part of a message is buffered.

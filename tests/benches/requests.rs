@@ -1,43 +1,66 @@
-//! Request throughput of a real gmemd (release build), against a baseline
-//! measured in the same run: a bare Unix-socket echo of the same frame sizes,
-//! which is the cost of the transport alone.
+//! Request throughput of a real gmemd (release build), against baselines
+//! measured in the same run that answer exactly the same frames (a 108-byte
+//! BIND, a 20-byte UNBIND, a 20-byte reply each) and do nothing else:
+//!
+//! - a single-threaded epoll echo server, like for like with gmemd's event
+//!   loop (one thread, readiness, non-blocking sockets): the cost of the
+//!   transport and the loop;
+//! - a thread-per-client echo: what both cores allow.
 //!
 //! `cargo bench -p gmem-tests --bench requests`
 
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+#[path = "requests/echo.rs"]
+mod echo;
+
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use gmem_protocol::wire::GuestAddress;
-use gmem_protocol::wire::{BindRequest, MemoryKind, HEADER_SIZE};
+use gmem_protocol::wire::{BindRequest, MemoryKind};
 use gmem_tests::{name, vm, Daemon};
 
 const ROUNDS_PER_CLIENT: usize = 2_000;
 
 fn main() {
-    // The daemon as shipped: info level, which logs every bind and unbind.
+    // The daemon as shipped: info level, which logs every bind and unbind,
+    // its state directory on tmpfs like its default /run/gmemd (the
+    // journal is written before each reply).
     std::env::set_var("GMEMD_TEST_LOG", "info");
+    if std::path::Path::new("/dev/shm").is_dir() && std::env::var_os("TMPDIR").is_none() {
+        std::env::set_var("TMPDIR", "/dev/shm");
+    }
     let daemon = Daemon::start_with(&["--max-files-per-lease", "4"]);
-    let echo = EchoServer::start();
+    let epoll_echo = echo::EpollEcho::start();
+    let threaded_echo = echo::ThreadedEcho::start();
     println!(
-        "{:<34} {:>8} {:>12} {:>12}",
-        "workload", "clients", "requests/s", "vs echo"
+        "| clients | epoll echo (baseline), req/s | thread-per-client echo, req/s | gmemd BIND+UNBIND, req/s | gmemd / epoll echo | gmemd / threaded echo |"
     );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    // Rounds interleave the three servers, so a busy moment of the machine
+    // hits all of them; the medians are printed.
+    let rounds_env = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok());
+    let runs: usize = rounds_env.unwrap_or(5);
     for clients in [1, 8, 64, 200] {
         let rounds = (ROUNDS_PER_CLIENT * 8 / clients).max(50);
-        let base = echo_rate(&echo, clients, rounds);
-        let bind = gmemd_rate(&daemon, clients, rounds);
+        let (mut epoll, mut threaded, mut bind) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            epoll.push(echo::rate(epoll_echo.path(), clients, rounds));
+            threaded.push(echo::rate(threaded_echo.path(), clients, rounds));
+            bind.push(gmemd_rate(&daemon, clients, rounds));
+        }
+        let (epoll, threaded, bind) = (median(epoll), median(threaded), median(bind));
         println!(
-            "{:<34} {clients:>8} {base:>12.0} {:>12}",
-            "echo of the same frames (baseline)", "1.00x"
-        );
-        println!(
-            "{:<34} {clients:>8} {bind:>12.0} {:>11.2}x",
-            "gmemd BIND+UNBIND",
-            bind / base
+            "| {clients} | {epoll:.0} | {threaded:.0} | {bind:.0} | {:.2}x | {:.2}x |",
+            bind / epoll,
+            bind / threaded
         );
     }
+    println!("\nmedians of {runs} interleaved runs (ROUNDS to change)");
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
 }
 
 /// Requests per second over `clients` leases, each binding and unbinding
@@ -65,7 +88,7 @@ fn gmemd_rate(daemon: &Daemon, clients: usize, rounds: usize) -> f64 {
 /// Starts `clients` threads with `spawn(index, start)`; each prepares, waits
 /// on `start`, then makes `requests` requests. Returns requests per second
 /// over the timed part.
-fn timed(
+pub(crate) fn timed(
     clients: usize,
     requests: usize,
     spawn: impl Fn(usize, Arc<Barrier>) -> std::thread::JoinHandle<()>,
@@ -84,51 +107,4 @@ fn rate(requests: usize, elapsed: Duration) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let r = requests as f64 / elapsed.as_secs_f64();
     r
-}
-
-/// A thread-per-client echo server answering each 108-byte BIND-sized frame
-/// with an 20-byte reply-sized frame.
-struct EchoServer {
-    path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-const REQUEST_LEN: usize = HEADER_SIZE + 96;
-const REPLY_LEN: usize = HEADER_SIZE + 8;
-
-impl EchoServer {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("echo.sock");
-        let listener = UnixListener::bind(&path).unwrap();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let mut stream = stream.unwrap();
-                std::thread::spawn(move || {
-                    let mut req = [0u8; REQUEST_LEN];
-                    while stream.read_exact(&mut req).is_ok() {
-                        if stream.write_all(&[0u8; REPLY_LEN]).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        EchoServer { path, _dir: dir }
-    }
-}
-
-fn echo_rate(echo: &EchoServer, clients: usize, rounds: usize) -> f64 {
-    timed(clients, rounds * 2, |_, start| {
-        let path = echo.path.clone();
-        std::thread::spawn(move || {
-            let mut stream = UnixStream::connect(path).unwrap();
-            let mut reply = [0u8; REPLY_LEN];
-            start.wait();
-            for _ in 0..rounds * 2 {
-                stream.write_all(&[1u8; REQUEST_LEN]).unwrap();
-                stream.read_exact(&mut reply).unwrap();
-            }
-        })
-    })
 }

@@ -24,7 +24,7 @@ use rustix::io::Errno;
 use rustix::net::{recv, RecvFlags};
 
 use super::{recv_chunk, ConnError, Frame, FrameReader};
-use crate::wire::{Header, HEADER_SIZE};
+use crate::wire::{Header, HEADER_SIZE, MAX_PAYLOAD};
 
 /// What [`FrameReader::read_whole`] found.
 #[derive(Debug)]
@@ -133,12 +133,61 @@ impl FrameReader {
                 None => WholeRead::Partial,
             });
         }
-        match peek_queued(socket)? {
+        let look = look(socket)?;
+        self.more_queued = look.more;
+        match look.queued {
             Queued::Empty => Ok(WholeRead::Empty),
             Queued::Partial { .. } => Ok(WholeRead::Partial),
             Queued::Whole(header) => take_whole(socket, header).map(WholeRead::Frame),
         }
     }
+}
+
+/// What [`look`] found.
+struct Look {
+    queued: Queued,
+    /// Bytes follow the whole message (or may: the slow look cannot tell).
+    more: bool,
+}
+
+/// [`peek_queued`] with one system call where it can: a single peek of up
+/// to a largest message finds the common case, a whole message (and
+/// whether anything follows it). Anything short of that (part of a
+/// message, or a peek that ended at bytes carrying fds) is looked at the
+/// careful way, hang-up first.
+fn look(socket: BorrowedFd<'_>) -> Result<Look, ConnError> {
+    let mut buf = [0u8; HEADER_SIZE + MAX_PAYLOAD + 1];
+    let peeked = loop {
+        match recv(socket, &mut buf[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((n, _)) => break n,
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => {
+                return Ok(Look {
+                    queued: Queued::Empty,
+                    more: false,
+                })
+            }
+            Err(e) => return Err(ConnError::Io(e.into())),
+        }
+    };
+    if peeked == 0 {
+        return Err(ConnError::Closed);
+    }
+    if peeked >= HEADER_SIZE {
+        let head: &[u8; HEADER_SIZE] = buf[..HEADER_SIZE].try_into().expect("HEADER_SIZE bytes");
+        let header = Header::from_bytes(head).map_err(ConnError::BadHeader)?;
+        let len = message_len(header);
+        if peeked >= len {
+            return Ok(Look {
+                queued: Queued::Whole(header),
+                more: peeked > len,
+            });
+        }
+    }
+    Ok(Look {
+        queued: peek_queued(socket)?,
+        more: true,
+    })
 }
 
 /// Bytes of a message with `header`, header included.

@@ -121,6 +121,11 @@ pub(super) fn serve_connection(
                 {
                     return Ok(());
                 }
+                // Nothing behind it: the next request is epoll's to report
+                // (level-triggered), not worth a look that finds nothing.
+                if !stalled && !conn.reader.more_queued() {
+                    return Ok(());
+                }
             }
             Ok(WholeRead::Partial) => {
                 conn.partial = true;

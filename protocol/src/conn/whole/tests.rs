@@ -288,3 +288,49 @@ fn a_message_read_frame_started_is_finished_first() {
     assert_eq!(frame(reader.read_whole(b.as_fd()).unwrap()).payload, [3; 8]);
     assert!(reader.is_idle());
 }
+
+#[test]
+fn the_reader_says_whether_more_follows_the_message_it_took() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut reader = FrameReader::new();
+    for _ in 0..2 {
+        send_message(a.as_fd(), Header::request(Request::Status, 8), &[0; 8], &[]).unwrap();
+    }
+    // A third message, only begun.
+    (&a).write_all(&message(Request::Status, &[0; 8])[..5])
+        .unwrap();
+    let mut more = Vec::new();
+    for _ in 0..2 {
+        assert!(matches!(
+            reader.read_whole(b.as_fd()).unwrap(),
+            WholeRead::Frame(_)
+        ));
+        more.push(reader.more_queued());
+    }
+    assert_eq!(more, [true, true], "bytes follow both whole messages");
+    assert!(matches!(
+        reader.read_whole(b.as_fd()).unwrap(),
+        WholeRead::Partial
+    ));
+    (&a).write_all(&message(Request::Status, &[0; 8])[5..])
+        .unwrap();
+    assert!(matches!(
+        reader.read_whole(b.as_fd()).unwrap(),
+        WholeRead::Frame(_)
+    ));
+    assert!(!reader.more_queued(), "nothing follows the last");
+    // The largest message is found whole by the single look too.
+    let big = vec![7u8; crate::wire::MAX_PAYLOAD];
+    send_message(
+        a.as_fd(),
+        Header::request(Request::Status, big.len()),
+        &big,
+        &[],
+    )
+    .unwrap();
+    let WholeRead::Frame(frame) = reader.read_whole(b.as_fd()).unwrap() else {
+        panic!("the largest message is whole");
+    };
+    assert_eq!(frame.payload, big);
+    assert!(!reader.more_queued());
+}

@@ -1,0 +1,198 @@
+//! The baselines of the request bench: servers that answer exactly gmemd's
+//! BIND+UNBIND frames (sizes only, no parsing) and clients that send them.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use epoll::{ControlOptions, Event, Events};
+use gmem_protocol::wire::HEADER_SIZE;
+
+/// A BIND request: header and `RawBind`.
+pub const BIND_LEN: usize = HEADER_SIZE + 96;
+/// An UNBIND request: header and `RawUnbind`.
+pub const UNBIND_LEN: usize = HEADER_SIZE + 8;
+/// Either reply: header and the reply head.
+pub const REPLY_LEN: usize = HEADER_SIZE + 8;
+
+/// The request sizes a client alternates.
+const REQUEST_LENS: [usize; 2] = [BIND_LEN, UNBIND_LEN];
+
+/// A socket in a temporary directory.
+fn socket_path() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("echo.sock");
+    (dir, path)
+}
+
+/// One thread, epoll, non-blocking sockets: like gmemd's event loop.
+pub struct EpollEcho {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A connection of [`EpollEcho`]: bytes read so far and the size of the
+/// request it waits for.
+struct Conn {
+    stream: UnixStream,
+    pending: Vec<u8>,
+    next: usize,
+}
+
+impl EpollEcho {
+    /// Starts the server thread.
+    pub fn start() -> Self {
+        let (dir, path) = socket_path();
+        let listener = UnixListener::bind(&path).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        std::thread::spawn(move || serve_epoll(&listener));
+        EpollEcho { path, _dir: dir }
+    }
+
+    /// Its socket.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn serve_epoll(listener: &UnixListener) {
+    let epfd = epoll::create(true).expect("epoll_create");
+    let listen_token = u64::MAX;
+    let add = |fd: RawFd, token: u64| {
+        epoll::ctl(
+            epfd,
+            ControlOptions::EPOLL_CTL_ADD,
+            fd,
+            Event::new(Events::EPOLLIN, token),
+        )
+        .expect("epoll_ctl");
+    };
+    add(listener.as_raw_fd(), listen_token);
+    let mut conns: HashMap<u64, Conn> = HashMap::new();
+    let mut next_token = 0u64;
+    let mut events = vec![Event::new(Events::empty(), 0); 64];
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match epoll::wait(epfd, -1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => panic!("epoll_wait: {e}"),
+        };
+        for event in &events[..n] {
+            let token = event.data;
+            if token == listen_token {
+                while let Ok((stream, _)) = listener.accept() {
+                    stream.set_nonblocking(true).expect("nonblocking");
+                    add(stream.as_raw_fd(), next_token);
+                    conns.insert(
+                        next_token,
+                        Conn {
+                            stream,
+                            pending: Vec::new(),
+                            next: 0,
+                        },
+                    );
+                    next_token += 1;
+                }
+                continue;
+            }
+            let Some(conn) = conns.get_mut(&token) else {
+                continue;
+            };
+            if !echo_ready(conn, &mut buf) {
+                conns.remove(&token);
+            }
+        }
+    }
+}
+
+/// Reads what is there and answers each whole request; false once the
+/// client has gone.
+fn echo_ready(conn: &mut Conn, buf: &mut [u8]) -> bool {
+    loop {
+        match conn.stream.read(buf) {
+            Ok(0) => return false,
+            Ok(n) => conn.pending.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    while conn.pending.len() >= REQUEST_LENS[conn.next] {
+        conn.pending.drain(..REQUEST_LENS[conn.next]);
+        conn.next = 1 - conn.next;
+        // The client waits for this reply before it sends more, so the
+        // socket buffer has room: a full one would be a client that does
+        // not read, which the bench has none of.
+        let mut reply = &[0u8; REPLY_LEN][..];
+        while !reply.is_empty() {
+            match conn.stream.write(reply) {
+                Ok(n) => reply = &reply[n..],
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+    true
+}
+
+/// A thread per client with blocking reads: what two cores allow.
+pub struct ThreadedEcho {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ThreadedEcho {
+    /// Starts the accepting thread.
+    pub fn start() -> Self {
+        let (dir, path) = socket_path();
+        let listener = UnixListener::bind(&path).expect("bind");
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.expect("accept");
+                std::thread::spawn(move || {
+                    let mut req = [0u8; BIND_LEN];
+                    for len in REQUEST_LENS.iter().cycle() {
+                        if stream.read_exact(&mut req[..*len]).is_err()
+                            || stream.write_all(&[0u8; REPLY_LEN]).is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        ThreadedEcho { path, _dir: dir }
+    }
+
+    /// Its socket.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Requests per second of `clients` clients each sending `rounds` BIND-
+/// and UNBIND-sized frames, waiting for each reply. A client makes the
+/// system calls gmemd's client library makes for a request: one send of
+/// the whole frame, then the reply's header and the rest in two reads, so
+/// that only the servers differ.
+pub fn rate(path: &Path, clients: usize, rounds: usize) -> f64 {
+    crate::timed(clients, rounds * 2, |_, start| {
+        let path = path.to_owned();
+        std::thread::spawn(move || {
+            let mut stream = UnixStream::connect(path).expect("connect");
+            let mut reply = [0u8; REPLY_LEN];
+            start.wait();
+            for _ in 0..rounds {
+                for len in REQUEST_LENS {
+                    stream.write_all(&[1u8; BIND_LEN][..len]).expect("send");
+                    let (head, rest) = reply.split_at_mut(HEADER_SIZE);
+                    stream.read_exact(head).expect("reply header");
+                    stream.read_exact(rest).expect("reply body");
+                }
+            }
+        })
+    })
+}
