@@ -1,5 +1,5 @@
-//! gmemd's log is written by a thread of its own (`gmemd::log_pipe`): every
-//! line still comes out, in order, while it runs and when it stops.
+//! gmemd's log, which operators follow: every bind comes out, in order,
+//! and what gmemd logs as it stops is out before it exits.
 
 // An integration test file is a test module of its own.
 #![allow(clippy::tests_outside_test_module)]
@@ -10,7 +10,7 @@ use gmem_protocol::wire::{BindRequest, GuestAddress, MemoryKind};
 use gmem_tests::{name, vm, wait_until, Daemon};
 use rustix::process::{kill_process, Pid, Signal};
 
-const BINDS: usize = 500;
+const BINDS: usize = 200;
 
 #[test]
 fn every_bind_is_logged_in_order_while_running_and_at_shutdown() {
@@ -30,8 +30,8 @@ fn every_bind_is_logged_in_order_while_running_and_at_shutdown() {
         lease.bind(&bind).unwrap();
         lease.unbind(slot).unwrap();
     }
-    // While gmemd runs: every line arrives, within a bounded wait, in the
-    // order the requests were served.
+    // While gmemd runs: every line is there, in the order the requests were
+    // served.
     let bound = |log: &str| -> Vec<u64> {
         log.lines()
             .filter_map(|l| l.split("): bound slot ").nth(1))
@@ -39,7 +39,7 @@ fn every_bind_is_logged_in_order_while_running_and_at_shutdown() {
             .collect()
     };
     let lines = wait_until(Duration::from_secs(10), "every bind in the log", || {
-        let got = bound(&daemon.log_written());
+        let got = bound(&daemon.log());
         (got.len() == BINDS).then_some(got)
     });
     let want: Vec<u64> = (0..BINDS as u64).collect();
@@ -55,7 +55,7 @@ fn every_bind_is_logged_in_order_while_running_and_at_shutdown() {
     wait_until(Duration::from_secs(10), "gmemd to exit", || {
         (!daemon.is_running()).then_some(())
     });
-    let log = daemon.log_written();
+    let log = daemon.log();
     let last = log.lines().last().unwrap_or_default();
     assert!(last.contains("shutting down"), "{last}");
     assert!(log.contains("lease 1 ended"), "{log}");

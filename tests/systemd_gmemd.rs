@@ -84,10 +84,7 @@ impl Gmemd {
     }
 
     /// What gmemd logged (`StandardOutput=append:`).
-    /// gmemd's output so far (its log thread writes within
-    /// `FLUSH_EVERY`, waited for three times over).
     fn log(&self) -> String {
-        std::thread::sleep(3 * gmemd::log_pipe::FLUSH_EVERY);
         std::fs::read_to_string(self.systemd.dir().join("gmemd.out")).unwrap_or_default()
     }
 

@@ -25,7 +25,9 @@ fn main() {
     // The daemon as shipped: info level, which logs every bind and unbind,
     // its state directory on tmpfs like its default /run/gmemd (the
     // journal is written before each reply).
-    std::env::set_var("GMEMD_TEST_LOG", "info");
+    if std::env::var_os("GMEMD_TEST_LOG").is_none() {
+        std::env::set_var("GMEMD_TEST_LOG", "info");
+    }
     if std::path::Path::new("/dev/shm").is_dir() && std::env::var_os("TMPDIR").is_none() {
         std::env::set_var("TMPDIR", "/dev/shm");
     }

@@ -166,16 +166,8 @@ impl Daemon {
         self.guard.child().try_wait().expect("try_wait").is_none()
     }
 
-    /// The daemon's log up to now: what it logged before this call, which
-    /// its log thread writes out within `gmemd::log_pipe::FLUSH_EVERY`
-    /// (waited for three times over).
+    /// The daemon's log so far.
     pub fn log(&self) -> String {
-        std::thread::sleep(3 * gmemd::log_pipe::FLUSH_EVERY);
-        self.log_written()
-    }
-
-    /// What the daemon's log file holds at this instant.
-    pub fn log_written(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("gmemd.log")).unwrap_or_default()
     }
 

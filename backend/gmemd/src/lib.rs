@@ -23,7 +23,6 @@ pub mod hugepages;
 pub mod journal;
 pub mod ledger;
 pub mod log_limit;
-pub mod log_pipe;
 pub mod memory;
 pub mod peer;
 pub mod principal;

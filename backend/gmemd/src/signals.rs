@@ -32,44 +32,6 @@ pub fn signal_fd(signals: &[libc::c_int]) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// Starts a thread with every signal blocked from its first instruction:
-/// for a helper thread started before the daemon routes its signals to a
-/// signalfd, which would otherwise take SIGTERM with its default action
-/// (ending the process unannounced) instead of the event loop. The caller's
-/// mask is what it was.
-///
-/// # Errors
-/// The failing call.
-pub fn spawn_without_signals<F>(
-    builder: std::thread::Builder,
-    f: F,
-) -> io::Result<std::thread::JoinHandle<()>>
-where
-    F: FnOnce() + Send + 'static,
-{
-    let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigfillset initializes the set it is given.
-    if unsafe { libc::sigfillset(all.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `all` was initialized above; `old` is written by the call
-    // (the thread's mask before), both outlive it.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, all.as_ptr(), old.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    // A new thread starts with its creator's mask: all blocked.
-    let spawned = builder.spawn(f);
-    // SAFETY: `old` was initialized by the successful call above.
-    let rc =
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    spawned
-}
-
 /// Blocks SIGTERM and SIGINT and returns a signalfd reporting them.
 ///
 /// # Errors
