@@ -7,6 +7,9 @@
 //!   transport and the loop;
 //! - a thread-per-client echo: what both cores allow.
 //!
+//! Each echo server runs in a process of its own, as gmemd does: the
+//! clients' switches to it then change address space as they do to gmemd.
+//!
 //! `cargo bench -p gmem-tests --bench requests`
 
 #[path = "requests/echo.rs"]
@@ -22,6 +25,7 @@ use gmem_tests::{name, vm, Daemon};
 const ROUNDS_PER_CLIENT: usize = 2_000;
 
 fn main() {
+    echo::serve_if_asked();
     // The daemon as shipped: info level, which logs every bind and unbind,
     // its state directory on tmpfs like its default /run/gmemd (the
     // journal is written before each reply).
@@ -32,8 +36,8 @@ fn main() {
         std::env::set_var("TMPDIR", "/dev/shm");
     }
     let daemon = Daemon::start_with(&["--max-files-per-lease", "4"]);
-    let epoll_echo = echo::EpollEcho::start();
-    let threaded_echo = echo::ThreadedEcho::start();
+    let epoll_echo = echo::EchoServer::start(echo::EchoKind::Epoll);
+    let threaded_echo = echo::EchoServer::start(echo::EchoKind::Threaded);
     println!(
         "| clients | epoll echo (baseline), req/s | thread-per-client echo, req/s | gmemd BIND+UNBIND, req/s | gmemd / epoll echo | gmemd / threaded echo |"
     );

@@ -6,6 +6,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use epoll::{ControlOptions, Event, Events};
 use gmem_protocol::wire::HEADER_SIZE;
@@ -27,34 +29,98 @@ fn socket_path() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-/// One thread, epoll, non-blocking sockets: like gmemd's event loop.
-pub struct EpollEcho {
+/// How an echo server serves.
+#[derive(Debug, Clone, Copy)]
+pub enum EchoKind {
+    /// One thread, epoll, non-blocking sockets: like gmemd's event loop.
+    Epoll,
+    /// A thread per client with blocking reads: what two cores allow.
+    Threaded,
+}
+
+impl EchoKind {
+    fn arg(self) -> &'static str {
+        match self {
+            EchoKind::Epoll => "epoll",
+            EchoKind::Threaded => "threaded",
+        }
+    }
+}
+
+/// The argument that makes this bench binary an echo server.
+const SERVE_ARG: &str = "--echo-server";
+
+/// An echo server in a process of its own, as gmemd is: a thread of the
+/// bench would switch to and from the clients without changing address
+/// space, which this machine makes much cheaper than a switch between
+/// processes. Killed on drop.
+pub struct EchoServer {
     path: PathBuf,
+    child: Child,
     _dir: tempfile::TempDir,
 }
 
-/// A connection of [`EpollEcho`]: bytes read so far and the size of the
-/// request it waits for.
-struct Conn {
-    stream: UnixStream,
-    pending: Vec<u8>,
-    next: usize,
-}
-
-impl EpollEcho {
-    /// Starts the server thread.
-    pub fn start() -> Self {
+impl EchoServer {
+    /// Starts this bench binary again as a server of `kind` and waits until
+    /// it listens.
+    pub fn start(kind: EchoKind) -> Self {
         let (dir, path) = socket_path();
-        let listener = UnixListener::bind(&path).expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        std::thread::spawn(move || serve_epoll(&listener));
-        EpollEcho { path, _dir: dir }
+        let child = Command::new(std::env::current_exe().expect("the bench binary"))
+            .args([SERVE_ARG, kind.arg()])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start an echo server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&path).is_err() {
+            assert!(Instant::now() < deadline, "the echo server does not listen");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        EchoServer {
+            path,
+            child,
+            _dir: dir,
+        }
     }
 
     /// Its socket.
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Serves as an echo server if this process was started as one (see
+/// [`EchoServer::start`]); never returns then.
+pub fn serve_if_asked() {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(at) = args.iter().position(|a| a == SERVE_ARG) else {
+        return;
+    };
+    let (kind, path) = (&args[at + 1], &args[at + 2]);
+    let listener = UnixListener::bind(path).expect("bind");
+    match kind.as_str() {
+        "epoll" => {
+            listener.set_nonblocking(true).expect("nonblocking");
+            serve_epoll(&listener);
+        }
+        _ => serve_threaded(&listener),
+    }
+    std::process::exit(0);
+}
+
+/// A connection of the epoll server: bytes read so far and the size of the
+/// request it waits for.
+struct Conn {
+    stream: UnixStream,
+    pending: Vec<u8>,
+    next: usize,
 }
 
 fn serve_epoll(listener: &UnixListener) {
@@ -138,38 +204,19 @@ fn echo_ready(conn: &mut Conn, buf: &mut [u8]) -> bool {
     true
 }
 
-/// A thread per client with blocking reads: what two cores allow.
-pub struct ThreadedEcho {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl ThreadedEcho {
-    /// Starts the accepting thread.
-    pub fn start() -> Self {
-        let (dir, path) = socket_path();
-        let listener = UnixListener::bind(&path).expect("bind");
+fn serve_threaded(listener: &UnixListener) {
+    for stream in listener.incoming() {
+        let mut stream = stream.expect("accept");
         std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let mut stream = stream.expect("accept");
-                std::thread::spawn(move || {
-                    let mut req = [0u8; BIND_LEN];
-                    for len in REQUEST_LENS.iter().cycle() {
-                        if stream.read_exact(&mut req[..*len]).is_err()
-                            || stream.write_all(&[0u8; REPLY_LEN]).is_err()
-                        {
-                            break;
-                        }
-                    }
-                });
+            let mut req = [0u8; BIND_LEN];
+            for len in REQUEST_LENS.iter().cycle() {
+                if stream.read_exact(&mut req[..*len]).is_err()
+                    || stream.write_all(&[0u8; REPLY_LEN]).is_err()
+                {
+                    break;
+                }
             }
         });
-        ThreadedEcho { path, _dir: dir }
-    }
-
-    /// Its socket.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
