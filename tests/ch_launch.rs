@@ -11,45 +11,17 @@ use std::process::Command;
 use std::time::Duration;
 
 use gmem_tests::ch::{ch_remote, launch_command, ChVm, CH_BOOT_TIMEOUT};
-use gmem_tests::qemu::{gmemctl, gmemctl_json};
+use gmem_tests::qemu::{gmemctl, gmemctl_json, status_bindings};
 use gmem_tests::tenant::{run_tenant, NOBODY};
 use gmem_tests::{e2e, wait_until, Daemon};
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::Value;
-
-fn wait_no_leases(daemon: &Daemon) {
-    let mut ctl = daemon.control();
-    wait_until(Duration::from_secs(10), "the lease to end", || {
-        ctl.leases().unwrap().is_empty().then_some(())
-    });
-}
 
 fn refused(mut cmd: Command) -> String {
     let out = cmd.output().expect("gmemctl runs");
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "not refused: {text}");
     text
-}
-
-fn bindings(status: &Value, file: &str) -> Vec<(u64, u64, u64)> {
-    let f = status["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == file)
-        .unwrap_or_else(|| panic!("{file} in {status}"));
-    f["bindings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            (
-                b["gpa"].as_u64().unwrap(),
-                b["offset"].as_u64().unwrap(),
-                b["size"].as_u64().unwrap(),
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -92,7 +64,10 @@ fn a_pvh_guest_counts_in_gmemd_ram_and_powers_off() {
     let leases = status["leases"].as_array().unwrap();
     assert_eq!(leases.len(), 1, "{status}");
     assert_eq!(leases[0]["pid"].as_u64(), Some(u64::from(pid)), "{status}");
-    assert_eq!(bindings(&status, "ch-count.ram"), [(0, 0, 256 << 20)]);
+    assert_eq!(
+        status_bindings(&status, "ch-count.ram"),
+        [(0, 0, 256 << 20)]
+    );
 
     // A second launch of the running VM is refused; gmemd memory cannot be
     // hot-plugged into cloud-hypervisor.
@@ -118,7 +93,7 @@ fn a_pvh_guest_counts_in_gmemd_ram_and_powers_off() {
         log.contains(&format!("cloud-hypervisor (pid {pid}) exited normally")),
         "{log}"
     );
-    wait_no_leases(&daemon);
+    daemon.wait_no_leases();
     let last = ch.ram.counter();
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(ch.ram.counter(), last);
@@ -138,7 +113,7 @@ fn the_recorded_bindings_are_where_cloud_hypervisor_maps_ram() {
     // sparse, nothing is touched above the guest's first pages.
     let ch = ChVm::launch(&daemon, dir.path(), "ch-big", "4G", &tools.stock, &["-v"]);
     let status = gmemctl_json(&daemon, &["status"]);
-    let recorded = bindings(&status, "ch-big.ram");
+    let recorded = status_bindings(&status, "ch-big.ram");
     assert_eq!(
         recorded,
         [(0, 0, 3 << 30), (4 << 30, 3 << 30, 1 << 30)],
@@ -197,7 +172,7 @@ fn sigkill_keeps_the_memory_and_a_relaunch_counts_on() {
         )),
         "{log}"
     );
-    wait_no_leases(&daemon);
+    daemon.wait_no_leases();
     // The memory, marker and counter are intact and no longer move.
     let killed_at = ch.ram.counter();
     assert!(killed_at > 0);
@@ -265,7 +240,7 @@ fn another_vm_is_refused_the_memory_while_it_runs_and_after_it_dies() {
     )
     .unwrap();
     ch.vm.wait_exit(Duration::from_secs(30));
-    wait_no_leases(&daemon);
+    daemon.wait_no_leases();
     // The owner is gone and its binding too: still no way in by name.
     let steps = &steps[..2];
     let run = attempt(steps);

@@ -68,12 +68,6 @@ fn read_u64(fd: &OwnedFd, offset: u64) -> u64 {
     u64::from_le_bytes(buf)
 }
 
-fn wait_no_leases(daemon: &Daemon) {
-    wait_until(Duration::from_secs(10), "leases to end", || {
-        daemon.control().leases().unwrap().is_empty().then_some(())
-    });
-}
-
 #[test]
 fn the_counter_lives_in_gmemd_memory_across_vmm_processes() {
     if !e2e::kvm() {
@@ -105,7 +99,7 @@ fn sigkill_mid_run_keeps_memory_and_the_next_vmm_continues() {
     let leases = daemon.control().leases().unwrap();
     assert_eq!((leases.len(), leases[0].bindings), (1, 1));
     looping.kill9();
-    wait_no_leases(&daemon);
+    daemon.wait_no_leases();
     let files = daemon.control().files().unwrap();
     assert!(files[0].bindings.is_empty() && files[0].owner.is_none());
     assert_eq!(
@@ -133,7 +127,7 @@ fn another_vm_gets_the_memory_only_by_transfer_never_the_inode() {
     // 2. A process of vm-a keeps an fd of its RAM; vm-a's VMM dies.
     let (spy, _) = daemon.control().open_in(&ram_of("vm-a")).unwrap();
     running.kill9();
-    wait_no_leases(&daemon);
+    daemon.wait_no_leases();
     // 3. An operator hands vm-a's RAM to vm-c (known while it has a
     //    lease): vm-c's guest counts on from vm-a's run, in an inode the
     //    spy's fd does not reach: it reads zeros and its writes reach no
@@ -142,7 +136,7 @@ fn another_vm_gets_the_memory_only_by_transfer_never_the_inode() {
     let mut ctl = daemon.control();
     ctl.transfer(&ram_of("vm-a"), &ram_of("vm-c")).unwrap();
     drop(vm_c);
-    wait_no_leases(&daemon);
+    daemon.wait_no_leases();
     assert_eq!(read_u64(&spy, COUNTER_GPA), 0, "the old inode is punched");
     rustix::io::pwrite(&spy, &99u64.to_le_bytes(), COUNTER_GPA).unwrap();
     assert_ran(&run_vmm(&daemon, "vm-c"), 2);
@@ -153,7 +147,7 @@ fn another_vm_gets_the_memory_only_by_transfer_never_the_inode() {
         (!daemon.control().leases().unwrap().is_empty()).then_some(())
     });
     drop(holder);
-    wait_no_leases(&daemon);
+    daemon.wait_no_leases();
     ctl.scrub_in(&ram_of("vm-c")).unwrap();
     assert_eq!(counter_in_file(&daemon, "vm-c"), 0, "scrub leaves zeros");
     assert_ran(&run_vmm(&daemon, "vm-c"), 1);
@@ -176,7 +170,7 @@ fn a_deposited_guest_memfd_runs_the_guest_and_is_let_go() {
     );
     assert!(stdout.contains("deposited guest_memfd as ram"), "{stdout}");
     assert!(stdout.contains("GMEM-VMM: counter 1\n"), "{stdout}");
-    wait_no_leases(&daemon);
+    daemon.wait_no_leases();
     let log = daemon.log();
     assert!(log.contains("deposited guest_memfd vm-p/ram"), "{log}");
     assert!(log.contains("closed guest_memfd ram"), "{log}");
@@ -243,7 +237,7 @@ fn a_guest_memfd_is_bound_only_by_the_vm_that_deposited_it() {
     // The depositor's lease ends: nothing can bind the guest_memfd any more,
     // so gmemd lets go of it and keeps no KVM VM alive (invariant 5).
     drop(a);
-    wait_no_leases(&daemon);
+    daemon.wait_no_leases();
     assert!(daemon.control().files().unwrap().is_empty());
     let targets = daemon.fd_targets();
     assert!(

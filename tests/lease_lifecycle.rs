@@ -28,12 +28,6 @@ fn read_at(fd: &OwnedFd, offset: u64, len: usize) -> Vec<u8> {
     buf
 }
 
-fn wait_no_leases(daemon: &Daemon) {
-    wait_until(Duration::from_secs(10), "the lease to end", || {
-        daemon.control().leases().unwrap().is_empty().then_some(())
-    });
-}
-
 #[test]
 fn sigkill_ends_the_lease_and_keeps_the_memory() {
     let daemon = Daemon::start();
@@ -59,7 +53,7 @@ fn sigkill_ends_the_lease_and_keeps_the_memory() {
     assert_eq!(ctl.files().unwrap()[0].bindings.len(), 2);
 
     child.kill9();
-    wait_no_leases(&daemon);
+    daemon.wait_no_leases();
     let files = ctl.files().unwrap();
     assert_eq!(files.len(), 1, "the memory file stays");
     assert!(files[0].owner.is_none());
@@ -92,7 +86,7 @@ fn content_written_through_a_mapping_outlives_the_client() {
         ],
     );
     assert!(child.wait_exit(Duration::from_secs(10)).success());
-    wait_no_leases(&daemon);
+    daemon.wait_no_leases();
     let mut again = daemon.lease(vm("writer"));
     let (fd, _) = again.open(&name("mem")).unwrap();
     assert_eq!(read_at(&fd, 0x1f_f000, 15), b"persisted bytes");
@@ -453,7 +447,7 @@ fn orphans_show_their_age_and_expire_when_asked() {
     let mut a = daemon.lease(vm("vm-a"));
     a.create(&name("ram"), MIB, MemoryKind::Memfd).unwrap();
     drop(a);
-    wait_no_leases(&daemon);
+    daemon.wait_no_leases();
     // An orphan: its VM has no lease; its age grows.
     let files = daemon.control().scoped_files().unwrap();
     assert_eq!(files.len(), 1);

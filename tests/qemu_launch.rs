@@ -10,27 +10,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gmem_tests::qemu::{
-    elapsed_ms, find_bytes, gmemctl, gmemctl_json, LaunchSpec, Vm, BOOT_TIMEOUT,
+    elapsed_ms, find_bytes, gmemctl, gmemctl_json, status_bindings, status_file, LaunchSpec, Vm,
+    BOOT_TIMEOUT,
 };
-use gmem_tests::{e2e, vm_file, wait_until, ChildGuard, Daemon};
-use serde_json::Value;
+use gmem_tests::{e2e, vm_file, ChildGuard, Daemon};
 
 const MIB: u64 = 1 << 20;
-
-fn file<'a>(status: &'a Value, name: &str) -> &'a Value {
-    status["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == name)
-        .unwrap_or_else(|| panic!("no file {name} in {status}"))
-}
-
-fn wait_no_leases(daemon: &Daemon) {
-    wait_until(Duration::from_secs(10), "the lease to end", || {
-        daemon.control().leases().unwrap().is_empty().then_some(())
-    });
-}
 
 #[test]
 fn a_linux_guest_boots_from_gmemd_memory_and_its_ram_outlives_qemu() {
@@ -50,7 +35,7 @@ fn a_linux_guest_boots_from_gmemd_memory_and_its_ram_outlives_qemu() {
 
     // While QEMU runs, its lease holds the binding QEMU uses: all 512 MiB at gpa 0.
     let status = gmemctl_json(&daemon, &["status"]);
-    let ram = file(&status, "boot-vm.ram");
+    let ram = status_file(&status, "boot-vm.ram");
     assert_eq!(ram["owner"]["name"], "boot-vm", "{status}");
     assert_eq!(ram["size"], 512 * MIB);
     let bindings = ram["bindings"].as_array().unwrap();
@@ -81,9 +66,9 @@ fn a_linux_guest_boots_from_gmemd_memory_and_its_ram_outlives_qemu() {
     );
 
     // QEMU is gone: so is the lease, the memory stays, unowned.
-    wait_no_leases(&daemon);
+    daemon.wait_no_leases();
     let status = gmemctl_json(&daemon, &["status"]);
-    let ram = file(&status, "boot-vm.ram");
+    let ram = status_file(&status, "boot-vm.ram");
     assert!(ram["owner"].is_null() && ram["bindings"].as_array().unwrap().is_empty());
     // What the guest wrote into its RAM (a tmpfs file) is in gmemd's file,
     // read through an fd OPENed from gmemd by an operator.
@@ -168,24 +153,13 @@ fn the_recorded_bindings_are_where_qemu_maps_ram() {
         let mapped = mtree_ram(&qmp.human_monitor_command("info mtree").unwrap());
         let status = gmemctl_json(&daemon, &["status"]);
         let ram_file = format!("{vm_name}.ram");
-        let mut recorded: Vec<(u64, u64, u64)> = file(&status, &ram_file)["bindings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| {
-                (
-                    b["gpa"].as_u64().unwrap(),
-                    b["offset"].as_u64().unwrap(),
-                    b["size"].as_u64().unwrap(),
-                )
-            })
-            .collect();
+        let mut recorded = status_bindings(&status, &ram_file);
         recorded.sort_unstable();
         assert_eq!(recorded, mapped, "{machine:?} {memory}");
         eprintln!("{machine:?} -m {memory}: QEMU maps {mapped:x?} = gmemd bindings");
         qmp.quit().unwrap();
         assert!(vm.wait_exit(Duration::from_secs(30)).success());
-        wait_no_leases(&daemon);
+        daemon.wait_no_leases();
         // Sparse, but counted against gmemd's memory limit.
         daemon
             .control()

@@ -166,6 +166,14 @@ impl Daemon {
         self.guard.child().try_wait().expect("try_wait").is_none()
     }
 
+    /// Waits (up to 10 s) until no lease is open.
+    pub fn wait_no_leases(&self) {
+        let mut ctl = self.control();
+        wait_until(Duration::from_secs(10), "the leases to end", || {
+            ctl.leases().expect("LEASES").is_empty().then_some(())
+        });
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("gmemd.log")).unwrap_or_default()

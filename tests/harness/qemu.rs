@@ -47,6 +47,30 @@ pub fn fd_target(pid: u32, fd: i32) -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
+/// File `name` in the JSON of `gmemctl status`.
+pub fn status_file<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("no file {name} in {status}"))
+}
+
+/// The bindings of file `name` in the JSON of `gmemctl status`, as
+/// `(gpa, offset, size)` in the order it lists them.
+pub fn status_bindings(status: &Value, name: &str) -> Vec<(u64, u64, u64)> {
+    status_file(status, name)["bindings"]
+        .as_array()
+        .expect("bindings")
+        .iter()
+        .map(|b| {
+            let field = |key: &str| b[key].as_u64().unwrap_or_else(|| panic!("{key} in {b}"));
+            (field("gpa"), field("offset"), field("size"))
+        })
+        .collect()
+}
+
 /// Runs `gmemctl ARGS` against `daemon`.
 pub fn gmemctl(daemon: &Daemon, args: &[&str]) -> Output {
     daemon

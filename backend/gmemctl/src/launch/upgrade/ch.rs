@@ -296,10 +296,9 @@ fn wait_state(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::opts;
     use super::*;
     use crate::launch::process::ProcessId;
-    use crate::launch::vm::run_dir::RunDir;
-    use gmem_protocol::wire::Name;
 
     fn running() -> VmmRecord {
         VmmRecord {
@@ -323,16 +322,6 @@ mod tests {
             .to_vec(),
             monitor: "/run/vm.api".into(),
             machine: "cloud-hypervisor".into(),
-        }
-    }
-
-    fn opts() -> UpgradeOptions {
-        UpgradeOptions {
-            run_dir: RunDir::new("/nonexistent"),
-            vm: Name::new("vm").unwrap(),
-            command: None,
-            binary: None,
-            timeout: Duration::from_secs(1),
         }
     }
 

@@ -444,7 +444,9 @@ mod tests {
         }
     }
 
-    fn opts() -> UpgradeOptions {
+    /// Options of an upgrade of VM `vm` in a run directory that does not
+    /// exist (shared with the cloud-hypervisor tests).
+    pub(super) fn opts() -> UpgradeOptions {
         UpgradeOptions {
             run_dir: RunDir::new("/nonexistent"),
             vm: Name::new("vm").unwrap(),
