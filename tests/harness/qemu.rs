@@ -379,6 +379,37 @@ impl Drop for Vm {
                 self.launcher_log()
             );
         }
+        // The launcher's process group goes with its guard; a VMM it no
+        // longer leads (the launcher was killed, or an upgrade target
+        // started without it) would outlive the test, a TCG guest burning
+        // a core for every test after.
+        self.launcher.stop();
+        if let Some(pid) = self.leftover_vmm() {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+impl Vm {
+    /// The VM's recorded VMM process if it still runs (checked by its
+    /// start time, so a reused pid is left alone).
+    fn leftover_vmm(&self) -> Option<i32> {
+        let record = self.try_record()?;
+        let process = &record["vmm"]["process"];
+        let pid = i32::try_from(process["pid"].as_u64()?).ok()?;
+        let start = process["start_time"].as_u64()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Field 22 (starttime), counted after the command's closing paren.
+        let now_start: u64 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(19)?
+            .parse()
+            .ok()?;
+        (now_start == start && pid_alive(u32::try_from(pid).ok()?)).then_some(pid)
     }
 }
 
