@@ -266,7 +266,6 @@ fn options_cloud_hypervisor_cannot_take_are_refused_before_anything_starts() {
         return;
     };
     let daemon = Daemon::start();
-    let dir = tempfile::tempdir().unwrap();
     let launch = |gmemctl_args: &[&str], ch_args: &[&str]| {
         let mut cmd = daemon.gmemctl();
         cmd.args(["launch", "--vm", "ch-refused", "--memory", "256M"])
@@ -310,7 +309,6 @@ fn options_cloud_hypervisor_cannot_take_are_refused_before_anything_starts() {
     // Nothing was started or left behind.
     assert!(daemon.control().files().unwrap().is_empty());
     assert!(daemon.control().leases().unwrap().is_empty());
-    let _ = dir;
 }
 
 #[test]

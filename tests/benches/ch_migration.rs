@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use gmem_tests::ch::{launch_command, ChTools, ChVm, CH_BOOT_TIMEOUT};
 use gmem_tests::pvh::{self, GuestRam, UP_LINE};
 use gmem_tests::qemu::gmemctl;
-use gmem_tests::{e2e, vm_file, wait_until, ChildGuard, Daemon};
+use gmem_tests::{e2e, median, vm_file, wait_until, ChildGuard, Daemon};
 use serde_json::Value;
 
 /// Where the bench fills guest RAM, clear of the guest's own pages.
@@ -97,15 +97,6 @@ struct Start {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    match xs.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => xs[n / 2],
-        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
-    }
 }
 
 fn med<T>(xs: &[T], f: impl Fn(&T) -> f64) -> f64 {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use gmem_protocol::wire::GuestAddress;
 use gmem_protocol::wire::{BindRequest, MemoryKind};
-use gmem_tests::{name, vm, Daemon};
+use gmem_tests::{median, name, vm, Daemon};
 
 const ROUNDS_PER_CLIENT: usize = 2_000;
 
@@ -62,11 +62,6 @@ fn main() {
         );
     }
     println!("\nmedians of {runs} interleaved runs (ROUNDS to change)");
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 /// Requests per second over `clients` leases, each binding and unbinding

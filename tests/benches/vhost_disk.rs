@@ -31,7 +31,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gmem_tests::qemu::{LaunchSpec, Vm, BOOT_TIMEOUT};
-use gmem_tests::{e2e, vm_file, wait_until, ChildGuard, Daemon};
+use gmem_tests::{e2e, median, vm_file, wait_until, ChildGuard, Daemon};
 use gmemctl::qmp::QmpClient;
 
 /// Size of each disk.
@@ -105,19 +105,6 @@ impl Sample {
             Unit::Iops => self.ops as f64 / secs,
             Unit::MibPerSec => self.bytes as f64 / (1024.0 * 1024.0) / secs,
         }
-    }
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    if xs.is_empty() {
-        return f64::NAN;
-    }
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
     }
 }
 

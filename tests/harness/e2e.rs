@@ -35,12 +35,7 @@ pub fn kvm() -> bool {
 
 /// Path of `qemu-system-x86_64`, if present; see the module doc for skipping.
 pub fn qemu() -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("qemu-system-x86_64"))
-            .find(|p| p.exists())
-    });
-    let found = found.or_else(|| {
+    let found = on_path("qemu-system-x86_64").or_else(|| {
         let default = Path::new("/usr/bin/qemu-system-x86_64");
         default.exists().then(|| default.to_owned())
     });
@@ -50,17 +45,10 @@ pub fn qemu() -> Option<std::path::PathBuf> {
 /// The cloud-hypervisor binaries on `PATH` (all three, or none); see the
 /// module doc for skipping. `.ci/install-deps` installs them.
 pub fn cloud_hypervisor() -> Option<crate::ch::ChTools> {
-    let find = |name: &str| {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join(name))
-                .find(|p| p.exists())
-        })
-    };
     let tools = match (
-        find("cloud-hypervisor"),
-        find("cloud-hypervisor-pvm"),
-        find("ch-remote"),
+        on_path("cloud-hypervisor"),
+        on_path("cloud-hypervisor-pvm"),
+        on_path("ch-remote"),
     ) {
         (Some(stock), Some(pvm), Some(remote)) => Some(crate::ch::ChTools { stock, pvm, remote }),
         _ => None,
@@ -71,4 +59,12 @@ pub fn cloud_hypervisor() -> Option<crate::ch::ChTools> {
         present,
     )
     .then(|| tools.expect("checked"))
+}
+
+/// Program `name` in a directory of `PATH`.
+fn on_path(name: &str) -> Option<std::path::PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|p| p.join(name))
+        .find(|p| p.exists())
 }

@@ -110,3 +110,14 @@ pub fn vm_file(vm_name: &str, file: &str) -> gmem_protocol::wire::FileRef {
 pub fn vm(text: &str) -> VmId {
     VmId::from_name(name(text))
 }
+
+/// The median of benchmark samples (the mean of the middle two for an even
+/// count; NaN for none).
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}

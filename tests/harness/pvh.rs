@@ -195,11 +195,6 @@ impl GuestRam {
         self.u32_at(COUNTER_GPA)
     }
 
-    /// Clears the command word (before a boot).
-    pub fn clear_command(&self) {
-        rustix::io::pwrite(&self.fd, &[0; 4], COMMAND_GPA).expect("pwrite");
-    }
-
     /// Asks the guest to power off.
     pub fn power_off(&self) {
         rustix::io::pwrite(&self.fd, POWER_OFF, COMMAND_GPA).expect("pwrite");

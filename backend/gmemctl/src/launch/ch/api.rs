@@ -66,11 +66,6 @@ impl ChApi {
         }
     }
 
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// `GET /api/v1/vm.info`.
     ///
     /// # Errors
