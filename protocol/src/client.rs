@@ -13,10 +13,10 @@ use std::time::Duration;
 use crate::conn::{ConnError, FrameReader};
 use crate::wire::{
     BindRequest, CreateFlags, CreateRequest, DaemonStatus, DepositRequest, DeviceReply,
-    DeviceRequest, Features, FileInfo, FileRef, FileStatus, HandoffReply, HandoffRequest, Hello,
-    HelloReply, LeaseId, LeaseStatus, MemoryKind, Name, Request, RequestBody, RestartNotice,
-    RevokeReport, ScopedFileStatus, StatusPage, StatusQuery, StatusSection, TransferRequest, VmId,
-    VmSelector, WireError,
+    DeviceRequest, Features, FileInfo, FileRef, FileStatus, FillStatus, HandoffReply,
+    HandoffRequest, Hello, HelloReply, LeaseId, LeaseStatus, MemoryKind, Name, Request,
+    RequestBody, RestartNotice, RevokeReport, ScopedFileStatus, StatusPage, StatusQuery,
+    StatusSection, TransferRequest, VmId, VmSelector, WireError,
 };
 
 mod exchange;
@@ -245,7 +245,13 @@ impl Client {
         self.create_with(name, size, kind, CreateFlags::OPEN_EXISTING)
     }
 
-    fn create_with(
+    /// CREATE with explicit flags: `OPEN_EXISTING`, and `PREFAULT` (needs
+    /// the feature) to have gmemd populate the file in the background
+    /// ([`Client::memory_status`] shows how far it got).
+    ///
+    /// # Errors
+    /// As [`Client::create`].
+    pub fn create_with(
         &mut self,
         name: &Name,
         size: u64,
@@ -483,6 +489,15 @@ impl Client {
     /// Connection or decode errors.
     pub fn scoped_files(&mut self) -> ClientResult<Vec<ScopedFileStatus>> {
         self.all_pages(StatusSection::ScopedFiles, ScopedFileStatus::decode_page)
+    }
+
+    /// Files being populated and the warm pools (STATUS section 4,
+    /// feature `PREFAULT`).
+    ///
+    /// # Errors
+    /// Connection or decode errors.
+    pub fn memory_status(&mut self) -> ClientResult<Vec<FillStatus>> {
+        self.all_pages(StatusSection::Memory, FillStatus::decode_page)
     }
 
     /// Every open lease, walking all STATUS pages.

@@ -158,6 +158,29 @@ pub struct Config {
     pub quotas: Quotas,
     /// What ties a VM to the principal of its first lease.
     pub ties: TieRules,
+    /// Memory made ready ahead of use: prefault and warm pools.
+    pub warm: Warm,
+}
+
+/// Memory made ready ahead of use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warm {
+    /// Warm pools (`--pool`).
+    pub pools: Vec<crate::pool::PoolSpec>,
+    /// Threads populating files CREATEd with `PREFAULT`.
+    pub prefault_threads: usize,
+    /// NUMA node new memfd files' pages are bound to.
+    pub numa_node: Option<u32>,
+}
+
+impl Default for Warm {
+    fn default() -> Self {
+        Warm {
+            pools: Vec::new(),
+            prefault_threads: std::thread::available_parallelism().map_or(1, usize::from),
+            numa_node: None,
+        }
+    }
 }
 
 impl Default for Config {
@@ -174,6 +197,7 @@ impl Default for Config {
             limits: Limits::default(),
             quotas: Quotas::default(),
             ties: TieRules::default(),
+            warm: Warm::default(),
         }
     }
 }

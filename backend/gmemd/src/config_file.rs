@@ -14,6 +14,11 @@
 //! [vm.db1]
 //! uid = 107          # only this uid may be the VM's first lease
 //! cgroup = "/kubepods.slice/*pod1234*"
+//!
+//! [memory]
+//! pool = ["4Gx2", "1G:hugetlb-2mx4"]   # warm pools, as --pool
+//! prefault-threads = 4
+//! numa-node = 0
 //! ```
 
 use std::collections::BTreeMap;
@@ -22,6 +27,7 @@ use std::path::{Path, PathBuf};
 use gmem_protocol::wire::Name;
 use serde::Deserialize;
 
+use crate::pool::PoolSpec;
 use crate::principal::{PrincipalMode, VmPatterns};
 use crate::size::parse_size;
 
@@ -64,6 +70,12 @@ pub struct ConfigFile {
     pub quota_connections: Option<usize>,
     /// `[vm.NAME]` tables.
     pub vms: BTreeMap<Name, VmPatterns>,
+    /// `[memory] pool`.
+    pub pools: Vec<PoolSpec>,
+    /// `[memory] prefault-threads`.
+    pub prefault_threads: Option<usize>,
+    /// `[memory] numa-node`.
+    pub numa_node: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +88,17 @@ struct RawFile {
     quotas: RawQuotas,
     #[serde(default)]
     vm: BTreeMap<String, RawVm>,
+    #[serde(default)]
+    memory: RawMemory,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawMemory {
+    #[serde(default)]
+    pool: Vec<String>,
+    prefault_threads: Option<usize>,
+    numa_node: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +163,15 @@ impl ConfigFile {
                 ))
             })
             .collect::<Result<_, String>>()?;
+        let pools = raw
+            .memory
+            .pool
+            .iter()
+            .map(|p| {
+                p.parse::<PoolSpec>()
+                    .map_err(|e| format!("memory.pool: {e}"))
+            })
+            .collect::<Result<_, String>>()?;
         Ok(ConfigFile {
             principal,
             cgroup_pattern: raw.cgroup_pattern,
@@ -148,6 +180,9 @@ impl ConfigFile {
             quota_memory,
             quota_connections: raw.quotas.connections,
             vms,
+            pools,
+            prefault_threads: raw.memory.prefault_threads,
+            numa_node: raw.memory.numa_node,
         })
     }
 }
@@ -170,6 +205,10 @@ connections = 3
 [vm.db1]
 uid = 107
 cgroup = "/pods/db1/*"
+[memory]
+pool = ["2Gx3", "64M:secretx1"]
+prefault-threads = 3
+numa-node = 0
 "#,
         )
         .unwrap();
@@ -187,6 +226,9 @@ cgroup = "/pods/db1/*"
         assert_eq!(db1.cgroup.as_deref(), Some("/pods/db1/*"));
         assert_eq!(db1.label, None);
         assert_eq!(db1.uid, Some(107));
+        assert_eq!(f.pools.len(), 2);
+        assert_eq!((f.pools[0].size, f.pools[0].count), (2 << 30, 3));
+        assert_eq!((f.prefault_threads, f.numa_node), (Some(3), Some(0)));
     }
 
     #[test]
@@ -197,6 +239,7 @@ cgroup = "/pods/db1/*"
             ("[quotas]\nmemory = \"lots\"", "quotas.memory"),
             ("[vm.\"a b\"]\ncgroup = \"x\"", "[vm.a b]"),
             ("[vm.a]\ncgroups = \"x\"", "cgroups"),
+            ("[memory]\npool = [\"4G\"]", "memory.pool"),
         ] {
             let err = ConfigFile::parse(text).unwrap_err();
             assert!(err.contains(needle), "{text:?}: {err}");

@@ -8,6 +8,7 @@
 //! - [`event_loop`]: epoll, sockets and frames; no policy.
 //! - [`peer`]: what the kernel says about the process on the other end.
 //! - [`config`]: who may connect, who is an operator, limits, default paths.
+//! - [`prefault`] and [`pool`]: memory populated ahead of use.
 //!
 //! Host helpers the daemon uses and `gmemctl` shares, so both programs agree
 //! on them: [`size`] (sizes in and out), [`signals`] (signalfd),
@@ -25,6 +26,8 @@ pub mod ledger;
 pub mod log_limit;
 pub mod memory;
 pub mod peer;
+pub mod pool;
+pub mod prefault;
 pub mod principal;
 pub mod runtime_dir;
 pub mod service;

@@ -84,6 +84,20 @@ struct Args {
     /// keeps its bindings, e.g. 30s.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     lease_grace: Duration,
+    /// Keep COUNT prefaulted, zeroed files of SIZE (and KIND, default
+    /// memfd) ready for CREATEs of that size and kind, e.g. 4Gx2 or
+    /// 1G:hugetlb-2mx4 (repeatable; adds to the config file's). Refilled
+    /// in the background at idle priority. Pool memory counts against
+    /// --max-memory and is charged to gmemd's memory cgroup.
+    #[arg(long = "pool", value_name = "SIZE[:KIND]xCOUNT")]
+    pools: Vec<gmemd::pool::PoolSpec>,
+    /// Threads populating files CREATEd with PREFAULT [default: one per core].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    prefault_threads: Option<u32>,
+    /// Bind the pages of new memfd files (prefaulted, pooled or faulted
+    /// later) to this NUMA node [default: the kernel's policy].
+    #[arg(long)]
+    numa_node: Option<u32>,
     /// Serve in this process, without a keeper: memory and connections do
     /// not survive gmemd's own crash. (Under systemd, its fd store keeps
     /// them and no keeper is started anyway.)
@@ -140,7 +154,8 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     log::info!(
         "gmemd {}: state dir {}, clients may connect from uids {:?} (operators {:?} always \
          may), VMs tied to {}, memory limit {}, {} file(s) (per VM {}), {} connection(s) ({} \
-         for operators); per principal: {} file(s), {}, {} connection(s); HELLO within {:?}",
+         for operators); per principal: {} file(s), {}, {} connection(s); HELLO within {:?}; \
+         {} prefault thread(s){}{}",
         env!("CARGO_PKG_VERSION"),
         state_dir.display(),
         config.connecting_uids(),
@@ -155,6 +170,17 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         format_size(config.quotas.memory),
         config.quotas.connections,
         config.limits.hello_timeout,
+        config.warm.prefault_threads,
+        config
+            .warm
+            .numa_node
+            .map_or_else(String::new, |n| format!(", memory on NUMA node {n}")),
+        if config.warm.pools.is_empty() {
+            String::new()
+        } else {
+            let pools: Vec<String> = config.warm.pools.iter().map(ToString::to_string).collect();
+            format!(", pools {}", pools.join(", "))
+        },
     );
     let mut event_loop = gmemd::startup::start(config, &state_dir, &socket)?;
     event_loop.stop_on_signals()?;
@@ -214,6 +240,33 @@ fn config_from(args: Args, file: ConfigFile) -> Result<Config, Box<dyn std::erro
             .or(file.quota_connections)
             .unwrap_or(defaults.connections),
     };
+    let warm = &mut config.warm;
+    warm.pools = file.pools;
+    warm.pools.extend(args.pools);
+    if let Some(n) = args.prefault_threads {
+        warm.prefault_threads = usize::try_from(n)?;
+    } else if let Some(n) = file.prefault_threads {
+        warm.prefault_threads = n.clamp(1, 256);
+    }
+    warm.numa_node = args.numa_node.or(file.numa_node);
+    if let Some(node) = warm.numa_node {
+        if !gmemd::memory::populate::node_exists(node) {
+            return Err(format!(
+                "--numa-node {node}: this host has no NUMA node {node} \
+                 (see /sys/devices/system/node)"
+            )
+            .into());
+        }
+    }
+    let pooled: u64 = warm.pools.iter().map(|p| p.size * u64::from(p.count)).sum();
+    if pooled > config.limits.max_total_memory {
+        return Err(format!(
+            "the pools keep {} but --max-memory is {}",
+            format_size(pooled),
+            format_size(config.limits.max_total_memory)
+        )
+        .into());
+    }
     let ties = &mut config.ties;
     ties.mode = args.principal.or(file.principal).unwrap_or_default();
     ties.cgroup_pattern = args.cgroup_pattern.or(file.cgroup_pattern);

@@ -119,6 +119,10 @@ bitflags! {
         /// DEVICE: gmemd serves a vhost-user-blk device per VM disk and
         /// confirms bindings from the memory table QEMU sends it.
         const DEVICE = 1 << 6;
+        /// CREATE with `PREFAULT`: gmemd populates the file in the
+        /// background; STATUS section 4 shows the progress and the warm
+        /// pools.
+        const PREFAULT = 1 << 7;
     }
 }
 

@@ -57,5 +57,8 @@ wire_enum! {
         /// The daemon itself: one entry, since when it serves, the restarts
         /// it survived and what it recovered ([`DaemonStatus`]).
         Daemon = 3 => "daemon",
+        /// Files being populated and the warm pools (feature `PREFAULT`,
+        /// [`FillStatus`]).
+        Memory = 4 => "memory",
     }
 }

@@ -208,6 +208,7 @@ macro_rules! wire_enum {
     };
 }
 
+mod fill;
 mod header;
 mod identity;
 mod kind;
@@ -218,6 +219,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 
+pub use fill::{FillState, FillStatus, FillSubject};
 pub use header::{Features, Header, HeaderFlags, RawHeader, Request, MARKER_CODES, NOTICE_CODE};
 pub use identity::{LeaseId, Name, Uuid, VmId};
 pub use kind::{MemoryKind, StatusSection};

@@ -271,6 +271,32 @@ raw_struct!(
 });
 
 raw_struct!(
+    /// One entry of a STATUS memory page (section 4): a file being
+    /// populated, or a warm pool.
+    RawFillEntry, 120, {
+    /// Bytes of one file.
+    size: Le64,
+    /// Bytes populated so far (of the file a pool is filling).
+    populated: Le64,
+    /// [`MemoryKind`].
+    kind: Le32,
+    /// [`FillState`] code.
+    state: Le32,
+    /// Pool: files ready.
+    ready: Le32,
+    /// Pool: files it keeps.
+    count: Le32,
+    /// Pool: files being filled.
+    filling: Le32,
+    /// A failed prefault: its errno.
+    errno: Le32,
+    /// Prefault: the namespace of the file (all zero: the operators').
+    uuid: [u8; 16],
+    /// Prefault: the file's name; zero for a pool.
+    name: [u8; NAME_LEN],
+});
+
+raw_struct!(
     /// The one entry of a STATUS daemon page (section 3), followed by
     /// `recovered_len` bytes of UTF-8 text, then zeros up to a multiple of
     /// 8 bytes.
@@ -349,6 +375,9 @@ bitflags! {
     pub struct CreateFlags: u32 {
         /// Open the file instead if it exists with the same size and kind.
         const OPEN_EXISTING = 1 << 0;
+        /// Populate the new file in the background (feature `PREFAULT`);
+        /// STATUS section 4 shows how far it got.
+        const PREFAULT = 1 << 1;
     }
 }
 

@@ -424,11 +424,15 @@ fn padded_to_8(len: usize) -> usize {
     len.div_ceil(8) * 8
 }
 
-fn split_page(body: &[u8]) -> WireResult<(RawStatusPage, &[u8])> {
+pub(super) fn split_page(body: &[u8]) -> WireResult<(RawStatusPage, &[u8])> {
     take::<RawStatusPage>(body)
 }
 
-fn finish_page<T>(head: RawStatusPage, rest: &[u8], entries: Vec<T>) -> WireResult<StatusPage<T>> {
+pub(super) fn finish_page<T>(
+    head: RawStatusPage,
+    rest: &[u8],
+    entries: Vec<T>,
+) -> WireResult<StatusPage<T>> {
     if !rest.is_empty() {
         return Err(WireError::BadReply("trailing bytes in status page"));
     }
@@ -444,7 +448,7 @@ fn finish_page<T>(head: RawStatusPage, rest: &[u8], entries: Vec<T>) -> WireResu
     })
 }
 
-fn take<T: ByteValued>(bytes: &[u8]) -> WireResult<(T, &[u8])> {
+pub(super) fn take<T: ByteValued>(bytes: &[u8]) -> WireResult<(T, &[u8])> {
     let size = std::mem::size_of::<T>();
     if bytes.len() < size {
         return Err(WireError::BadReply("status page truncated"));

@@ -383,7 +383,7 @@ fn restart_has_an_empty_payload_and_its_own_feature() {
         })
     );
     assert_eq!(Features::RESTART.bits(), 0x20);
-    assert_eq!(Features::all().bits(), 0x7f);
+    assert_eq!(Features::all().bits(), 0xff);
     assert_eq!(StatusSection::try_from(3), Ok(StatusSection::Daemon));
     assert_eq!(StatusSection::Daemon.name(), "daemon");
 }

@@ -52,6 +52,21 @@ pub enum Record {
         /// Its id.
         id: u32,
     },
+    /// A ready warm-pool file (added after the device records, so older
+    /// journals still read). Taken by a CREATE, it is the `File` of the
+    /// same id; let go, a `FileGone`.
+    PoolFile(PoolRec),
+}
+
+/// A ready warm-pool file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRec {
+    /// Its id (its fd is kept as `f<fid>`, like every memory file's).
+    pub fid: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// `MemoryKind` code.
+    pub kind: u32,
 }
 
 /// A vhost-user device of a VM.

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use super::record::{DeviceRec, FileRec, LeaseRec, Meta, Record, RetiredRec, SessionRec, VmRec};
+use super::record::{
+    DeviceRec, FileRec, LeaseRec, Meta, PoolRec, Record, RetiredRec, SessionRec, VmRec,
+};
 
 /// Entities by id, as the intact records left them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,6 +23,8 @@ pub struct State {
     pub sessions: BTreeMap<u64, SessionRec>,
     /// vhost-user devices by id.
     pub devices: BTreeMap<u32, DeviceRec>,
+    /// Ready warm-pool files by id.
+    pub pool: BTreeMap<u64, PoolRec>,
 }
 
 impl State {
@@ -29,10 +33,16 @@ impl State {
         match record {
             Record::Meta(m) => self.meta = m,
             Record::File(f) => {
+                // A pool file a CREATE took keeps its id.
+                self.pool.remove(&f.fid);
                 self.files.insert(f.fid, f);
             }
             Record::FileGone { fid } => {
                 self.files.remove(&fid);
+                self.pool.remove(&fid);
+            }
+            Record::PoolFile(p) => {
+                self.pool.insert(p.fid, p);
             }
             Record::Vm(v) => {
                 self.vms.insert(v.uuid, v);
@@ -71,6 +81,7 @@ impl State {
         out.push(Record::Retired(self.retired.clone()));
         out.extend(self.sessions.values().cloned().map(Record::Session));
         out.extend(self.devices.values().cloned().map(Record::Device));
+        out.extend(self.pool.values().cloned().map(Record::PoolFile));
         out
     }
 }

@@ -17,6 +17,7 @@ use crate::hugepages;
 use crate::ledger::FileSpec;
 
 mod copy;
+pub mod populate;
 pub use copy::copy_content;
 
 /// Errors of creating and checking memory files.

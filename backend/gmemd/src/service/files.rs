@@ -5,7 +5,7 @@ use std::os::fd::OwnedFd;
 
 use gmem_protocol::server::Response;
 use gmem_protocol::wire::{
-    CreateFlags, CreateRequest, DepositRequest, FileInfo, FileRef, MemoryKind, Request,
+    CreateFlags, CreateRequest, DepositRequest, Features, FileInfo, FileRef, MemoryKind, Request,
 };
 use log::{debug, info};
 
@@ -30,6 +30,10 @@ impl Service {
         req: &CreateRequest,
     ) -> ServiceResult<Response> {
         self.check_fd_recipient(session, Request::Create)?;
+        let prefault = req.flags.contains(CreateFlags::PREFAULT);
+        if prefault && !session.features().contains(Features::PREFAULT) {
+            return Err(ServiceError::FeatureOff(Request::Create));
+        }
         let key = self.resolve(session, &FileRef::own(req.name.clone()), Request::Create)?;
         if let Ok(existing) = self.ledger.file(&key) {
             let spec = existing.spec;
@@ -46,30 +50,60 @@ impl Service {
                     size: spec.size,
                 });
             }
-            return self.open_key(session, key);
+            let opened = self.open_key(session, key.clone())?;
+            if prefault {
+                self.start_prefault(&key, false);
+            }
+            return Ok(opened);
         }
         // A file gmemd cannot make is EINVAL, whatever the limits say.
         let page_size = memory::check_create(req.size, req.kind)?;
-        self.check_limits(session, req.size)?;
-        self.track_holder(session)?;
-        let fd = memory::create(&req.name, req.size, req.kind)?;
+        let memory = self.new_memory(&req.name, req.size, req.kind, |service| {
+            service.check_limits(session, req.size)?;
+            service.track_holder(session)
+        })?;
         let spec = FileSpec {
             size: req.size,
             kind: req.kind,
             page_size,
         };
         // The client's fd is made before anything is recorded, so a failure
-        // leaves no file behind (all or nothing).
-        let reply_fd = self.client_fd(&fd, &key, spec.kind)?;
-        self.ledger.add_file(key.clone(), spec, None)?;
+        // leaves no file behind (all or nothing); a pool's file goes back.
+        let recorded = self
+            .client_fd(&memory.fd, &key, spec.kind)
+            .and_then(|fd| Ok((fd, self.ledger.add_file(key.clone(), spec, None)?)));
+        let reply_fd = match recorded {
+            Ok((fd, ())) => fd,
+            Err(e) => {
+                if let Some(fid) = memory.pool_fid {
+                    self.pool_put_back(req.size, req.kind, fid, memory.fd);
+                }
+                return Err(e);
+            }
+        };
         info!(
-            "created {} {} ({}) for {}",
+            "created {} {} ({}{}) for {}",
             req.kind,
             self.ledger.label(&key),
             format_size(req.size),
+            if memory.pool_fid.is_some() {
+                ", from the pool"
+            } else {
+                ""
+            },
             self.describe(session)
         );
-        self.memfiles.insert(key.clone(), fd);
+        let from_pool = memory.pool_fid.is_some();
+        match memory.pool_fid {
+            // Kept and journaled as a pool file already under this id.
+            Some(fid) => self.memfiles.restore(key.clone(), fid, memory.fd),
+            None => {
+                self.memfiles.insert(key.clone(), memory.fd);
+            }
+        }
+        if prefault {
+            self.start_prefault(&key, from_pool);
+        }
         Ok(self.reply_with_fd(session, &key, spec, reply_fd, true))
     }
 

@@ -43,6 +43,19 @@ impl MemFiles {
         }
     }
 
+    /// A new id for a file not in the ledger yet (a warm-pool file).
+    pub(super) fn reserve_fid(&mut self) -> u64 {
+        let fid = self.next_fid;
+        self.next_fid += 1;
+        fid
+    }
+
+    /// Records that the file of id `fid`, never in this table (a pool
+    /// file), is gone.
+    pub(super) fn forget_fid(&mut self, fid: u64) {
+        self.gone.push(fid);
+    }
+
     pub(super) fn get(&self, key: &FileKey) -> Option<&OwnedFd> {
         self.by_key.get(key).map(|(_, fd)| fd)
     }

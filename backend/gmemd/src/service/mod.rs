@@ -14,7 +14,7 @@
 //! (TRANSFER and FORGET: memory between namespaces), `quota` (limits and
 //! per-principal quotas), `holders` (who received a file, for accounting),
 //! `upkeep` (the periodic work: orphans, retired memory), `status` (STATUS
-//! pages).
+//! pages), `warm` (prefault and the warm pools).
 
 mod devices;
 pub use devices::DeviceStarter;
@@ -32,6 +32,7 @@ mod status;
 mod tests;
 mod transfer;
 mod upkeep;
+mod warm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -87,6 +88,13 @@ pub struct Service {
     log_limiter: crate::log_limit::LogLimiter,
     /// The VMs' vhost-user devices and their memory tables.
     devices: devices::Devices,
+    /// Workers populating files CREATEd with `PREFAULT`.
+    prefaulter: crate::prefault::Prefaulter,
+    /// Files CREATEd with `PREFAULT`, by key, with the id of the inode
+    /// being populated.
+    prefaults: BTreeMap<crate::ledger::FileKey, warm::Prefault>,
+    /// The warm pools.
+    pool: crate::pool::Pool,
 }
 
 const SERVER_FEATURES: Features = Features::all();
@@ -128,7 +136,6 @@ impl Service {
     /// A service with no files.
     pub fn new(config: Config) -> Self {
         Service {
-            config,
             ledger: Ledger::new(),
             memfiles: memfiles::MemFiles::with_next_fid(1),
             persistence: None,
@@ -145,6 +152,10 @@ impl Service {
             clock_offset: 0,
             log_limiter: crate::log_limit::LogLimiter::new(),
             devices: devices::Devices::default(),
+            prefaulter: crate::prefault::Prefaulter::new(config.warm.prefault_threads),
+            prefaults: BTreeMap::new(),
+            pool: crate::pool::Pool::new(config.warm.pools.clone(), config.warm.numa_node),
+            config,
         }
     }
 
@@ -223,6 +234,7 @@ impl Service {
     ) -> Served {
         let code = frame.header.code;
         let was_awaiting = session.awaiting_hello();
+        self.tend_warm();
         let result = self.admit(session).and_then(|()| {
             let request = decode_request(frame)?;
             self.dispatch(session, request.body, request.fds)

@@ -12,8 +12,10 @@ impl Service {
     /// Operators' own files count against the global limits only. Retired
     /// memory whose holders have all gone since the last upkeep is let go
     /// before a refusal.
+    /// Ready pool files are let go, one at a time, before a refusal of
+    /// `--max-memory` or `--max-files`: files in use come first.
     pub(super) fn check_limits(&mut self, session: &Session, size: u64) -> ServiceResult<()> {
-        match self.limits_allow(session, size) {
+        let mut result = match self.limits_allow(session, size) {
             Err(ServiceError::MemoryLimit { .. } | ServiceError::MemoryQuota { .. })
                 if !self.ledger.retired().is_empty() =>
             {
@@ -21,12 +23,20 @@ impl Service {
                 self.limits_allow(session, size)
             }
             other => other,
+        };
+        while matches!(
+            result,
+            Err(ServiceError::MemoryLimit { .. } | ServiceError::TooManyFiles { .. })
+        ) && self.release_pool_file()
+        {
+            result = self.limits_allow(session, size);
         }
+        result
     }
 
     fn limits_allow(&self, session: &Session, size: u64) -> ServiceResult<()> {
         let limits = &self.config.limits;
-        let used = self.ledger.total_size() + self.ledger.retired_bytes();
+        let used = self.memory_in_use();
         if used.saturating_add(size) > limits.max_total_memory {
             return Err(ServiceError::MemoryLimit {
                 used: format_size(used),
@@ -34,7 +44,7 @@ impl Service {
                 limit: format_size(limits.max_total_memory),
             });
         }
-        if self.ledger.file_count() >= limits.max_files {
+        if self.ledger.file_count() + self.pool.file_count() >= limits.max_files {
             return Err(ServiceError::TooManyFiles {
                 limit: limits.max_files,
             });

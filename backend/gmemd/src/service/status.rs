@@ -27,6 +27,7 @@ impl Service {
                 let total = count(self.visible_file_count(&view));
                 encode_status_page_from(total, query.start, entries, FileStatus::encode).0
             }
+            StatusSection::Memory => return self.memory_status(session, query),
             StatusSection::ScopedFiles => {
                 if !session
                     .features()

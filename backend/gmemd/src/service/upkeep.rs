@@ -1,7 +1,7 @@
 //! Periodic work, driven by the event loop's timer: orphans (files of VMs
 //! that have had no lease for a while) are destroyed when the operator
 //! asked for it (`--expire-orphans`), and retired memory whose holders have
-//! all gone stops counting.
+//! all gone stops counting; the warm pools are tended.
 
 use gmem_protocol::wire::VmSelector;
 use log::info;
@@ -12,6 +12,8 @@ use super::Service;
 impl Service {
     /// Runs the periodic work; cheap when there is nothing to do.
     pub fn upkeep(&mut self) {
+        self.tend_warm();
+        self.persist();
         if !self.ledger.retired().is_empty() {
             self.prune_holders();
         }

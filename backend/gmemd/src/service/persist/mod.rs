@@ -235,6 +235,7 @@ impl Service {
         ));
         out.extend(self.sessions.values().cloned().map(Record::Session));
         out.extend(self.devices.records());
+        out.extend(self.pool_records());
         out
     }
 
@@ -320,11 +321,14 @@ impl Service {
 
     fn status_line(&self) -> String {
         format!(
-            "{} file(s), {} lease(s), {} in files; {} restart(s)",
+            "{} file(s), {} lease(s), {} in files; {} restart(s){}",
             self.memfiles.len(),
             self.ledger.lease_count(),
             crate::size::format_size(self.ledger.total_size()),
-            self.history.restarts
+            self.history.restarts,
+            self.pool
+                .summary()
+                .map_or_else(String::new, |s| format!("; {s}"))
         )
     }
 
@@ -340,6 +344,7 @@ impl Service {
         self.memfiles
             .iter()
             .map(|(_, fid, fd)| (file_fd_name(fid), std::os::fd::AsRawFd::as_raw_fd(fd)))
+            .chain(self.pool_fds())
             .collect()
     }
 }

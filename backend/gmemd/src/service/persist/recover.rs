@@ -120,6 +120,7 @@ impl Service {
 
         let mut service = Service::new(config);
         service.ledger = ledger;
+        service.memfiles = crate::service::memfiles::MemFiles::with_next_fid(state.meta.next_fid);
         for (key, fid, fd) in file_fds {
             let key = restored
                 .moved
@@ -129,6 +130,7 @@ impl Service {
             service.memfiles.restore(key, fid, fd);
         }
         service.memfiles.take_events();
+        service.restore_pool(&state.pool, &mut fds, &mut notes);
         service.next_lease = LeaseId::new(state.meta.next_lease)
             .into_iter()
             .chain(service.ledger.leases().map(|(id, _)| id.next()))
