@@ -9,6 +9,7 @@
 //! - [`session`]: a control session with gmemd, every request bounded by
 //!   `--timeout`; `status`, `create`, `destroy`, `scrub`, `transfer`,
 //!   `revoke`, `forget`, `restart`.
+//! - [`prefault`]: `create --prefault`, waiting with a progress bar.
 //! - [`report`]: `gmemctl status` as a table or JSON, with each file's
 //!   namespace and orphans' age.
 //! - [`daemon`]: gmemd itself: the status line (since when it serves,
@@ -21,6 +22,7 @@ pub mod address;
 pub mod caps;
 pub mod daemon;
 pub mod launch;
+pub mod prefault;
 pub mod qmp;
 pub mod report;
 pub mod session;

@@ -18,6 +18,9 @@ use gmemctl::launch::{
 };
 use gmemctl::session::{parse_timeout, Session};
 use gmemd::config::default_socket;
+
+/// How long `create --prefault` waits without any progress before it gives up.
+const PREFAULT_STALL: Duration = Duration::from_secs(120);
 use gmemd::size::{format_size, parse_size};
 
 /// Operate gmemd: inspect, create, move and destroy memory, revoke and forget VMs.
@@ -98,6 +101,11 @@ enum Command {
         /// memfd, hugetlb-2m, hugetlb-1g or secret.
         #[arg(long, default_value = "memfd")]
         kind: MemoryKind,
+        /// Have gmemd populate every page now (in the background, several
+        /// files in parallel), and wait for it with a progress bar on a
+        /// terminal. An existing file of that size and kind is populated.
+        #[arg(long)]
+        prefault: bool,
         #[command(flatten)]
         bound: RequestTimeout,
     },
@@ -313,10 +321,30 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             name,
             size,
             kind,
+            prefault: false,
             bound,
         } => {
             let info = connect(&bound)?.create(&name, size, kind)?;
             println!("created {name}: {} {}", format_size(info.size), info.kind);
+        }
+        Command::Create {
+            name,
+            size,
+            kind,
+            prefault: true,
+            bound,
+        } => {
+            let mut session = connect(&bound)?;
+            let began = std::time::Instant::now();
+            let info = session.create_prefaulted(&name, size, kind)?;
+            gmemctl::prefault::wait_populated(&mut session, &name, size, PREFAULT_STALL)?;
+            println!(
+                "{} {name}: {} {}, populated in {:.2}s",
+                if info.created { "created" } else { "opened" },
+                format_size(info.size),
+                info.kind,
+                began.elapsed().as_secs_f64()
+            );
         }
         Command::Destroy { file, bound } => {
             connect(&bound)?.destroy(&file)?;

@@ -14,8 +14,18 @@
 //! recovered ([`crate::daemon::daemon_line`]), and a JSON `"daemon"` object
 //! (`{pid, restarts, born, started, files, leases, recovered}`, times in
 //! UNIX seconds); from an older daemon, no line and `"daemon": null`.
+//!
+//! A daemon with feature `PREFAULT` also lists its warm pools and the files
+//! it is populating: a line each before the table, and JSON `"pools"`
+//! (`{size, kind, count, ready, filling, ready_bytes, filling_populated}`)
+//! and `"prefaults"` (`{name, vm_uuid, size, kind, populated, state,
+//! errno}`, state `prefaulting`, `populated` or `failed`); empty lists from
+//! an older daemon.
 
-use gmem_protocol::wire::{DaemonStatus, FileStatus, LeaseStatus, ScopedFileStatus, VmId};
+use gmem_protocol::wire::{
+    DaemonStatus, FileStatus, FillState, FillStatus, FillSubject, LeaseStatus, ScopedFileStatus,
+    VmId,
+};
 use serde_json::{json, Value};
 
 use crate::daemon::{daemon_json, daemon_line, unix_now};
@@ -40,6 +50,9 @@ pub struct Status {
     pub files: Files,
     /// Every lease the caller may see.
     pub leases: Vec<LeaseStatus>,
+    /// Files being populated and the warm pools (empty from a daemon
+    /// without `PREFAULT`).
+    pub memory: Vec<FillStatus>,
 }
 
 /// Where a file lives, for one row of the report.
@@ -168,11 +181,94 @@ pub fn status_json(status: &Status) -> Value {
             })
         })
         .collect();
+    let (pools, prefaults) = memory_json(&status.memory);
     json!({
         "daemon": status.daemon.as_ref().map(daemon_json),
         "files": files,
         "leases": leases,
+        "pools": pools,
+        "prefaults": prefaults,
     })
+}
+
+/// The warm pools and the prefaults of `gmemctl status --json`.
+fn memory_json(memory: &[FillStatus]) -> (Vec<Value>, Vec<Value>) {
+    let mut pools = Vec::new();
+    let mut prefaults = Vec::new();
+    for m in memory {
+        match &m.subject {
+            FillSubject::Pool {
+                ready,
+                count,
+                filling,
+            } => pools.push(json!({
+                "size": m.size,
+                "kind": m.kind.name(),
+                "count": count,
+                "ready": ready,
+                "filling": filling,
+                "ready_bytes": m.size * u64::from(*ready),
+                "filling_populated": m.populated,
+            })),
+            FillSubject::File { uuid, name } => {
+                let (state, errno) = match m.state {
+                    FillState::Prefaulting => ("prefaulting", None),
+                    FillState::Populated => ("populated", None),
+                    FillState::Failed(e) => ("failed", Some(e)),
+                    FillState::Pool => ("pool", None),
+                };
+                prefaults.push(json!({
+                    "name": name.as_str(),
+                    "vm_uuid": uuid.map(|u| u.to_string()),
+                    "size": m.size,
+                    "kind": m.kind.name(),
+                    "populated": m.populated,
+                    "state": state,
+                    "errno": errno,
+                }));
+            }
+        }
+    }
+    (pools, prefaults)
+}
+
+/// Lines of the table for the warm pools and files being populated.
+fn memory_lines(memory: &[FillStatus]) -> String {
+    let mut out = String::new();
+    for m in memory {
+        match &m.subject {
+            FillSubject::Pool {
+                ready,
+                count,
+                filling,
+            } => out.push_str(&format!(
+                "pool {} {}: {ready}/{count} ready{}\n",
+                format_size(m.size),
+                m.kind,
+                if *filling > 0 {
+                    format!(", filling one ({} done)", format_size(m.populated))
+                } else {
+                    String::new()
+                }
+            )),
+            FillSubject::File { name, .. } if m.state == FillState::Prefaulting => {
+                out.push_str(&format!(
+                    "prefaulting {name}: {} of {}\n",
+                    format_size(m.populated),
+                    format_size(m.size)
+                ));
+            }
+            FillSubject::File { name, .. } => {
+                if let FillState::Failed(e) = m.state {
+                    out.push_str(&format!(
+                        "prefault of {name} stopped: {}\n",
+                        std::io::Error::from_raw_os_error(i32::try_from(e).unwrap_or(i32::MAX))
+                    ));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The table of `gmemctl status`, after the daemon's line (uptime as of
@@ -183,6 +279,11 @@ pub fn status_table(status: &Status) -> String {
     if let Some(daemon) = &status.daemon {
         out.push_str(&daemon_line(daemon, unix_now()));
         out.push_str("\n\n");
+    }
+    let memory = memory_lines(&status.memory);
+    if !memory.is_empty() {
+        out.push_str(&memory);
+        out.push('\n');
     }
     let row = |out: &mut String, cells: [&str; 7]| {
         let [space, file, size, kind, owner, orphan, bindings] = cells;
@@ -346,6 +447,7 @@ mod tests {
                 },
             ]),
             leases: vec![lease(&vm1, 3)],
+            memory: Vec::new(),
         }
     }
 
@@ -364,6 +466,7 @@ mod tests {
             daemon: None,
             files: Files::Plain(vec![file("ram", Some((&vm1, 3)), true)]),
             leases: vec![lease(&vm1, 3)],
+            memory: Vec::new(),
         };
         let v = status_json(&status);
         assert_eq!(v["files"][0]["name"], "ram");
@@ -422,6 +525,7 @@ mod tests {
             daemon: None,
             files: Files::Plain(vec![file("ram", Some((&vm1, 3)), true)]),
             leases: vec![lease(&vm1, 3)],
+            memory: Vec::new(),
         };
         let table = status_table(&status);
         let header = table.lines().next().unwrap();
@@ -433,6 +537,7 @@ mod tests {
             daemon: None,
             files: Files::Plain(Vec::new()),
             leases: Vec::new(),
+            memory: Vec::new(),
         });
         assert!(empty.contains("(no memory files)") && empty.contains("(no leases)"));
     }

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use gmem_protocol::conn::ConnError;
 use gmem_protocol::wire::{
-    DaemonStatus, Features, FileInfo, MemoryKind, Name, RevokeReport, VmSelector,
+    CreateFlags, DaemonStatus, Features, FileInfo, FillStatus, MemoryKind, Name, RevokeReport,
+    VmSelector,
 };
 use gmem_protocol::{Client, ClientError, ClientResult};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
@@ -190,10 +191,12 @@ impl Session {
             Files::Plain(self.bounded(Client::files)?)
         };
         let leases = self.bounded(Client::leases)?;
+        let memory = self.memory_status()?;
         Ok(Status {
             daemon,
             files,
             leases,
+            memory,
         })
     }
 
@@ -210,6 +213,38 @@ impl Session {
     ) -> Result<FileInfo, SessionError> {
         self.bounded(|c| c.create(name, size, kind))
             .map(|(_fd, info)| info)
+    }
+
+    /// Creates an operators' file that gmemd populates in the background
+    /// (CREATE with `PREFAULT`); [`Session::memory_status`] shows how far
+    /// it got. An existing file of that size and kind is opened and
+    /// populated (the command may be run again).
+    ///
+    /// # Errors
+    /// [`SessionError::NoFeature`] on a daemon without `PREFAULT`, or as
+    /// [`Session::status`].
+    pub fn create_prefaulted(
+        &mut self,
+        name: &Name,
+        size: u64,
+        kind: MemoryKind,
+    ) -> Result<FileInfo, SessionError> {
+        self.need_feature(Features::PREFAULT, "PREFAULT", "prefault")?;
+        let flags = CreateFlags::PREFAULT | CreateFlags::OPEN_EXISTING;
+        self.bounded(|c| c.create_with(name, size, kind, flags))
+            .map(|(_fd, info)| info)
+    }
+
+    /// Files being populated and the warm pools (empty from a daemon
+    /// without `PREFAULT`).
+    ///
+    /// # Errors
+    /// As [`Session::status`].
+    pub fn memory_status(&mut self) -> Result<Vec<FillStatus>, SessionError> {
+        if !self.features().contains(Features::PREFAULT) {
+            return Ok(Vec::new());
+        }
+        self.bounded(Client::memory_status)
     }
 
     /// Destroys a file.

@@ -263,3 +263,4 @@ mod quotas;
 mod requests;
 mod tenants;
 mod transfer;
+mod warm;

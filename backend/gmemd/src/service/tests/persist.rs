@@ -12,7 +12,7 @@ use crate::service::persist::{FdKeeper, Persistence};
 
 /// An fd keeper in memory: what systemd's fd store would hold.
 #[derive(Debug, Clone, Default)]
-struct MemKeeper(Arc<Mutex<HashMap<String, OwnedFd>>>);
+pub(super) struct MemKeeper(Arc<Mutex<HashMap<String, OwnedFd>>>);
 
 impl FdKeeper for MemKeeper {
     fn keep(&mut self, name: &str, fd: BorrowedFd<'_>) -> std::io::Result<()> {
@@ -29,7 +29,7 @@ impl FdKeeper for MemKeeper {
 
 impl MemKeeper {
     /// Copies of what it keeps, as a restarted gmemd gets them.
-    fn handed_over(&self) -> Vec<(String, OwnedFd)> {
+    pub(super) fn handed_over(&self) -> Vec<(String, OwnedFd)> {
         self.0
             .lock()
             .unwrap()
@@ -40,8 +40,13 @@ impl MemKeeper {
 }
 
 fn persisted(dir: &std::path::Path, keeper: &MemKeeper) -> Service {
+    persisted_with(dir, keeper, config())
+}
+
+/// A service of `config` journaling into `dir`, its fds kept by `keeper`.
+pub(super) fn persisted_with(dir: &std::path::Path, keeper: &MemKeeper, config: Config) -> Service {
     let (journal, _) = Journal::open(dir).unwrap();
-    let mut svc = service();
+    let mut svc = Service::new(config);
     svc.persist_with(Persistence::new(
         journal,
         Some(Box::new(keeper.clone())),
@@ -51,13 +56,22 @@ fn persisted(dir: &std::path::Path, keeper: &MemKeeper) -> Service {
 }
 
 fn recover(dir: &std::path::Path, keeper: &MemKeeper) -> (Service, Vec<String>) {
+    recover_with(dir, keeper, config())
+}
+
+/// The service a gmemd of `config` restarted from `dir` and `keeper` gets.
+pub(super) fn recover_with(
+    dir: &std::path::Path,
+    keeper: &MemKeeper,
+    config: Config,
+) -> (Service, Vec<String>) {
     let (journal, recovered) = Journal::open(dir).unwrap();
     let r = Service::recover(
-        config(),
+        config,
         journal,
         recovered,
         keeper.handed_over(),
-        None,
+        Some(Box::new(keeper.clone())),
         true,
     );
     (r.service, r.notes)
