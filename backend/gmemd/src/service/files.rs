@@ -29,11 +29,12 @@ impl Service {
         session: &Session,
         req: &CreateRequest,
     ) -> ServiceResult<Response> {
-        self.check_fd_recipient(session, Request::Create)?;
+        // A feature comes before the request's own checks (§5.3 step 8).
         let prefault = req.flags.contains(CreateFlags::PREFAULT);
         if prefault && !session.features().contains(Features::PREFAULT) {
             return Err(ServiceError::FeatureOff(Request::Create));
         }
+        self.check_fd_recipient(session, Request::Create)?;
         let key = self.resolve(session, &FileRef::own(req.name.clone()), Request::Create)?;
         if let Ok(existing) = self.ledger.file(&key) {
             let spec = existing.spec;
