@@ -63,9 +63,20 @@ fn create_prefault_populates_the_file_and_stays_quiet_off_a_terminal() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.starts_with("created ram: 96 MiB memfd, populated in"), "{stdout}");
-    assert!(out.stderr.is_empty(), "a progress bar off a terminal: {:?}", out.stderr);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("created ram: 96 MiB memfd, populated in"),
+        "{stdout}"
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "a progress bar off a terminal: {:?}",
+        out.stderr
+    );
     let status = gmemctl_json(&daemon, &["status"]);
     let prefault = &status["prefaults"][0];
     assert_eq!(prefault["name"], "ram");
@@ -114,7 +125,9 @@ fn pool_files_outlive_a_sigkill_of_gmemd_and_go_to_a_lease() {
     assert_eq!(status["pools"][0]["ready"], 2, "{status}");
 
     let mut lease = daemon.lease(vm("vm-a"));
-    let (fd, _) = lease.create(&name("ram"), 32 * MIB, MemoryKind::Memfd).unwrap();
+    let (fd, _) = lease
+        .create(&name("ram"), 32 * MIB, MemoryKind::Memfd)
+        .unwrap();
     assert!(link(&fd).contains("gmemd:pool"), "{}", link(&fd));
     assert!(kept.contains(&rustix::fs::fstat(&fd).unwrap().st_ino));
     assert_eq!(resident(&fd), 32 * MIB);
