@@ -9,7 +9,7 @@
 //! refills with fresh files only.
 //!
 //! Every decision is made here, on the event loop (what to fill, whether
-//! `--max-memory` and `--max-files` leave room); the [`filler`] thread
+//! `--max-memory` and `--max-files` leave room); the filler thread
 //! only makes the memory, one file at a time at idle priority. Ready files
 //! are kept and journaled like every file (`f<id>`, a pool record), so a
 //! pool survives a gmemd restart.
