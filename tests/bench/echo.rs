@@ -1,16 +1,25 @@
-//! The baselines of the request bench: servers that answer exactly gmemd's
+//! The baselines of the request rows: servers that answer exactly gmemd's
 //! BIND+UNBIND frames (sizes only, no parsing) and clients that send them.
+//!
+//! Each server runs in a process of its own, as gmemd does: this bench
+//! binary started again with `--echo-server epoll|threaded PATH`
+//! ([`serve_if_asked`], first thing in `main`). A thread of the bench would
+//! switch to and from the clients without changing address space, which
+//! this machine makes much cheaper than a switch between processes.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use epoll::{ControlOptions, Event, Events};
 use gmem_protocol::wire::HEADER_SIZE;
+use gmem_tests::ChildGuard;
+
+use crate::daemon::REPLY_TIMEOUT;
 
 /// A BIND request: header and `RawBind`.
 pub const BIND_LEN: usize = HEADER_SIZE + 96;
@@ -22,19 +31,12 @@ pub const REPLY_LEN: usize = HEADER_SIZE + 8;
 /// The request sizes a client alternates.
 const REQUEST_LENS: [usize; 2] = [BIND_LEN, UNBIND_LEN];
 
-/// A socket in a temporary directory.
-fn socket_path() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("echo.sock");
-    (dir, path)
-}
-
 /// How an echo server serves.
 #[derive(Debug, Clone, Copy)]
 pub enum EchoKind {
     /// One thread, epoll, non-blocking sockets: like gmemd's event loop.
     Epoll,
-    /// A thread per client with blocking reads: what two cores allow.
+    /// A thread per client with blocking reads: what the cores allow.
     Threaded,
 }
 
@@ -47,52 +49,49 @@ impl EchoKind {
     }
 }
 
-/// The argument that makes this bench binary an echo server.
+/// The argument that makes this binary an echo server.
 const SERVE_ARG: &str = "--echo-server";
 
-/// An echo server in a process of its own, as gmemd is: a thread of the
-/// bench would switch to and from the clients without changing address
-/// space, which this machine makes much cheaper than a switch between
-/// processes. Killed on drop.
+/// An echo server in a process of its own, killed on drop.
+#[derive(Debug)]
 pub struct EchoServer {
     path: PathBuf,
-    child: Child,
+    _child: ChildGuard,
     _dir: tempfile::TempDir,
 }
 
 impl EchoServer {
-    /// Starts this bench binary again as a server of `kind` and waits until
-    /// it listens.
-    pub fn start(kind: EchoKind) -> Self {
-        let (dir, path) = socket_path();
-        let child = Command::new(std::env::current_exe().expect("the bench binary"))
-            .args([SERVE_ARG, kind.arg()])
+    /// Starts this binary again as a server of `kind` and waits (up to
+    /// 10 s) until it listens.
+    ///
+    /// # Errors
+    /// The process did not start or does not listen.
+    pub fn start(kind: EchoKind) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let path = dir.path().join("echo.sock");
+        let exe = std::env::current_exe().map_err(|e| format!("the bench binary: {e}"))?;
+        let mut cmd = Command::new(exe);
+        cmd.args([SERVE_ARG, kind.arg()])
             .arg(&path)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start an echo server");
+            .stdin(Stdio::null());
+        let child = crate::process::spawn("echo server", cmd)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(&path).is_err() {
-            assert!(Instant::now() < deadline, "the echo server does not listen");
+            if Instant::now() >= deadline {
+                return Err(format!("the {} echo server does not listen", kind.arg()));
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
-        EchoServer {
+        Ok(EchoServer {
             path,
-            child,
+            _child: child,
             _dir: dir,
-        }
+        })
     }
 
     /// Its socket.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -103,14 +102,24 @@ pub fn serve_if_asked() {
     let Some(at) = args.iter().position(|a| a == SERVE_ARG) else {
         return;
     };
-    let (kind, path) = (&args[at + 1], &args[at + 2]);
-    let listener = UnixListener::bind(path).expect("bind");
-    match kind.as_str() {
-        "epoll" => {
-            listener.set_nonblocking(true).expect("nonblocking");
-            serve_epoll(&listener);
+    let (Some(kind), Some(path)) = (args.get(at + 1), args.get(at + 2)) else {
+        eprintln!("usage: {SERVE_ARG} epoll|threaded PATH");
+        std::process::exit(2);
+    };
+    let listener = match UnixListener::bind(path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("echo server: bind {path}: {e}");
+            std::process::exit(1);
         }
+    };
+    let served = match kind.as_str() {
+        "epoll" => serve_epoll(&listener),
         _ => serve_threaded(&listener),
+    };
+    if let Err(e) = served {
+        eprintln!("echo server: {e}");
+        std::process::exit(1);
     }
     std::process::exit(0);
 }
@@ -123,8 +132,9 @@ struct Conn {
     next: usize,
 }
 
-fn serve_epoll(listener: &UnixListener) {
-    let epfd = epoll::create(true).expect("epoll_create");
+fn serve_epoll(listener: &UnixListener) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let epfd = epoll::create(true)?;
     let listen_token = u64::MAX;
     let add = |fd: RawFd, token: u64| {
         epoll::ctl(
@@ -133,9 +143,8 @@ fn serve_epoll(listener: &UnixListener) {
             fd,
             Event::new(Events::EPOLLIN, token),
         )
-        .expect("epoll_ctl");
     };
-    add(listener.as_raw_fd(), listen_token);
+    add(listener.as_raw_fd(), listen_token)?;
     let mut conns: HashMap<u64, Conn> = HashMap::new();
     let mut next_token = 0u64;
     let mut events = vec![Event::new(Events::empty(), 0); 64];
@@ -143,15 +152,16 @@ fn serve_epoll(listener: &UnixListener) {
     loop {
         let n = match epoll::wait(epfd, -1, &mut events) {
             Ok(n) => n,
+            // A signal (none is expected): wait again.
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => panic!("epoll_wait: {e}"),
+            Err(e) => return Err(e),
         };
         for event in &events[..n] {
             let token = event.data;
             if token == listen_token {
                 while let Ok((stream, _)) = listener.accept() {
-                    stream.set_nonblocking(true).expect("nonblocking");
-                    add(stream.as_raw_fd(), next_token);
+                    stream.set_nonblocking(true)?;
+                    add(stream.as_raw_fd(), next_token)?;
                     conns.insert(
                         next_token,
                         Conn {
@@ -204,9 +214,9 @@ fn echo_ready(conn: &mut Conn, buf: &mut [u8]) -> bool {
     true
 }
 
-fn serve_threaded(listener: &UnixListener) {
+fn serve_threaded(listener: &UnixListener) -> std::io::Result<()> {
     for stream in listener.incoming() {
-        let mut stream = stream.expect("accept");
+        let mut stream = stream?;
         std::thread::spawn(move || {
             let mut req = [0u8; BIND_LEN];
             for len in REQUEST_LENS.iter().cycle() {
@@ -218,6 +228,7 @@ fn serve_threaded(listener: &UnixListener) {
             }
         });
     }
+    Ok(())
 }
 
 /// Requests per second of `clients` clients each sending `rounds` BIND-
@@ -225,21 +236,30 @@ fn serve_threaded(listener: &UnixListener) {
 /// system calls gmemd's client library makes for a request: one send of
 /// the whole frame, then the reply's header and the rest in two reads, so
 /// that only the servers differ.
-pub fn rate(path: &Path, clients: usize, rounds: usize) -> f64 {
-    crate::timed(clients, rounds * 2, |_, start| {
+///
+/// # Errors
+/// A client's failure to connect, send or read a reply in time.
+pub fn rate(path: &Path, clients: usize, rounds: usize) -> Result<f64, String> {
+    crate::rate::timed(clients, rounds * 2, |_, start| {
         let path = path.to_owned();
         std::thread::spawn(move || {
-            let mut stream = UnixStream::connect(path).expect("connect");
-            let mut reply = [0u8; REPLY_LEN];
+            let stream = UnixStream::connect(path)
+                .and_then(|s| s.set_read_timeout(Some(REPLY_TIMEOUT)).map(|()| s))
+                .map_err(|e| format!("echo client: {e}"));
             start.wait();
+            let mut stream = stream?;
+            let mut reply = [0u8; REPLY_LEN];
             for _ in 0..rounds {
                 for len in REQUEST_LENS {
-                    stream.write_all(&[1u8; BIND_LEN][..len]).expect("send");
                     let (head, rest) = reply.split_at_mut(HEADER_SIZE);
-                    stream.read_exact(head).expect("reply header");
-                    stream.read_exact(rest).expect("reply body");
+                    stream
+                        .write_all(&[1u8; BIND_LEN][..len])
+                        .and_then(|()| stream.read_exact(head))
+                        .and_then(|()| stream.read_exact(rest))
+                        .map_err(|e| format!("echo client: {e}"))?;
                 }
             }
+            Ok(())
         })
     })
 }
