@@ -24,6 +24,7 @@ pub mod hugepages;
 pub mod journal;
 pub mod ledger;
 pub mod log_limit;
+pub mod log_sink;
 pub mod memory;
 pub mod peer;
 pub mod pool;

@@ -110,13 +110,9 @@ struct Args {
 
 fn main() -> ExitCode {
     gmemd::startup::mark_exec();
-    // Plain text unless RUST_LOG_STYLE asks otherwise: a daemon's log goes
-    // to a file or the journal, and styling each line only for env_logger
-    // to strip it again showed as 2-3% of the request path in a profile.
-    let env = env_logger::Env::default()
-        .default_filter_or("info")
-        .default_write_style_or("never");
-    env_logger::Builder::from_env(env).init();
+    if let Err(e) = gmemd::log_sink::init() {
+        eprintln!("gmemd: no log: {e}");
+    }
     let args = Args::parse();
     match run(args) {
         Ok(code) => code,
@@ -184,7 +180,11 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     );
     let mut event_loop = gmemd::startup::start(config, &state_dir, &socket)?;
     event_loop.stop_on_signals()?;
-    if event_loop.run()? == RunEnd::Restart {
+    // Lines wait for the end of each wakeup while it serves (log_sink).
+    gmemd::log_sink::hold();
+    let end = event_loop.run();
+    gmemd::log_sink::release();
+    if end? == RunEnd::Restart {
         let fds = event_loop.handover();
         let exe = gmemd::handover::binary_path();
         let args: Vec<_> = std::env::args_os().skip(1).collect();

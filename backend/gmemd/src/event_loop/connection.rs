@@ -65,16 +65,36 @@ pub(super) fn read_events(partial: bool) -> Events {
     }
 }
 
+/// When the replies [`serve_connection`] queued are to be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flush {
+    /// Now (or they are out already).
+    Now,
+    /// With the other replies of this wakeup, after one journal write and
+    /// one log write for all of them.
+    AtWakeupEnd,
+}
+
+/// What must be written before any reply goes out: the journal records of
+/// the changes served (a client never sees a change a crash would undo)
+/// and the log lines of the requests.
+pub(super) fn before_reply(service: &mut Service) {
+    service.commit_journal();
+    crate::log_sink::flush();
+}
+
 /// Serves one readiness event of a connection: reads and serves requests
 /// while its replies flow; `Err(reason)` closes it. Leases its requests
-/// ended are added to `ended`, and serving stops there.
+/// ended are added to `ended`, and serving stops there. The caller holds
+/// the journal ([`Service::hold_journal`]) and sends the replies as the
+/// returned [`Flush`] says.
 pub(super) fn serve_connection(
     conn: &mut Connection,
     service: &mut Service,
     flags: Events,
     ended: &mut Vec<LeaseId>,
     restart: &mut bool,
-) -> Result<(), String> {
+) -> Result<Flush, String> {
     let stalled = conn
         .partial_since
         .is_some_and(|since| since.elapsed() >= STALLED_AFTER);
@@ -85,7 +105,7 @@ pub(super) fn serve_connection(
         {
             return Err("client hung up with replies unread".to_owned());
         }
-        return Ok(());
+        return Ok(Flush::Now);
     }
     for _ in 0..FRAMES_PER_WAKEUP {
         let read = if stalled {
@@ -104,42 +124,44 @@ pub(super) fn serve_connection(
                     .push(served.reply.header, &served.reply.payload, served.reply.fds);
                 if served.close {
                     conn.closing = true;
-                    return Ok(());
+                    return Ok(Flush::Now);
                 }
                 if served.restart {
                     *restart = true;
                 }
                 if !served.ended.is_empty() {
                     ended.extend(served.ended);
-                    return Ok(());
+                    return Ok(Flush::Now);
+                }
+                // Nothing behind it: the next request is epoll's to report
+                // (level-triggered), not worth a look that finds nothing,
+                // and the reply goes out with the wakeup's others.
+                if !stalled && !conn.reader.more_queued() {
+                    return Ok(Flush::AtWakeupEnd);
                 }
                 // Stop reading while replies are queued: backpressure.
+                before_reply(service);
                 if !conn
                     .writer
                     .flush(fd)
                     .map_err(|e| format!("send failed: {e}"))?
                 {
-                    return Ok(());
-                }
-                // Nothing behind it: the next request is epoll's to report
-                // (level-triggered), not worth a look that finds nothing.
-                if !stalled && !conn.reader.more_queued() {
-                    return Ok(());
+                    return Ok(Flush::Now);
                 }
             }
             Ok(WholeRead::Partial) => {
                 conn.partial = true;
                 conn.partial_since.get_or_insert_with(Instant::now);
-                return Ok(());
+                return Ok(Flush::Now);
             }
             Ok(WholeRead::Empty) => {
                 conn.partial = false;
                 conn.partial_since = None;
-                return Ok(());
+                return Ok(Flush::Now);
             }
             Err(e) if e.is_hangup() => return Err("client closed the connection".to_owned()),
             Err(e) => return Err(format!("protocol error: {}", crate::error_chain(&e))),
         }
     }
-    Ok(())
+    Ok(Flush::Now)
 }

@@ -46,7 +46,7 @@ use crate::log_limit::LogLimiter;
 use crate::peer;
 use crate::service::persist::ResumedSession;
 use crate::service::{Served, Service, SessionId};
-use connection::{read_events, serve_connection, Connection};
+use connection::{before_reply, read_events, serve_connection, Connection, Flush};
 pub use gate::{Gate, Refusal};
 
 /// Why [`EventLoop::run`] returned.
@@ -185,6 +185,8 @@ pub struct EventLoop {
     ticks: u32,
     /// The devices' calls, once [`EventLoop::serve_devices`] ran.
     devices: Option<devices::DeviceCalls>,
+    /// Connections with replies to send at the end of this wakeup.
+    unflushed: Vec<SessionId>,
 }
 
 impl EventLoop {
@@ -257,6 +259,7 @@ impl EventLoop {
             restart_asked: false,
             ticks: 0,
             devices: None,
+            unflushed: Vec::new(),
         };
         lp.add(lp.listener.as_raw_fd(), Token::Listener, Events::EPOLLIN)
             .map_err(setup("epoll_ctl listener"))?;
@@ -380,7 +383,14 @@ impl EventLoop {
             };
             for event in &events[..n] {
                 let flags = Events::from_bits_retain(event.events);
-                match Token::from(event.data) {
+                let token = Token::from(event.data);
+                // Clients' requests are served together; anything else
+                // (a device call, the timer, a stop) comes after their
+                // replies are out.
+                if !matches!(token, Token::Conn(_)) {
+                    self.finish_wakeup();
+                }
+                match token {
                     Token::Listener => self.accept_all(),
                     Token::Exit => {
                         info!("shutdown requested");
@@ -404,6 +414,7 @@ impl EventLoop {
                     Token::Unknown(data) => warn!("event for unknown token {data}: {flags:?}"),
                 }
             }
+            self.finish_wakeup();
             if self.restart_asked {
                 info!("RESTART: restarting in place, state and fds handed over");
                 return Ok(RunEnd::Restart);
@@ -416,6 +427,7 @@ impl EventLoop {
     /// the service journal everything, and returns every fd to hand over,
     /// named: `listen`, `c<id>`, `f<id>`. The loop must not run again.
     pub fn handover(&mut self) -> Vec<(String, RawFd)> {
+        self.finish_wakeup();
         let deadline = Instant::now() + Duration::from_secs(1);
         let ids: Vec<SessionId> = self.conns.keys().copied().collect();
         loop {
@@ -608,6 +620,7 @@ impl EventLoop {
         };
         let mut ended = Vec::new();
         let mut restart = false;
+        self.service.hold_journal();
         let result = serve_connection(conn, &mut self.service, flags, &mut ended, &mut restart);
         self.restart_asked |= restart;
         // Revoked leases are cut off before the REVOKE's reply goes out, so
@@ -616,14 +629,29 @@ impl EventLoop {
             self.close_revoked(lease);
         }
         match result {
-            Ok(()) => self.flush(id),
+            Ok(Flush::Now) => self.flush(id),
+            Ok(Flush::AtWakeupEnd) => self.unflushed.push(id),
             Err(reason) => self.drop_conn(id, reason),
         }
     }
 
-    /// Sends what is queued; closes a closing connection once it is out,
-    /// else waits for writability while replies remain.
+    /// Ends a wakeup's serving: one journal write and one log write for
+    /// every request it served, then their replies.
+    fn finish_wakeup(&mut self) {
+        before_reply(&mut self.service);
+        let mut ids = std::mem::take(&mut self.unflushed);
+        for id in ids.drain(..) {
+            self.flush(id);
+        }
+        // The (empty) vector keeps its room for the next wakeup.
+        self.unflushed = ids;
+    }
+
+    /// Sends what is queued (journal and log first); closes a closing
+    /// connection once it is out, else waits for writability while
+    /// replies remain.
     fn flush(&mut self, id: SessionId) {
+        before_reply(&mut self.service);
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -683,6 +711,10 @@ impl EventLoop {
         );
         self.gate.leave(&conn.session.principal);
         self.service.close_session(&conn.session, &reason);
+        // The client sees the close as it would a reply: what led to it
+        // is written first.
+        before_reply(&mut self.service);
+        drop(conn);
     }
 
     /// Waits for writability (and stops reading) while replies are queued;
@@ -724,6 +756,7 @@ impl Drop for EventLoop {
     fn drop(&mut self) {
         // With an fd keeper, the socket, the connections and the leases
         // belong to the next gmemd (or go with the keeper when it stops).
+        before_reply(&mut self.service);
         if self.keep_socket || self.service.has_keeper() {
             info!("leaving the socket, connections and leases to the fd keeper");
             return;

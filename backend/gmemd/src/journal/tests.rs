@@ -160,3 +160,41 @@ fn compaction_keeps_the_state_and_empties_the_journal() {
     expected.apply(Record::FileGone { fid: 1 });
     assert_eq!(rec.state, expected);
 }
+
+#[test]
+fn held_records_reach_the_file_only_on_commit_in_one_piece() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    let journal_len = || std::fs::metadata(dir.path().join(JOURNAL)).unwrap().len();
+    let empty = journal_len();
+    j.hold();
+    for r in history() {
+        j.append(&[r]).unwrap();
+    }
+    assert_eq!(journal_len(), empty, "held records are not written yet");
+    let committed = j.commit().unwrap();
+    assert_eq!(journal_len(), empty + committed as u64);
+    // Committing ends holding: the next append is written at once.
+    j.append(&[file(5, "five")]).unwrap();
+    assert!(journal_len() > empty + committed as u64);
+    assert_eq!(j.commit().unwrap(), 0, "nothing held");
+    drop(j);
+    let (_, rec) = Journal::open(dir.path()).unwrap();
+    let mut all = history();
+    all.push(file(5, "five"));
+    assert_eq!(rec.state, state_of(&all));
+}
+
+#[test]
+fn compaction_takes_in_the_held_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    j.hold();
+    j.append(&history()).unwrap();
+    // The snapshot is the whole state, held changes included.
+    j.compact(&history()).unwrap();
+    assert_eq!(j.commit().unwrap(), 0, "the snapshot already has them");
+    drop(j);
+    let (_, rec) = Journal::open(dir.path()).unwrap();
+    assert_eq!(rec.state, state_of(&history()));
+}

@@ -258,3 +258,43 @@ fn a_lease_whose_connection_was_lost_ends_after_the_grace_and_its_vm_keeps_its_f
         Errno::ACCESS
     );
 }
+
+#[test]
+fn the_keeper_never_holds_memory_the_written_journal_does_not_describe() {
+    let dir = tempfile::tempdir().unwrap();
+    let keeper = MemKeeper::default();
+    let mut svc = persisted(dir.path(), &keeper);
+    let mut a = vm_session(&mut svc, 1, "vm-a", ALICE);
+    let kept = |fid: u64| keeper.0.lock().unwrap().contains_key(&format!("f{fid}"));
+    // Held records (the event loop serving a wakeup): the new file's fd
+    // waits for its record to be written.
+    svc.hold_journal();
+    call_fd(&mut svc, &mut a, create_named("ram", MIB));
+    let fid = svc
+        .memfiles
+        .fid(&FileKey::vm(vm("vm-a").uuid, name("ram")))
+        .unwrap();
+    assert!(!kept(fid), "kept before its record was written");
+    svc.commit_journal();
+    assert!(kept(fid), "kept once its record is written");
+    // A gone file's fd goes before its record is written.
+    svc.hold_journal();
+    call(&mut svc, &mut a, destroy("ram")).unwrap();
+    assert!(!kept(fid), "still kept after DESTROY");
+    svc.commit_journal();
+    // Made and gone while held: never kept.
+    svc.hold_journal();
+    call_fd(&mut svc, &mut a, create_named("scratch", MIB));
+    call(&mut svc, &mut a, destroy("scratch")).unwrap();
+    svc.commit_journal();
+    assert_eq!(
+        keeper
+            .0
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with('f'))
+            .count(),
+        0
+    );
+}
