@@ -78,7 +78,7 @@ const MIN_SIZE: u64 = 16 << 20;
 
 pub const USAGE: &str = "\
 usage: cargo run --release -p gmem-tests --bin bench -- [FLAGS]
-  --smoke                 tiny sizes, one round: every row in about a minute (CI)
+  --smoke                 tiny sizes, one round: every row in about 20 seconds (CI)
   --size SIZE             memory of the prefault, launch and touch rows [4G; smoke 256M]
   --clients N[,N...]      clients of the request rows [1,8,64,200]
   --rounds N              interleaved rounds, medians reported [5; smoke 1]

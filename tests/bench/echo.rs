@@ -56,7 +56,7 @@ const SERVE_ARG: &str = "--echo-server";
 #[derive(Debug)]
 pub struct EchoServer {
     path: PathBuf,
-    _child: ChildGuard,
+    child: ChildGuard,
     _dir: tempfile::TempDir,
 }
 
@@ -84,7 +84,7 @@ impl EchoServer {
         }
         Ok(EchoServer {
             path,
-            _child: child,
+            child,
             _dir: dir,
         })
     }
@@ -92,6 +92,11 @@ impl EchoServer {
     /// Its socket.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
     }
 }
 

@@ -47,6 +47,7 @@
 //! never fail the run: figures on 2 shared cores move by ±15 %.
 
 mod args;
+mod cpu;
 mod daemon;
 mod echo;
 mod guest;

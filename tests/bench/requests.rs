@@ -65,15 +65,33 @@ pub fn run(options: &Options) -> GroupReport {
             "gmemd round trip",
         ],
     );
+    let mut cpu = Table::new(
+        "CPU time per request, µs (medians): each server, and the bench's client threads \
+         driving it; 2 cores are shared by all of them",
+        &[
+            "clients",
+            "gmemd",
+            "its clients",
+            "epoll echo",
+            "its clients",
+        ],
+    );
+    let (gmemd_pid, echo_pid) = (daemon.pid().to_string(), epoll.pid().to_string());
     for &clients in &options.clients {
         let pairs = pairs(options, clients);
         let (mut g, mut e, mut t) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut g_cpu, mut e_cpu) = (CpuShares::default(), CpuShares::default());
+        let requests = (clients * pairs * 2) as f64;
         let mut error = None;
         for _ in 0..options.rounds {
             let runs = [
-                crate::echo::rate(epoll.path(), clients, pairs).map(|r| e.push(r)),
+                crate::cpu::during(&echo_pid, || {
+                    crate::echo::rate(epoll.path(), clients, pairs)
+                })
+                .map(|run| e.push(e_cpu.add(run, requests))),
                 crate::echo::rate(threaded.path(), clients, pairs).map(|r| t.push(r)),
-                gmemd_rate(&daemon.socket(), clients, pairs).map(|r| g.push(r)),
+                crate::cpu::during(&gmemd_pid, || gmemd_rate(&daemon.socket(), clients, pairs))
+                    .map(|run| g.push(g_cpu.add(run, requests))),
             ];
             if let Some(Err(why)) = runs.into_iter().find(Result::is_err) {
                 error = Some(why);
@@ -97,6 +115,13 @@ pub fn run(options: &Options) -> GroupReport {
                 format!("{}x", ratio_text(g / t)),
                 format!("{} µs", thousands(round_trip_us)),
             ]);
+            cpu.push(vec![
+                clients.to_string(),
+                format!("{:.1}", median(g_cpu.server)),
+                format!("{:.1}", median(g_cpu.clients)),
+                format!("{:.1}", median(e_cpu.server)),
+                format!("{:.1}", median(e_cpu.clients)),
+            ]);
         }
         let (label, target) = if clients == 1 {
             ("round trip, 1 client".to_owned(), Target::AtLeast(0.67))
@@ -114,6 +139,7 @@ pub fn run(options: &Options) -> GroupReport {
         });
     }
     report.details.push(details);
+    report.details.push(cpu);
     report.notes.push(format!(
         "gmemd log level {} (GMEMD_TEST_LOG), state on {}; {} BIND+UNBIND pairs per client at 8 clients",
         std::env::var("GMEMD_TEST_LOG").unwrap_or_default(),
@@ -121,6 +147,26 @@ pub fn run(options: &Options) -> GroupReport {
         pairs(options, 8)
     ));
     report
+}
+
+/// CPU µs per request of a server and of the clients, one entry per run.
+#[derive(Debug, Default)]
+struct CpuShares {
+    server: Vec<f64>,
+    clients: Vec<f64>,
+}
+
+impl CpuShares {
+    /// Keeps the shares of one run of `requests`; returns its rate.
+    fn add(
+        &mut self,
+        (rate, server, clients): (f64, std::time::Duration, std::time::Duration),
+        requests: f64,
+    ) -> f64 {
+        self.server.push(server.as_secs_f64() * 1e6 / requests);
+        self.clients.push(clients.as_secs_f64() * 1e6 / requests);
+        rate
+    }
 }
 
 /// BIND+UNBIND pairs each of `clients` clients makes in one run.
