@@ -109,6 +109,7 @@ impl Service {
     }
 
     pub(super) fn open(&mut self, session: &Session, file: &FileRef) -> ServiceResult<Response> {
+        Self::check_scope_feature(session, file, Request::Open)?;
         self.check_fd_recipient(session, Request::Open)?;
         let key = self.resolve(session, file, Request::Open)?;
         self.open_key(session, key)
@@ -191,6 +192,7 @@ impl Service {
     /// A VM destroys its unbound files from any of its leases; operators
     /// destroy any file, dropping its bindings.
     pub(super) fn destroy(&mut self, session: &Session, file: &FileRef) -> ServiceResult<Response> {
+        Self::check_scope_feature(session, file, Request::Destroy)?;
         if session.lease().is_none() {
             Self::require_operator(session, Request::Destroy)?;
         }
@@ -211,6 +213,7 @@ impl Service {
     }
 
     pub(super) fn scrub(&mut self, session: &Session, file: &FileRef) -> ServiceResult<Response> {
+        Self::check_scope_feature(session, file, Request::Scrub)?;
         Self::require_operator(session, Request::Scrub)?;
         let key = self.resolve(session, file, Request::Scrub)?;
         let record = self.ledger.file(&key)?;

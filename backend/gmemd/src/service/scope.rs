@@ -38,6 +38,20 @@ impl Service {
     /// [`ServiceError::FeatureOff`] for a scoped name without `VM_SCOPE`,
     /// [`ServiceError::NotOperator`] for a non-operator naming anything but
     /// its own VM, [`ServiceError::Ledger`] for an unknown VM.
+    /// A scoped name needs `VM_SCOPE` (§5.3 step 8), checked before who
+    /// may send the request (step 9): a session that did not negotiate the
+    /// feature is told so whoever it is.
+    pub(super) fn check_scope_feature(
+        session: &Session,
+        file: &FileRef,
+        request: Request,
+    ) -> ServiceResult<()> {
+        if !matches!(file.scope, Scope::Own) && !session.features().contains(Features::VM_SCOPE) {
+            return Err(ServiceError::FeatureOff(request));
+        }
+        Ok(())
+    }
+
     pub(super) fn resolve(
         &self,
         session: &Session,
