@@ -74,7 +74,10 @@ fn hotplugged_memory_appears_in_the_guest_and_the_ledger() {
 
     // An upgrade carries the DIMM over (the new QEMU has it from the start).
     let up = gmemctl_json(&daemon, &["upgrade", "hp-vm"]);
-    assert_eq!(up["ram_in_place_bytes"], 640 * MIB, "{up}");
+    // The DIMM's RAM stayed in place too (measured by QEMU, less every
+    // page the stream carried: at most 32 MiB of ROMs and video memory).
+    let in_place = up["ram_in_place_bytes"].as_u64().unwrap();
+    assert!(((640 - 32) * MIB..=640 * MIB).contains(&in_place), "{up}");
     assert!(
         up["ram_transferred_bytes"].as_u64().unwrap() < 4 << 20,
         "{up}"

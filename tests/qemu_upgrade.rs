@@ -35,7 +35,14 @@ fn upgrade(daemon: &Daemon, vm: &str, serial: &SerialLog) -> Value {
     // RAM stayed in place: only firmware/ROM pages and device state moved.
     let sent = u(&report["ram_transferred_bytes"]);
     assert!(sent < 4 << 20, "{sent} bytes of RAM sent: {report}");
-    assert_eq!(u(&report["ram_in_place_bytes"]), 512 << 20);
+    // Measured by QEMU (the shared backends it skipped, less every page it
+    // sent, ROMs and video memory included): at most the guest's RAM, and
+    // short of it by no more than those private blocks.
+    let in_place = u(&report["ram_in_place_bytes"]);
+    assert!(
+        ((512 - 32) << 20..=512 << 20).contains(&in_place),
+        "{in_place} bytes in place: {report}"
+    );
     // The console goes on from where it was, uptime continuing.
     let after = serial.wait_tick(before.n + 2, BOOT_TIMEOUT, |_| true);
     assert!(after.uptime > before.uptime, "{before:?} -> {after:?}");

@@ -543,7 +543,8 @@ fn upgrade_text(r: &UpgradeReport) -> String {
         opt_ms(r.setup_time_ms),
         r.ram_transferred_bytes
             .map_or_else(|| "?".to_owned(), format_size),
-        format_size(r.ram_in_place_bytes),
+        r.ram_in_place_bytes
+            .map_or_else(|| "?".to_owned(), format_size),
         r.start_ms,
         r.handoff_ms,
         r.elapsed_ms

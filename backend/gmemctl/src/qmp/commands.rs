@@ -101,6 +101,21 @@ impl QmpClient {
         Ok(caps.into_iter().map(|c| (c.capability, c.state)).collect())
     }
 
+    /// `query-memdev`: each memory backend's id, size and whether it is
+    /// shared (`share=on`).
+    pub fn query_memdevs(&mut self) -> Result<Vec<(String, u64, bool)>, QmpError> {
+        #[derive(Deserialize)]
+        struct Memdev {
+            #[serde(default)]
+            id: String,
+            size: u64,
+            share: bool,
+        }
+        let v = self.execute("query-memdev", None)?;
+        let devs: Vec<Memdev> = parse_reply("query-memdev", v)?;
+        Ok(devs.into_iter().map(|d| (d.id, d.size, d.share)).collect())
+    }
+
     /// `migrate-set-parameters` with a parameter object, e.g.
     /// `json!({"downtime-limit": 100, "max-bandwidth": 0})`.
     pub fn migrate_set_parameters(&mut self, params: Value) -> Result<(), QmpError> {

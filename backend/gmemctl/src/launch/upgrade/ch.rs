@@ -149,7 +149,7 @@ pub(super) fn upgrade(
         downtime_ms: None,
         setup_time_ms: None,
         ram_transferred_bytes: None,
-        ram_in_place_bytes: rec.memory.size,
+        ram_in_place_bytes: None,
         handoff_ms,
         start_ms,
         elapsed_ms: ms(t0.elapsed()),

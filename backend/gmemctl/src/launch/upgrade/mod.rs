@@ -191,8 +191,11 @@ pub struct UpgradeReport {
     pub setup_time_ms: Option<u64>,
     /// RAM bytes sent (only non-shared RAM: firmware, ROMs).
     pub ram_transferred_bytes: Option<u64>,
-    /// Bytes of the VM's shared RAM that stayed in place.
-    pub ram_in_place_bytes: u64,
+    /// Bytes of the VM's shared RAM that stayed in place, at least, as the
+    /// old QEMU reports it (shared backends skipped by `x-ignore-shared`,
+    /// less every page the migration stream carried); `None` where the
+    /// VMM reports nothing to measure it by (cloud-hypervisor).
+    pub ram_in_place_bytes: Option<u64>,
     /// From `migrate` to `completed`, measured here, ms.
     pub handoff_ms: f64,
     /// From starting the new QEMU to its QMP answering, ms.
@@ -302,7 +305,11 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
         });
     }
 
-    let (info, handoff_ms) = migrate(&mut old, &mut new, &migration, opts.timeout)?;
+    let migration::Handoff {
+        info,
+        wall_ms: handoff_ms,
+        in_place_bytes: in_place,
+    } = migrate(&mut old, &mut new, &migration, opts.timeout)?;
     // From here the new QEMU holds the VM's state: it is kept whatever
     // happens next, and the old one (stopped, `postmigrate`) must not run.
     let supervised = target.commit();
@@ -336,7 +343,6 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
     att.save()?;
     hand_lease_over(&target.process, &rec);
     running?;
-    let in_place = rec.memory.size + rec.dimms.iter().map(|d| d.size).sum::<u64>();
     Ok(UpgradeReport {
         vm: rec.vm,
         old_pid,
@@ -348,7 +354,7 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradeReport, UpgradeError> {
         downtime_ms: info.downtime_ms,
         setup_time_ms: info.setup_time_ms,
         ram_transferred_bytes: info.ram_transferred_bytes,
-        ram_in_place_bytes: in_place,
+        ram_in_place_bytes: Some(in_place),
         handoff_ms,
         start_ms,
         elapsed_ms: ms(t0.elapsed()),
