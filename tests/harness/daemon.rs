@@ -174,8 +174,25 @@ impl Daemon {
         });
     }
 
-    /// The daemon's log so far.
+    /// The daemon's log, with the lines of everything it answered before
+    /// this call. gmemd writes a wakeup's log lines just after its replies
+    /// (`log_sink`), so a HELLO round trip, served in a later wakeup, is
+    /// the barrier; a gmemd that does not answer within 2 s is read as is.
     pub fn log(&self) -> String {
+        if let Ok(stream) = std::os::unix::net::UnixStream::connect(self.socket()) {
+            if stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .is_ok()
+            {
+                let _ = Client::handshake(stream, None);
+            }
+        }
+        self.log_now()
+    }
+
+    /// The log file as it is now, without the barrier of [`Daemon::log`]
+    /// (for a gmemd that is stopped, or must not see another connection).
+    pub fn log_now(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("gmemd.log")).unwrap_or_default()
     }
 
@@ -194,7 +211,7 @@ impl Drop for Daemon {
             eprintln!(
                 "----- gmemd log ({}) -----\n{}",
                 self.dir.path().display(),
-                self.log()
+                self.log_now()
             );
         }
     }

@@ -4,11 +4,12 @@
 //! gmemd logs every lease, bind and unbind at info. One `write` per line
 //! was a fifth of the request path's syscalls, so while the event loop
 //! runs ([`hold`]), lines collect in a buffer and go out in one `write`
-//! ([`flush`]) before the replies of the same wakeup are sent: a client
-//! that has its reply finds its request in the log, and a crash loses no
-//! line whose effect anyone saw. Warnings and errors go out at once, and
-//! so does a buffer past [`FLUSH_AT`]. Outside the loop (startup, the
-//! keeper, exit) every line is written as it comes.
+//! ([`flush`]) at the end of each wakeup, right after its replies, and
+//! before a connection is closed. Warnings and errors go out at once, and
+//! so does a buffer past [`FLUSH_AT`]. gmemd killed between a reply and
+//! the end of its wakeup (microseconds) loses those info lines; the
+//! journal still has every change. Outside the loop (startup, the keeper,
+//! exit) every line is written as it comes.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -65,36 +65,25 @@ pub(super) fn read_events(partial: bool) -> Events {
     }
 }
 
-/// When the replies [`serve_connection`] queued are to be sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Flush {
-    /// Now (or they are out already).
-    Now,
-    /// With the other replies of this wakeup, after one journal write and
-    /// one log write for all of them.
-    AtWakeupEnd,
-}
-
 /// What must be written before any reply goes out: the journal records of
-/// the changes served (a client never sees a change a crash would undo)
-/// and the log lines of the requests.
+/// the changes served, so a client never sees a change a crash would undo.
+/// (Log lines go out at the end of the wakeup, see [`crate::log_sink`].)
 pub(super) fn before_reply(service: &mut Service) {
     service.commit_journal();
-    crate::log_sink::flush();
 }
 
 /// Serves one readiness event of a connection: reads and serves requests
 /// while its replies flow; `Err(reason)` closes it. Leases its requests
 /// ended are added to `ended`, and serving stops there. The caller holds
-/// the journal ([`Service::hold_journal`]) and sends the replies as the
-/// returned [`Flush`] says.
+/// the journal ([`Service::hold_journal`]) and commits it when this
+/// returns; replies queued here and not yet sent are the caller's to flush.
 pub(super) fn serve_connection(
     conn: &mut Connection,
     service: &mut Service,
     flags: Events,
     ended: &mut Vec<LeaseId>,
     restart: &mut bool,
-) -> Result<Flush, String> {
+) -> Result<(), String> {
     let stalled = conn
         .partial_since
         .is_some_and(|since| since.elapsed() >= STALLED_AFTER);
@@ -105,7 +94,7 @@ pub(super) fn serve_connection(
         {
             return Err("client hung up with replies unread".to_owned());
         }
-        return Ok(Flush::Now);
+        return Ok(());
     }
     for _ in 0..FRAMES_PER_WAKEUP {
         let read = if stalled {
@@ -124,44 +113,47 @@ pub(super) fn serve_connection(
                     .push(served.reply.header, &served.reply.payload, served.reply.fds);
                 if served.close {
                     conn.closing = true;
-                    return Ok(Flush::Now);
+                    return Ok(());
                 }
                 if served.restart {
                     *restart = true;
                 }
                 if !served.ended.is_empty() {
                     ended.extend(served.ended);
-                    return Ok(Flush::Now);
+                    return Ok(());
                 }
-                // Nothing behind it: the next request is epoll's to report
-                // (level-triggered), not worth a look that finds nothing,
-                // and the reply goes out with the wakeup's others.
-                if !stalled && !conn.reader.more_queued() {
-                    return Ok(Flush::AtWakeupEnd);
-                }
-                // Stop reading while replies are queued: backpressure.
+                // The reply goes out at once: a client is woken when gmemd
+                // takes its request and again by the reply, and the two
+                // wakeups cost one only while they come together (batching
+                // replies to the wakeup's end measured 10-20 % slower).
                 before_reply(service);
+                // Stop reading while replies are queued: backpressure.
                 if !conn
                     .writer
                     .flush(fd)
                     .map_err(|e| format!("send failed: {e}"))?
                 {
-                    return Ok(Flush::Now);
+                    return Ok(());
+                }
+                // Nothing behind it: the next request is epoll's to report
+                // (level-triggered), not worth a look that finds nothing.
+                if !stalled && !conn.reader.more_queued() {
+                    return Ok(());
                 }
             }
             Ok(WholeRead::Partial) => {
                 conn.partial = true;
                 conn.partial_since.get_or_insert_with(Instant::now);
-                return Ok(Flush::Now);
+                return Ok(());
             }
             Ok(WholeRead::Empty) => {
                 conn.partial = false;
                 conn.partial_since = None;
-                return Ok(Flush::Now);
+                return Ok(());
             }
             Err(e) if e.is_hangup() => return Err("client closed the connection".to_owned()),
             Err(e) => return Err(format!("protocol error: {}", crate::error_chain(&e))),
         }
     }
-    Ok(Flush::Now)
+    Ok(())
 }

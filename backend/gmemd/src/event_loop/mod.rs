@@ -46,7 +46,7 @@ use crate::log_limit::LogLimiter;
 use crate::peer;
 use crate::service::persist::ResumedSession;
 use crate::service::{Served, Service, SessionId};
-use connection::{before_reply, read_events, serve_connection, Connection, Flush};
+use connection::{before_reply, read_events, serve_connection, Connection};
 pub use gate::{Gate, Refusal};
 
 /// Why [`EventLoop::run`] returned.
@@ -185,8 +185,6 @@ pub struct EventLoop {
     ticks: u32,
     /// The devices' calls, once [`EventLoop::serve_devices`] ran.
     devices: Option<devices::DeviceCalls>,
-    /// Connections with replies to send at the end of this wakeup.
-    unflushed: Vec<SessionId>,
 }
 
 impl EventLoop {
@@ -259,7 +257,6 @@ impl EventLoop {
             restart_asked: false,
             ticks: 0,
             devices: None,
-            unflushed: Vec::new(),
         };
         lp.add(lp.listener.as_raw_fd(), Token::Listener, Events::EPOLLIN)
             .map_err(setup("epoll_ctl listener"))?;
@@ -384,9 +381,6 @@ impl EventLoop {
             for event in &events[..n] {
                 let flags = Events::from_bits_retain(event.events);
                 let token = Token::from(event.data);
-                // Clients' requests are served together; anything else
-                // (a device call, the timer, a stop) comes after their
-                // replies are out.
                 if !matches!(token, Token::Conn(_)) {
                     self.finish_wakeup();
                 }
@@ -622,6 +616,9 @@ impl EventLoop {
         let mut restart = false;
         self.service.hold_journal();
         let result = serve_connection(conn, &mut self.service, flags, &mut ended, &mut restart);
+        // Holding ends with the serving: whatever else persists (a device
+        // call, upkeep) writes at once.
+        before_reply(&mut self.service);
         self.restart_asked |= restart;
         // Revoked leases are cut off before the REVOKE's reply goes out, so
         // the operator never sees a revoked VMM still being served.
@@ -629,25 +626,20 @@ impl EventLoop {
             self.close_revoked(lease);
         }
         match result {
-            Ok(Flush::Now) => self.flush(id),
-            Ok(Flush::AtWakeupEnd) => self.unflushed.push(id),
+            Ok(()) => self.flush(id),
             Err(reason) => self.drop_conn(id, reason),
         }
     }
 
-    /// Ends a wakeup's serving: one journal write and one log write for
-    /// every request it served, then their replies.
+    /// Ends a wakeup, and comes before anything but clients' requests (a
+    /// device call, the timer, a stop): the log lines of what it served go
+    /// out in one write.
     fn finish_wakeup(&mut self) {
         before_reply(&mut self.service);
-        let mut ids = std::mem::take(&mut self.unflushed);
-        for id in ids.drain(..) {
-            self.flush(id);
-        }
-        // The (empty) vector keeps its room for the next wakeup.
-        self.unflushed = ids;
+        crate::log_sink::flush();
     }
 
-    /// Sends what is queued (journal and log first); closes a closing
+    /// Sends what is queued (the journal first); closes a closing
     /// connection once it is out, else waits for writability while
     /// replies remain.
     fn flush(&mut self, id: SessionId) {
@@ -712,8 +704,9 @@ impl EventLoop {
         self.gate.leave(&conn.session.principal);
         self.service.close_session(&conn.session, &reason);
         // The client sees the close as it would a reply: what led to it
-        // is written first.
+        // is written first, the log line too.
         before_reply(&mut self.service);
+        crate::log_sink::flush();
         drop(conn);
     }
 

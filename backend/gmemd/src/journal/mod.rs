@@ -3,8 +3,8 @@
 //!
 //! Two files: `ledger.snap`, a snapshot written whole (write, fsync,
 //! rename), and `ledger.journal`, records appended since (written before
-//! the reply of the change is sent: one `write` per change, or per wakeup
-//! of the event loop while it [holds](Journal::hold) them). Each record is one entity's state
+//! the reply of the change is sent: one `write` per request, the event
+//! loop [holding](Journal::hold) a request's records until its reply). Each record is one entity's state
 //! ([`record`]); replaying them in order gives the state ([`state`]).
 //! Damage is never silent ([`codec`]): a torn tail is cut, a damaged
 //! record in the middle is kept aside in `ledger.journal.damaged.*` (or

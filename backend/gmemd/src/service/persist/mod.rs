@@ -197,8 +197,8 @@ impl Service {
     }
 
     /// Holds journal records from now on until [`Service::commit_journal`]:
-    /// the event loop serves a wakeup's requests, then writes their
-    /// records at once before any of their replies goes out.
+    /// the event loop serves a request (and what it ends), then writes its
+    /// records in one `write` before the reply goes out.
     pub fn hold_journal(&mut self) {
         if let Some(p) = self.persistence.as_mut() {
             p.journal.hold();
