@@ -16,6 +16,9 @@ use gmem_protocol::guest_memory::{guest_memory, RegionSpec};
 use gmem_protocol::kvm::{bind_region, KvmBindError};
 use gmem_protocol::wire::{FileRef, MemoryKind, VmSelector};
 use gmem_tests::{bin, e2e, example, name, vm, wait_until, ChildGuard, Daemon};
+// Linux 6.18's guest_memfd flags (not in kvm-bindings 0.14), which
+// gmem-vmm --private uses.
+use gmemctl::caps::{GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP};
 use kvm_bindings::kvm_userspace_memory_region2;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -81,7 +84,15 @@ fn the_counter_lives_in_gmemd_memory_across_vmm_processes() {
     assert_eq!(counter_in_file(&daemon, "vm-a"), RUNS);
     let files = daemon.control().files().unwrap();
     assert!(files[0].owner.is_none() && files[0].bindings.is_empty());
-    assert!(daemon.log().contains("bound slot 0 gpa 0x0 -> ram"));
+    // Every run bound the file through a lease of its own: one line each,
+    // not just one line in all.
+    let log = daemon.log();
+    let leases: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(": bound slot 0 gpa 0x0 -> ram +0x0 "))
+        .filter_map(|(who, _)| who.split("lease ").nth(1)?.split_whitespace().next())
+        .collect();
+    assert_eq!(leases.len() as u64, RUNS, "{log}");
 }
 
 #[test]
@@ -155,7 +166,9 @@ fn another_vm_gets_the_memory_only_by_transfer_never_the_inode() {
 
 #[test]
 fn a_deposited_guest_memfd_runs_the_guest_and_is_let_go() {
-    if !e2e::kvm() {
+    // gmem-vmm --private maps the guest_memfd (MMAP) and loads the guest
+    // code into it (INIT_SHARED).
+    if !e2e::kvm() || !e2e::guest_memfd(GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED) {
         return;
     }
     let daemon = Daemon::start();
@@ -189,7 +202,7 @@ fn a_guest_memfd_is_bound_only_by_the_vm_that_deposited_it() {
     use gmem_protocol::wire::BindRequest;
     use rustix::io::Errno;
 
-    if !e2e::kvm() {
+    if !e2e::kvm() || !e2e::guest_memfd(0) {
         return;
     }
     const SIZE: u64 = 2 << 20;
@@ -329,13 +342,19 @@ fn kvm_and_the_ledger_never_disagree() {
     let kvm = kvm_ioctls::Kvm::new().unwrap();
     let vm_fd = kvm.create_vm().unwrap();
 
-    // gmemd refuses (vm-a owns it): KVM is never asked, slot 0 stays free.
+    // gmemd refuses (vm-a's file is not in vm-b's namespace: ENOENT,
+    // PROTOCOL.md §7.4): KVM is never asked, slot 0 stays free.
     // SAFETY: `mem` outlives `vm_fd` (declared earlier, dropped later).
     unsafe { bind_region(&vm_fd, &mut a, 0, region, &name("ram"), None) }.unwrap();
     let other = kvm.create_vm().unwrap();
     // SAFETY: as above.
     let err = unsafe { bind_region(&other, &mut b, 0, region, &name("ram"), None) }.unwrap_err();
-    assert!(matches!(err, KvmBindError::Refused { .. }), "{err}");
+    match &err {
+        KvmBindError::Refused { slot: 0, source } => {
+            assert_eq!(source.errno(), Some(libc::ENOENT), "{err}: {source}");
+        }
+        other => panic!("not gmemd's refusal of slot 0: {other}"),
+    }
     // Had KVM been told, this raw registration of slot 0 would collide.
     let raw = kvm_userspace_memory_region2 {
         slot: 0,
@@ -360,16 +379,14 @@ fn kvm_and_the_ledger_never_disagree() {
     // SAFETY: the registration fails, so KVM never holds on to `mem2`.
     let err =
         unsafe { bind_region(&vm_fd, &mut a, 40_000, region2, &name("ram"), None) }.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            KvmBindError::Kvm {
-                rolled_back: true,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    match &err {
+        KvmBindError::Kvm {
+            slot: 40_000,
+            rolled_back: true,
+            source,
+        } => assert_eq!(source.errno(), libc::EINVAL, "{err}: {source}"),
+        other => panic!("not KVM's refusal of slot 40000, rolled back: {other}"),
+    }
     let files = daemon.control().files().unwrap();
     let slots: Vec<u32> = files[0].bindings.iter().map(|b| b.slot).collect();
     assert_eq!(

@@ -25,6 +25,7 @@ use gmem_tests::vhost::{
 };
 use gmem_tests::{e2e, name, vm, vm_file, wait_until, Daemon};
 use gmemd::vhost::server::MAX_CONNECTIONS;
+use rustix::event::{PollFd, PollFlags, Timespec};
 use vhost::vhost_user::message::FrontendReq;
 
 const MIB: u64 = 1 << 20;
@@ -52,6 +53,37 @@ fn alive(daemon: &mut Daemon, pid: u32) {
         "gmemctl status: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// gmemd's log from byte `from` on (a length [`Daemon::log`] had earlier).
+fn log_since(daemon: &Daemon, from: usize) -> String {
+    let log = daemon.log();
+    log.get(from..)
+        .unwrap_or_else(|| panic!("gmemd's log shrank below {from} bytes:\n{log}"))
+        .to_owned()
+}
+
+/// Whether `fd` (an eventfd) has a count to read.
+fn readable(fd: &OwnedFd) -> bool {
+    let mut poll = [PollFd::new(fd, PollFlags::IN)];
+    rustix::event::poll(&mut poll, Some(&Timespec::default())).unwrap() > 0
+}
+
+/// Whether a thread of process `pid` sleeps in `write`, `writev`, `sendto`
+/// or `sendmsg` (`/proc/PID/task/TID/syscall` names the call a sleeping
+/// thread is in; root may read it).
+fn sleeping_in_a_send(pid: u32) -> bool {
+    let sends = [
+        libc::SYS_write,
+        libc::SYS_writev,
+        libc::SYS_sendto,
+        libc::SYS_sendmsg,
+    ];
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("gmemd's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("syscall")).ok())
+        .filter_map(|call| call.split_whitespace().next()?.parse::<i64>().ok())
+        .any(|nr| sends.contains(&nr))
 }
 
 /// A frontend on `socket` that did the handshake (REPLY_ACK negotiated).
@@ -162,9 +194,21 @@ fn a_hostile_second_frontend_does_not_disturb_a_guest_doing_disk_io() {
         ),
     ];
     for (what, regions, fds) in &refused {
+        // Each refusal is logged: read in what was written since this one
+        // was sent, not in the whole log (where the first would do for all).
+        let from = daemon.log().len();
         let ack = f.set_mem_table(regions, fds);
         assert!(matches!(ack, Some(n) if n != 0), "{what}: {ack:?}");
         assert!(still_served(&f), "{what}: the connection ended");
+        wait_until(
+            Duration::from_secs(10),
+            "the refusal in gmemd's log",
+            || {
+                log_since(&daemon, from)
+                    .contains("vhost-user filter: refused SET_MEM_TABLE")
+                    .then_some(())
+            },
+        );
         alive(&mut daemon, pid);
     }
     drop(f);
@@ -331,11 +375,21 @@ fn a_hostile_second_frontend_does_not_disturb_a_guest_doing_disk_io() {
         ),
         0
     );
-    for _ in 0..10 {
+    // Each kick is waited for until the backend has taken it (read the
+    // eventfd down to 0), not for a fixed time: its worker takes the next
+    // kick only once it has handled the one before, so all but the last
+    // are handled when the loop ends.
+    for i in 0..10 {
         rustix::io::write(&kick, &1u64.to_le_bytes()).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        wait_until(
+            Duration::from_secs(10),
+            &format!("the backend to take kick {i}"),
+            || (!readable(&kick)).then_some(()),
+        );
     }
     assert!(still_served(&f), "the backend ended after the kicks");
+    // No chain was popped, so nothing was used and the guest not notified.
+    assert!(!readable(&call), "the backend signalled a used buffer");
     // The NOFD form with an fd anyway breaks framing.
     let _ = f.send(
         FrontendReq::SET_VRING_CALL,
@@ -403,17 +457,20 @@ fn ram_bindings(daemon: &Daemon) -> Vec<(u64, u64, u64, u64, bool)> {
         .collect()
 }
 
-/// With [`PROBE_SOCKET`] set, this "test" is the probe run as another uid:
-/// it connects to that device socket, sends GET_FEATURES and prints
-/// `CLOSED` if the device hangs up without an answer, `SERVED` if it
-/// answers. Without it, it does nothing.
+/// The device socket [`probe_helper_run_as_another_uid`] probes.
 const PROBE_SOCKET: &str = "GMEM_VHOST_PROBE_SOCKET";
 
+/// Not a test of its own (so ignored: it is listed as skipped, never as
+/// passed): the probe [`probe_as`] runs in a process of another uid. It
+/// connects to the device socket in [`PROBE_SOCKET`], sends GET_FEATURES
+/// and prints `CLOSED` if the device hangs up without an answer, `SERVED`
+/// if it answers.
 #[test]
+#[ignore = "a helper that another_uid_is_closed_at_once_even_when_gmemd_admits_it runs"]
 fn probe_helper_run_as_another_uid() {
-    let Some(socket) = std::env::var_os(PROBE_SOCKET) else {
-        return;
-    };
+    let socket = std::env::var_os(PROBE_SOCKET).unwrap_or_else(|| {
+        panic!("a helper run by another_uid_is_closed_at_once_even_when_gmemd_admits_it")
+    });
     let f = VhostFrontend::connect(socket).expect("connect");
     let _ = f.send(FrontendReq::GET_FEATURES, VERSION_1, &[], &[]);
     match f.answer(HANG_UP) {
@@ -427,9 +484,14 @@ fn probe_helper_run_as_another_uid() {
 /// returns what it printed.
 fn probe_as(uid: Option<u32>, socket: &Path) -> String {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "probe_helper_run_as_another_uid", "--nocapture"])
-        .env(PROBE_SOCKET, socket)
-        .stdin(Stdio::null());
+    cmd.args([
+        "--exact",
+        "probe_helper_run_as_another_uid",
+        "--ignored",
+        "--nocapture",
+    ])
+    .env(PROBE_SOCKET, socket)
+    .stdin(Stdio::null());
     if let Some(uid) = uid {
         cmd.uid(uid).gid(uid);
     }
@@ -559,17 +621,33 @@ fn stalled_frontends_block_nobody_else() {
     let deaf = frontend(&dev.socket);
     deaf.stream().set_nonblocking(true).unwrap();
     let ask = message(FrontendReq::GET_FEATURES as u32, VERSION_1, &[]);
+    // It keeps asking until the stall has reached gmemd: a thread of it
+    // sleeps sending a reply the deaf frontend does not read (each time
+    // gmemd reads on, there is room for more requests, so its replies pile
+    // up until it blocks). That is where a gmemd whose device connections
+    // could block one another (or the daemon) would now be stuck, so the
+    // checks below are made in that state, not after a fixed wait that may
+    // come too soon. (A gmemd that never sleeps in a send, buffering
+    // instead, would need another sign here.)
     let t0 = Instant::now();
     let mut sent = 0u64;
-    while t0.elapsed() < Duration::from_secs(10) {
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no gmemd thread blocked sending to the deaf frontend after {sent} requests"
+        );
         match deaf.send_raw(&ask, &[]) {
             Ok(()) => sent += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if sleeping_in_a_send(pid) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
             Err(e) => panic!("the deaf frontend was cut off: {e}"),
         }
     }
-    eprintln!("the deaf frontend got {sent} requests in before its socket filled");
-    std::thread::sleep(Duration::from_millis(200));
+    eprintln!("the deaf frontend got {sent} requests in before gmemd blocked");
 
     // gmemd answers, the same device serves others, another VM's device
     // serves too.
@@ -628,7 +706,8 @@ fn a_second_frontend_that_leaves_does_not_leave_a_binding_moved() {
     wait_until(Duration::from_secs(10), "QEMU's table", || {
         (ram_bindings(&daemon) == [(0, 0, 0, 2 * MIB, true)]).then_some(())
     });
-    // A second frontend maps the same range at a hostile address, then goes.
+    // A second frontend maps the same range at a hostile address: the
+    // binding moves there (so the test below is not vacuous), then it goes.
     let hostile = frontend(&dev.socket);
     assert_eq!(
         hostile.set_mem_table(
@@ -637,9 +716,16 @@ fn a_second_frontend_that_leaves_does_not_leave_a_binding_moved() {
         ),
         Some(0)
     );
+    wait_until(Duration::from_secs(10), "the binding moved", || {
+        (ram_bindings(&daemon) == [(0, HOSTILE_GPAS[0], 0, 2 * MIB, true)]).then_some(())
+    });
     drop(hostile);
-    std::thread::sleep(Duration::from_millis(500));
-    // QEMU still maps the range at 0: that is where the binding belongs.
+    // QEMU still maps the range at 0: that is where the binding belongs
+    // once gmemd has seen the hostile connection end. Left at the hostile
+    // address (the bug), this wait runs out.
+    wait_until(Duration::from_secs(10), "the binding back at 0", || {
+        (ram_bindings(&daemon) == [(0, 0, 0, 2 * MIB, true)]).then_some(())
+    });
     assert!(still_served(&qemu));
     assert_eq!(ram_bindings(&daemon), [(0, 0, 0, 2 * MIB, true)]);
     alive(&mut daemon, pid);

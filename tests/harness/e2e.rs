@@ -11,7 +11,11 @@ pub fn required() -> bool {
     std::env::var("GMEM_E2E").is_ok_and(|v| v == "require")
 }
 
-fn available(what: &str, present: bool) -> bool {
+/// `present`, or else the skip rule of the module doc for `what`: panics
+/// under `GMEM_E2E=require`, otherwise prints why the test skips and
+/// returns `false`. For a test with a probe of its own; call it only where
+/// `what` is truly absent from the host, never for a failure of gmemd.
+pub fn available(what: &str, present: bool) -> bool {
     if present {
         return true;
     }
@@ -31,6 +35,52 @@ pub fn kvm() -> bool {
         .open("/dev/kvm")
         .is_ok();
     available("/dev/kvm", present)
+}
+
+/// Whether the kernel makes `memfd_secret(2)` files; see the module doc
+/// for skipping. Asked directly (not through gmemd), so that a gmemd that
+/// fails to make them is not taken for a host without them. Absent means
+/// `ENOSYS` (a kernel without it, or booted without `secretmem.enable`);
+/// any other failure of the probe panics.
+pub fn memfd_secret() -> bool {
+    // SAFETY: memfd_secret takes one integer flags argument and returns a
+    // new fd or -1; it touches no memory of ours.
+    let ret = unsafe { libc::syscall(libc::SYS_memfd_secret, libc::O_CLOEXEC) };
+    let present = if ret >= 0 {
+        let raw = i32::try_from(ret).expect("fd number");
+        // SAFETY: a fresh fd the kernel just returned, owned by nobody else.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+        true
+    } else {
+        let err = std::io::Error::last_os_error();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::ENOSYS),
+            "probing memfd_secret(2): {err}"
+        );
+        false
+    };
+    available("memfd_secret(2)", present)
+}
+
+/// Whether KVM makes guest_memfds with `flags` (`GUEST_MEMFD_FLAG_*`) on a
+/// VM of the default type: `KVM_CAP_GUEST_MEMFD`, and every bit of `flags`
+/// in the VM's `KVM_CAP_GUEST_MEMFD_FLAGS` (Linux 6.18); see the module doc
+/// for skipping. Needs [`kvm`] first.
+pub fn guest_memfd(flags: u64) -> bool {
+    /// `KVM_CAP_GUEST_MEMFD_FLAGS`, not in kvm-bindings 0.14.
+    const KVM_CAP_GUEST_MEMFD_FLAGS: libc::c_ulong = 244;
+    let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm opens");
+    let vm = kvm.create_vm().expect("KVM_CREATE_VM");
+    let cap = vm.check_extension_raw(libc::c_ulong::from(kvm_bindings::KVM_CAP_GUEST_MEMFD));
+    let offered = u64::try_from(vm.check_extension_raw(KVM_CAP_GUEST_MEMFD_FLAGS)).unwrap_or(0);
+    available(
+        &format!(
+            "guest_memfd with flags {flags:#x} (KVM_CAP_GUEST_MEMFD {cap}, \
+             KVM_CAP_GUEST_MEMFD_FLAGS {offered:#x})"
+        ),
+        cap > 0 && offered & flags == flags,
+    )
 }
 
 /// Path of `qemu-system-x86_64`, if present; see the module doc for skipping.
