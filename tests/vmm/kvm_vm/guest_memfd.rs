@@ -126,7 +126,7 @@ impl MiniVm {
 mod tests {
     use super::*;
     use crate::guest_code::{self, GuestMode};
-    use crate::kvm_vm::test_support::kvm_available;
+    use crate::kvm_vm::test_support::{available, kvm_available};
 
     #[test]
     fn kvm_guest_memfd_runs_the_guest() {
@@ -135,8 +135,9 @@ mod tests {
         }
         let probe = MiniVm::new().unwrap();
         let want = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED;
-        if probe.check_cap(KVM_CAP_GUEST_MEMFD) <= 0 || probe.guest_memfd_flags() & want != want {
-            eprintln!("skipping: no guest_memfd with MMAP|INIT_SHARED");
+        let present =
+            probe.check_cap(KVM_CAP_GUEST_MEMFD) > 0 && probe.guest_memfd_flags() & want == want;
+        if !available("guest_memfd with MMAP|INIT_SHARED", present) {
             return;
         }
         let mut vm = MiniVm::with_guest_memfd(1 << 20, want).unwrap();

@@ -148,4 +148,19 @@ mod test_support {
         eprintln!("skipping: /dev/kvm not present");
         false
     }
+
+    /// Whether a test needing `what` should run, given whether it is
+    /// `present`: skips (false) without it unless `GMEM_E2E=require`,
+    /// which turns its absence into a failure.
+    pub fn available(what: &str, present: bool) -> bool {
+        if present {
+            return true;
+        }
+        assert!(
+            std::env::var("GMEM_E2E").as_deref() != Ok("require"),
+            "GMEM_E2E=require but {what} is missing"
+        );
+        eprintln!("skipping: no {what}");
+        false
+    }
 }

@@ -411,31 +411,49 @@ mod tests {
 
     #[test]
     fn hugetlb_without_pages_says_so() {
-        if hugepages::free_pages(1 << 30) > 0 {
-            return; // the host has 1 GiB pages: nothing to refuse
-        }
-        let err = create(&name("t"), 1 << 30, MemoryKind::Hugetlb1G).unwrap_err();
-        assert!(matches!(
-            err,
-            MemoryError::NoHugepages {
-                free: 0,
-                needed: 1,
-                ..
-            }
-        ));
+        // One page more than the host has free: always refused, with or
+        // without 1 GiB pages configured.
+        let free = hugepages::free_pages(1 << 30);
+        let err = create(&name("t"), (free + 1) << 30, MemoryKind::Hugetlb1G).unwrap_err();
+        assert!(
+            matches!(err, MemoryError::NoHugepages { free: f, needed: n, .. } if f == free && n == free + 1),
+            "{err}"
+        );
         assert!(err.to_string().contains("nr_hugepages"));
         assert_eq!(err.errno(), Errno::NOMEM);
     }
 
     #[test]
     fn secret_memory_when_the_kernel_allows() {
+        // The kernel itself says whether memfd_secret exists (ENOSYS).
+        // SAFETY: memfd_secret takes flags only and returns a new fd or -1.
+        let probe = unsafe { libc::syscall(libc::SYS_memfd_secret, 0) };
+        let kernel_has_it =
+            probe >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS);
+        if probe >= 0 {
+            // SAFETY: `probe` is a new fd owned by nothing else.
+            drop(unsafe {
+                <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(
+                    i32::try_from(probe).expect("an fd"),
+                )
+            });
+        }
         match create(&name("s"), 1 << 20, MemoryKind::Secret) {
             Ok(fd) => {
+                assert!(kernel_has_it);
                 assert!(fd_target(fd.as_fd()).contains("secretmem"));
                 // The size was set once and cannot change again.
-                assert!(rustix::fs::ftruncate(&fd, 2 << 20).is_err());
+                assert_eq!(rustix::fs::ftruncate(&fd, 2 << 20), Err(Errno::INVAL));
             }
-            Err(e) => assert!(matches!(e, MemoryError::SecretUnavailable(_)), "{e}"),
+            Err(e) => {
+                assert!(!kernel_has_it, "the kernel has memfd_secret, yet: {e}");
+                assert!(matches!(e, MemoryError::SecretUnavailable(_)), "{e}");
+                assert_ne!(
+                    std::env::var("GMEM_E2E").as_deref(),
+                    Ok("require"),
+                    "memfd_secret is required (GMEM_E2E=require) but the kernel lacks it"
+                );
+            }
         }
     }
 
