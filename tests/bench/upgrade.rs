@@ -1,6 +1,8 @@
 //! Handoff time of `gmemctl upgrade` (local migration with `x-ignore-shared`
-//! on gmemd memory) against QEMU's own copying migration of the same guest
-//! without gmemd, for guests with most of their RAM filled.
+//! on gmemd memory) against two baselines without gmemd, for guests with
+//! most of their RAM filled: QEMU with its RAM on a shared file handed to a
+//! new QEMU the same way (`x-ignore-shared`, what gmemd's handoff costs
+//! beyond QEMU's own), and QEMU's copying migration.
 //!
 //! Shared by the bench binary (`tests/bench/main.rs`, group `upgrade`) and
 //! `cargo bench -p gmem-tests --bench upgrade` (`tests/benches/upgrade.rs`),
@@ -9,11 +11,15 @@
 //! Each size boots two guests under TCG, both filling part of their RAM
 //! with non-zero data (`gmem.fill`, 3/4 of it unless told otherwise): one
 //! under `gmemctl launch`, upgraded `upgrades` times while the other is
-//! paused, and one plain QEMU (`-m`, anonymous RAM) migrated twice (to a
-//! fresh QEMU, and from that one to another) with `max-bandwidth` raised
-//! from its 128 MiB/s default, after the first one is gone.
-//! Times are QEMU's own `query-migrate` figures (`total-time`, `downtime`)
-//! plus the wall time from `migrate` to `completed` measured by the caller.
+//! paused, and one plain QEMU (RAM a `memory-backend-file` on tmpfs,
+//! `share=on`) handed over `upgrades` times with `x-ignore-shared` to a new
+//! QEMU on the same file, then migrated twice by copying (to a fresh QEMU
+//! on a fresh file, and from that one to another) with `max-bandwidth`
+//! raised from its 128 MiB/s default, after the first guest is gone.
+//! Times are QEMU's own `query-migrate` figures (`total-time`, `downtime`,
+//! `ram.transferred`), the wall time from `migrate` to `completed`, and the
+//! whole handoff: from starting the new QEMU to the guest running there
+//! (for `gmemctl upgrade`, the command's own `elapsed_ms`).
 //!
 //! A failure panics (the harness's way): the bench binary turns that into
 //! an `n/a` row.
@@ -55,6 +61,8 @@ pub struct Figures {
     pub wall_ms: f64,
     /// RAM sent, bytes.
     pub sent_bytes: f64,
+    /// From starting the new QEMU to the guest running there, ms.
+    pub whole_ms: f64,
 }
 
 /// The figures of one guest size.
@@ -66,6 +74,8 @@ pub struct SizeFigures {
     pub fill_mib: u64,
     /// gmemctl upgrade: the median of the upgrades.
     pub upgrade: Figures,
+    /// QEMU alone, RAM on a shared file, `x-ignore-shared`: the median.
+    pub shared: Figures,
     /// QEMU's copying migration: the faster of two.
     pub copy: Figures,
 }
@@ -116,19 +126,26 @@ struct PlainQemu {
 }
 
 impl PlainQemu {
+    /// Starts QEMU with `gib` GiB of RAM in the file `ram` (shared).
     fn start(
         dir: &Path,
         tag: &str,
         gib: u64,
         guest: &Guest,
         params: &str,
+        ram: &Path,
         incoming: bool,
     ) -> PlainQemu {
         let qemu = e2e::qemu().expect("checked");
         let serial = dir.join(format!("{tag}.serial"));
         let qmp = dir.join(format!("{tag}.qmp"));
         let mut cmd = Command::new(qemu);
-        cmd.args(["-accel", "tcg", "-machine", "q35", "-m", &format!("{gib}G")])
+        cmd.args(["-accel", "tcg", "-machine", "q35,memory-backend=ram0"])
+            .args(["-m", &format!("{gib}G"), "-object"])
+            .arg(format!(
+                "memory-backend-file,id=ram0,size={gib}G,mem-path={},share=on",
+                ram.display()
+            ))
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
             .args(["-monitor", "none", "-chardev"])
             .arg(format!("file,id=ser0,path={},append=on", serial.display()))
@@ -146,18 +163,24 @@ impl PlainQemu {
             serial: SerialLog::new(serial),
         }
     }
+
+    fn set_ignore_shared(&mut self, on: bool) {
+        self.qmp
+            .migrate_set_capabilities(&[("x-ignore-shared", on)])
+            .expect("migrate-set-capabilities");
+    }
 }
 
-/// Copying migration of `src` to a fresh plain QEMU, which becomes `src`.
-fn copy_migration(
+/// Migrates `src` to `dst` (started with `-incoming defer`) over a unix
+/// socket named after `tag`; `started` is when `dst` was started. Waits
+/// for the guest to run at `dst` and to tick there; `dst` becomes `src`.
+fn migrate_to(
     dir: &Path,
     tag: &str,
-    gib: u64,
-    guest: &Guest,
-    params: &str,
     src: &mut PlainQemu,
+    mut dst: PlainQemu,
+    started: Instant,
 ) -> Figures {
-    let mut dst = PlainQemu::start(dir, tag, gib, guest, params, true);
     let uri = format!("unix:{}", dir.join(format!("{tag}.mig")).display());
     src.qmp
         .execute(
@@ -180,18 +203,28 @@ fn copy_migration(
             .expect("query-migrate");
         match info["status"].as_str() {
             Some("completed") => break info,
-            Some("failed" | "cancelled") => panic!("copying migration failed: {info}"),
-            _ if Instant::now() > deadline => panic!("copying migration unfinished: {info}"),
-            _ => std::thread::sleep(Duration::from_millis(2)),
+            Some("failed" | "cancelled") => panic!("migration failed: {info}"),
+            _ if Instant::now() > deadline => panic!("migration unfinished: {info}"),
+            _ => std::thread::sleep(Duration::from_millis(1)),
         }
     };
     let wall_ms = t.elapsed().as_secs_f64() * 1000.0;
+    loop {
+        let status = dst.qmp.query_status().expect("query-status");
+        if status == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new QEMU is {status}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let whole_ms = started.elapsed().as_secs_f64() * 1000.0;
     // The guest runs on at the destination.
     let last = src.serial.last_tick().map_or(0, |t| t.n);
     dst.serial
         .wait_tick(last, Duration::from_secs(60), |_| true);
     eprintln!(
-        "  copying migration: {wall_ms:.0} ms, {} Mbit/s, {} dirty syncs",
+        "  {tag}: {wall_ms:.1} ms migrate to completed, {whole_ms:.1} ms start to running, \
+         {} Mbit/s, {} dirty syncs",
         info["ram"]["mbps"], info["ram"]["dirty-sync-count"]
     );
     std::mem::swap(src, &mut dst);
@@ -200,7 +233,44 @@ fn copy_migration(
         downtime_ms: num(&info["downtime"]),
         wall_ms,
         sent_bytes: num(&info["ram"]["transferred"]),
+        whole_ms,
     }
+}
+
+/// `src` (RAM on the shared file `ram`) handed to a new QEMU on the same
+/// file with `x-ignore-shared`: QEMU's own handoff, without gmemd.
+fn shared_handoff(
+    dir: &Path,
+    tag: &str,
+    gib: u64,
+    guest: &Guest,
+    params: &str,
+    ram: &Path,
+    src: &mut PlainQemu,
+) -> Figures {
+    let started = Instant::now();
+    let mut dst = PlainQemu::start(dir, tag, gib, guest, params, ram, true);
+    src.set_ignore_shared(true);
+    dst.set_ignore_shared(true);
+    migrate_to(dir, tag, src, dst, started)
+}
+
+/// Copying migration of `src` to a fresh plain QEMU on the fresh file
+/// `ram`, which becomes `src`.
+fn copy_migration(
+    dir: &Path,
+    tag: &str,
+    gib: u64,
+    guest: &Guest,
+    params: &str,
+    ram: &Path,
+    src: &mut PlainQemu,
+) -> Figures {
+    let started = Instant::now();
+    let mut dst = PlainQemu::start(dir, tag, gib, guest, params, ram, true);
+    src.set_ignore_shared(false);
+    dst.set_ignore_shared(false);
+    migrate_to(dir, tag, src, dst, started)
 }
 
 fn upgrade(daemon: &Daemon, vm: &str) -> Figures {
@@ -210,6 +280,7 @@ fn upgrade(daemon: &Daemon, vm: &str) -> Figures {
         downtime_ms: num(&r["downtime_ms"]),
         wall_ms: num(&r["handoff_ms"]),
         sent_bytes: num(&r["ram_transferred_bytes"]),
+        whole_ms: num(&r["elapsed_ms"]),
     }
 }
 
@@ -241,7 +312,16 @@ pub fn run(settings: &Settings, guest: &Guest) -> Option<Vec<SizeFigures>> {
         let serial = dir.path().join(format!("{vm_name}.serial"));
         let vm = Vm::start(&daemon, dir.path(), &vm_name, cmd, Some(serial));
         let plain_tag = format!("plain-{gib}g");
-        let mut plain = PlainQemu::start(dir.path(), &plain_tag, gib, guest, &params, false);
+        let ram_file = |n: usize| dir.path().join(format!("{plain_tag}-{n}.ram"));
+        let mut plain = PlainQemu::start(
+            dir.path(),
+            &plain_tag,
+            gib,
+            guest,
+            &params,
+            &ram_file(0),
+            false,
+        );
         for serial in [&vm.serial, &plain.serial] {
             let text = serial.wait_for("GMEM-GUEST: filled", FILL_TIMEOUT);
             assert!(!text.contains("GMEM-GUEST: error"), "{text}");
@@ -259,13 +339,26 @@ pub fn run(settings: &Settings, guest: &Guest) -> Option<Vec<SizeFigures>> {
         eprintln!("  gmemctl upgrade x{}: {upgrades:?}", settings.upgrades);
         drop(vm);
         plain.qmp.execute("cont", None).expect("cont");
+        let shared: Vec<Figures> = (0..settings.upgrades)
+            .map(|n| {
+                let tag = format!("{plain_tag}-shared-{n}");
+                let ram = ram_file(0);
+                shared_handoff(dir.path(), &tag, gib, guest, &params, &ram, &mut plain)
+            })
+            .collect();
+        eprintln!("  QEMU x-ignore-shared handoffs: {shared:?}");
         // The first migration of a freshly filled TCG guest is several
         // times slower than the next one; report the faster of two (there
-        // and on), the baseline least favourable to gmemd.
+        // and on), the baseline least favourable to gmemd. Each copy goes
+        // to a fresh file (the old one is let go with its QEMU).
         let copies: Vec<Figures> = (0..COPIES)
             .map(|n| {
-                let tag = format!("{plain_tag}-{n}");
-                copy_migration(dir.path(), &tag, gib, guest, &params, &mut plain)
+                let tag = format!("{plain_tag}-copy-{n}");
+                let ram = ram_file(n + 1);
+                let figures =
+                    copy_migration(dir.path(), &tag, gib, guest, &params, &ram, &mut plain);
+                let _ = std::fs::remove_file(ram_file(n));
+                figures
             })
             .collect();
         eprintln!("  copying migrations: {copies:?}");
@@ -277,9 +370,11 @@ pub fn run(settings: &Settings, guest: &Guest) -> Option<Vec<SizeFigures>> {
             gib,
             fill_mib: fill,
             upgrade: median(upgrades),
+            shared: median(shared),
             copy,
         });
         drop(plain);
+        let _ = std::fs::remove_file(ram_file(COPIES));
         // The VM's RAM is in the VM's namespace (an operator names it so).
         let file = gmem_tests::vm_file(&vm_name, &format!("{vm_name}.ram"));
         gmem_tests::wait_until(Duration::from_secs(30), "the VM's lease to end", || {
@@ -292,39 +387,40 @@ pub fn run(settings: &Settings, guest: &Guest) -> Option<Vec<SizeFigures>> {
 /// Columns of the figures' table.
 pub const HEADER: [&str; 4] = [
     "guest RAM (filled)",
-    "gmemd upgrade: total / downtime / handoff (wall) / RAM sent",
-    "QEMU copying migration: total / downtime / RAM sent",
-    "speed-up (total)",
+    "gmemctl upgrade: start to running (migrate to completed) / total / downtime / RAM sent",
+    "QEMU alone, shared file, x-ignore-shared: the same",
+    "QEMU copying migration: the same",
 ];
 
 /// One size's cells under [`HEADER`].
 pub fn cells(row: &SizeFigures) -> [String; 4] {
-    let (up, copy) = (row.upgrade, row.copy);
+    let text = |f: Figures| {
+        format!(
+            "{:.1} ms ({:.1} ms) / {:.0} ms / {:.0} ms / {}",
+            f.whole_ms,
+            f.wall_ms,
+            f.total_ms,
+            f.downtime_ms,
+            mib(f.sent_bytes)
+        )
+    };
     [
         format!("{} GiB ({} MiB)", row.gib, row.fill_mib),
-        format!(
-            "{:.0} ms / {:.0} ms / {:.1} ms / {}",
-            up.total_ms,
-            up.downtime_ms,
-            up.wall_ms,
-            mib(up.sent_bytes)
-        ),
-        format!(
-            "{:.0} ms / {:.0} ms / {}",
-            copy.total_ms,
-            copy.downtime_ms,
-            mib(copy.sent_bytes)
-        ),
-        format!("{:.0}x", copy.total_ms / up.total_ms.max(1.0)),
+        text(row.upgrade),
+        text(row.shared),
+        text(row.copy),
     ]
 }
 
 /// What the figures are, under the table.
 pub fn note(settings: &Settings) -> String {
     format!(
-        "gmemd upgrade: median of {}; copying migration: the faster of {COPIES} \
-         (max-bandwidth 64 GiB/s). Figures from QEMU's query-migrate (total-time, \
-         downtime, ram.transferred); wall = migrate to completed as seen over QMP; TCG guests.",
+        "gmemctl upgrade and QEMU's shared-file handoff: medians of {}; copying migration: \
+         the faster of {COPIES} (max-bandwidth 64 GiB/s). start to running: from starting the \
+         new QEMU to query-status running (gmemctl upgrade: the whole command, elapsed_ms); \
+         total, downtime, RAM sent: QEMU's query-migrate (total-time, downtime, \
+         ram.transferred), measured, not recorded; TCG guests. QEMU 10's cpr-transfer is not \
+         measured yet.",
         settings.upgrades
     )
 }

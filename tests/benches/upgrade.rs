@@ -1,4 +1,4 @@
-//! Handoff time of `gmemctl upgrade` against QEMU's own copying migration
+//! Handoff time of `gmemctl upgrade` against QEMU's own shared-file handoff and copying migration
 //! (the measurement is `tests/bench/upgrade.rs`, shared with the bench
 //! binary's `upgrade` rows).
 //!
