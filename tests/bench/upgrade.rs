@@ -239,9 +239,12 @@ fn migrate_to(
     }
 }
 
-/// `src` (RAM on the shared file `ram`) handed to a new QEMU on the same
-/// file with `x-ignore-shared`: QEMU's own handoff, without gmemd.
-fn shared_handoff(
+/// `src` migrated to a new QEMU with its RAM in the file `ram`, which
+/// becomes `src`. `ignore_shared`: `ram` is `src`'s own file and the RAM
+/// stays in it (`x-ignore-shared`, QEMU's own handoff, without gmemd);
+/// otherwise `ram` is a fresh file and the RAM is copied.
+#[allow(clippy::too_many_arguments)]
+fn handoff(
     dir: &Path,
     tag: &str,
     gib: u64,
@@ -249,29 +252,12 @@ fn shared_handoff(
     params: &str,
     ram: &Path,
     src: &mut PlainQemu,
+    ignore_shared: bool,
 ) -> Figures {
     let started = Instant::now();
     let mut dst = PlainQemu::start(dir, tag, gib, guest, params, ram, true);
-    src.set_ignore_shared(true);
-    dst.set_ignore_shared(true);
-    migrate_to(dir, tag, src, dst, started)
-}
-
-/// Copying migration of `src` to a fresh plain QEMU on the fresh file
-/// `ram`, which becomes `src`.
-fn copy_migration(
-    dir: &Path,
-    tag: &str,
-    gib: u64,
-    guest: &Guest,
-    params: &str,
-    ram: &Path,
-    src: &mut PlainQemu,
-) -> Figures {
-    let started = Instant::now();
-    let mut dst = PlainQemu::start(dir, tag, gib, guest, params, ram, true);
-    src.set_ignore_shared(false);
-    dst.set_ignore_shared(false);
+    src.set_ignore_shared(ignore_shared);
+    dst.set_ignore_shared(ignore_shared);
     migrate_to(dir, tag, src, dst, started)
 }
 
@@ -345,7 +331,16 @@ pub fn run(settings: &Settings, guest: &Guest) -> Option<Vec<SizeFigures>> {
             .map(|n| {
                 let tag = format!("{plain_tag}-shared-{n}");
                 let ram = ram_file(0);
-                shared_handoff(dir.path(), &tag, gib, guest, &params, &ram, &mut plain)
+                handoff(
+                    dir.path(),
+                    &tag,
+                    gib,
+                    guest,
+                    &params,
+                    &ram,
+                    &mut plain,
+                    true,
+                )
             })
             .collect();
         eprintln!("  QEMU x-ignore-shared handoffs: {shared:?}");
@@ -357,8 +352,16 @@ pub fn run(settings: &Settings, guest: &Guest) -> Option<Vec<SizeFigures>> {
             .map(|n| {
                 let tag = format!("{plain_tag}-copy-{n}");
                 let ram = ram_file(n + 1);
-                let figures =
-                    copy_migration(dir.path(), &tag, gib, guest, &params, &ram, &mut plain);
+                let figures = handoff(
+                    dir.path(),
+                    &tag,
+                    gib,
+                    guest,
+                    &params,
+                    &ram,
+                    &mut plain,
+                    false,
+                );
                 let _ = std::fs::remove_file(ram_file(n));
                 figures
             })
