@@ -65,18 +65,9 @@ pub(super) fn read_events(partial: bool) -> Events {
     }
 }
 
-/// What must be written before any reply goes out: the journal records of
-/// the changes served, so a client never sees a change a crash would undo.
-/// (Log lines go out at the end of the wakeup, see [`crate::log_sink`].)
-pub(super) fn before_reply(service: &mut Service) {
-    service.commit_journal();
-}
-
 /// Serves one readiness event of a connection: reads and serves requests
 /// while its replies flow; `Err(reason)` closes it. Leases its requests
-/// ended are added to `ended`, and serving stops there. The caller holds
-/// the journal ([`Service::hold_journal`]) and commits it when this
-/// returns; replies queued here and not yet sent are the caller's to flush.
+/// ended are added to `ended`, and serving stops there.
 pub(super) fn serve_connection(
     conn: &mut Connection,
     service: &mut Service,
@@ -122,12 +113,11 @@ pub(super) fn serve_connection(
                     ended.extend(served.ended);
                     return Ok(());
                 }
-                // The reply goes out at once: a client is woken when gmemd
-                // takes its request and again by the reply, and the two
-                // wakeups cost one only while they come together (batching
-                // replies to the wakeup's end measured 10-20 % slower).
-                before_reply(service);
-                // Stop reading while replies are queued: backpressure.
+                // The reply goes out at once (a client is woken when gmemd
+                // takes its request and again by the reply; the two cost one
+                // wakeup only while they come together: holding replies to
+                // the wakeup's end measured 10-20 % slower). Stop reading
+                // while replies are queued: backpressure.
                 if !conn
                     .writer
                     .flush(fd)

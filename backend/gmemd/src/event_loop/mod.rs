@@ -46,7 +46,7 @@ use crate::log_limit::LogLimiter;
 use crate::peer;
 use crate::service::persist::ResumedSession;
 use crate::service::{Served, Service, SessionId};
-use connection::{before_reply, read_events, serve_connection, Connection};
+use connection::{read_events, serve_connection, Connection};
 pub use gate::{Gate, Refusal};
 
 /// Why [`EventLoop::run`] returned.
@@ -380,11 +380,7 @@ impl EventLoop {
             };
             for event in &events[..n] {
                 let flags = Events::from_bits_retain(event.events);
-                let token = Token::from(event.data);
-                if !matches!(token, Token::Conn(_)) {
-                    self.finish_wakeup();
-                }
-                match token {
+                match Token::from(event.data) {
                     Token::Listener => self.accept_all(),
                     Token::Exit => {
                         info!("shutdown requested");
@@ -408,7 +404,8 @@ impl EventLoop {
                     Token::Unknown(data) => warn!("event for unknown token {data}: {flags:?}"),
                 }
             }
-            self.finish_wakeup();
+            // The log lines of the wakeup, in one write after its replies.
+            crate::log_sink::flush();
             if self.restart_asked {
                 info!("RESTART: restarting in place, state and fds handed over");
                 return Ok(RunEnd::Restart);
@@ -421,7 +418,6 @@ impl EventLoop {
     /// the service journal everything, and returns every fd to hand over,
     /// named: `listen`, `c<id>`, `f<id>`. The loop must not run again.
     pub fn handover(&mut self) -> Vec<(String, RawFd)> {
-        self.finish_wakeup();
         let deadline = Instant::now() + Duration::from_secs(1);
         let ids: Vec<SessionId> = self.conns.keys().copied().collect();
         loop {
@@ -614,11 +610,7 @@ impl EventLoop {
         };
         let mut ended = Vec::new();
         let mut restart = false;
-        self.service.hold_journal();
         let result = serve_connection(conn, &mut self.service, flags, &mut ended, &mut restart);
-        // Holding ends with the serving: whatever else persists (a device
-        // call, upkeep) writes at once.
-        before_reply(&mut self.service);
         self.restart_asked |= restart;
         // Revoked leases are cut off before the REVOKE's reply goes out, so
         // the operator never sees a revoked VMM still being served.
@@ -631,19 +623,9 @@ impl EventLoop {
         }
     }
 
-    /// Ends a wakeup, and comes before anything but clients' requests (a
-    /// device call, the timer, a stop): the log lines of what it served go
-    /// out in one write.
-    fn finish_wakeup(&mut self) {
-        before_reply(&mut self.service);
-        crate::log_sink::flush();
-    }
-
-    /// Sends what is queued (the journal first); closes a closing
-    /// connection once it is out, else waits for writability while
-    /// replies remain.
+    /// Sends what is queued; closes a closing connection once it is out,
+    /// else waits for writability while replies remain.
     fn flush(&mut self, id: SessionId) {
-        before_reply(&mut self.service);
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -703,9 +685,8 @@ impl EventLoop {
         );
         self.gate.leave(&conn.session.principal);
         self.service.close_session(&conn.session, &reason);
-        // The client sees the close as it would a reply: what led to it
-        // is written first, the log line too.
-        before_reply(&mut self.service);
+        // The client sees the close as it would a reply: the log line of
+        // what led to it is written first.
         crate::log_sink::flush();
         drop(conn);
     }
@@ -749,7 +730,6 @@ impl Drop for EventLoop {
     fn drop(&mut self) {
         // With an fd keeper, the socket, the connections and the leases
         // belong to the next gmemd (or go with the keeper when it stops).
-        before_reply(&mut self.service);
         if self.keep_socket || self.service.has_keeper() {
             info!("leaving the socket, connections and leases to the fd keeper");
             return;

@@ -2,9 +2,8 @@
 //! crash or upgrade knowing every file, VM, lease, binding and connection.
 //!
 //! Two files: `ledger.snap`, a snapshot written whole (write, fsync,
-//! rename), and `ledger.journal`, records appended since (written before
-//! the reply of the change is sent: one `write` per request, the event
-//! loop [holding](Journal::hold) a request's records until its reply). Each record is one entity's state
+//! rename), and `ledger.journal`, records appended since (one `write` per
+//! change, before its reply is sent). Each record is one entity's state
 //! ([`record`]); replaying them in order gives the state ([`state`]).
 //! Damage is never silent ([`codec`]): a torn tail is cut, a damaged
 //! record in the middle is kept aside in `ledger.journal.damaged.*` (or
@@ -85,8 +84,6 @@ pub struct Journal {
     file: File,
     written: u64,
     snapshot_len: u64,
-    /// Encoded records waiting for [`Journal::commit`], while held.
-    held: Option<Vec<u8>>,
     _lock: File,
 }
 
@@ -122,14 +119,13 @@ impl Journal {
                 file,
                 written,
                 snapshot_len,
-                held: None,
                 _lock: lock,
             },
             recovered,
         ))
     }
 
-    /// Appends records in one `write`, or to the held records.
+    /// Appends records in one `write`.
     ///
     /// # Errors
     /// The write failure; the caller must not answer as if it was kept.
@@ -137,51 +133,18 @@ impl Journal {
         if records.is_empty() {
             return Ok(());
         }
-        let mut fresh = Vec::new();
-        let bytes = self.held.as_mut().unwrap_or(&mut fresh);
+        let mut bytes = Vec::new();
         for r in records {
             bytes.extend_from_slice(&codec::frame(&r.encode()));
         }
-        if self.held.is_some() {
-            return Ok(());
-        }
-        self.file.write_all(&fresh)?;
-        self.written += fresh.len() as u64;
-        Ok(())
-    }
-
-    /// Keeps what is appended from now on until [`Journal::commit`]: the
-    /// caller commits before sending any reply of those changes.
-    pub fn hold(&mut self) {
-        self.held.get_or_insert_with(Vec::new);
-    }
-
-    /// Whether appended records are held ([`Journal::hold`]).
-    pub fn is_holding(&self) -> bool {
-        self.held.is_some()
-    }
-
-    /// Writes the held records in one `write` and stops holding.
-    ///
-    /// # Errors
-    /// The write failure (the records are dropped: their changes will not
-    /// survive a restart).
-    pub fn commit(&mut self) -> io::Result<usize> {
-        let Some(bytes) = self.held.take() else {
-            return Ok(0);
-        };
-        if bytes.is_empty() {
-            return Ok(0);
-        }
         self.file.write_all(&bytes)?;
         self.written += bytes.len() as u64;
-        Ok(bytes.len())
+        Ok(())
     }
 
     /// Whether the journal should be folded into a snapshot.
     pub fn wants_compaction(&self) -> bool {
-        let size = self.written + self.held.as_ref().map_or(0, |h| h.len() as u64);
-        size > COMPACT_AT && size > self.snapshot_len
+        self.written > COMPACT_AT && self.written > self.snapshot_len
     }
 
     /// Writes `records` (the whole state) as the new snapshot and starts an
@@ -198,10 +161,6 @@ impl Journal {
         }
         replace(&self.dir.join(SNAPSHOT), &snap)?;
         replace(&self.dir.join(JOURNAL), &codec::header())?;
-        // The snapshot holds the state the held records describe.
-        if let Some(held) = self.held.as_mut() {
-            held.clear();
-        }
         self.file = OpenOptions::new()
             .append(true)
             .open(self.dir.join(JOURNAL))?;

@@ -91,9 +91,6 @@ pub struct Persistence {
     pending: Vec<Record>,
     meta: Meta,
     written_meta: Option<Meta>,
-    /// Memory files made whose journal records are held: the keeper
-    /// gets their fds once the records are written.
-    unkept: Vec<u64>,
 }
 
 impl Persistence {
@@ -105,7 +102,6 @@ impl Persistence {
             pending: Vec::new(),
             meta,
             written_meta: None,
-            unkept: Vec::new(),
         }
     }
 }
@@ -121,10 +117,9 @@ pub fn conn_fd_name(sid: u64) -> String {
 }
 
 impl Service {
-    /// Journals everything changed since the last call; takes the fds of
-    /// files gone back from the keeper first, and hands it new fds after
-    /// their records are written (at once, or when held records are
-    /// committed). Called before a reply goes out.
+    /// Journals everything changed since the last call, taking the fds of
+    /// files gone back from the keeper first and handing it new fds after
+    /// their records are written. Called before a reply goes out.
     ///
     /// The keeper never holds memory the journal does not describe: a new
     /// file's record comes before its fd, and a gone file's fd goes before
@@ -138,13 +133,8 @@ impl Service {
         let Some(p) = self.persistence.as_mut() else {
             return;
         };
-        // Made and gone before the keeper was told: nothing to take back.
-        let (gone_kept, gone_unkept): (Vec<u64>, Vec<u64>) = gone
-            .iter()
-            .partition(|fid| !p.unkept.contains(fid) && !added.contains(fid));
-        p.unkept.retain(|fid| !gone_unkept.contains(fid));
         if let Some(keeper) = p.keeper.as_mut() {
-            for fid in &gone_kept {
+            for fid in &gone {
                 if let Err(e) = keeper.release(&file_fd_name(*fid)) {
                     warn!("the fd keeper did not let go of f{fid}: {e}");
                 }
@@ -166,55 +156,18 @@ impl Service {
         if let Err(e) = p.journal.append(&records) {
             error!("journal write failed: {e}; the last change will not survive a gmemd restart");
         }
-        p.unkept
-            .extend(added.into_iter().filter(|fid| !gone.contains(fid)));
-        if !p.journal.is_holding() {
-            self.tell_keeper();
-        }
-        let p = self.persistence.as_mut().expect("checked above");
-        if p.journal.wants_compaction() {
-            self.compact();
-        }
-    }
-
-    /// Hands the keeper the fds of the files made since it was last told
-    /// (their records are written).
-    fn tell_keeper(&mut self) {
-        let Some(p) = self.persistence.as_mut() else {
-            return;
-        };
-        let added = std::mem::take(&mut p.unkept);
-        let Some(keeper) = p.keeper.as_mut() else {
-            return;
-        };
-        for fid in added {
-            if let Some(fd) = self.memfiles.by_fid(fid) {
-                if let Err(e) = keeper.keep(&file_fd_name(fid), std::os::fd::AsFd::as_fd(fd)) {
-                    error!("the fd keeper did not take memory file f{fid}: {e}; it will not survive a gmemd restart");
+        if let Some(keeper) = p.keeper.as_mut() {
+            for fid in &added {
+                // Made and gone since the last call: nothing to keep.
+                if let Some(fd) = self.memfiles.by_fid(*fid) {
+                    if let Err(e) = keeper.keep(&file_fd_name(*fid), std::os::fd::AsFd::as_fd(fd)) {
+                        error!("the fd keeper did not take memory file f{fid}: {e}; it will not survive a gmemd restart");
+                    }
                 }
             }
         }
-    }
-
-    /// Holds journal records from now on until [`Service::commit_journal`]:
-    /// the event loop serves a request (and what it ends), then writes its
-    /// records in one `write` before the reply goes out.
-    pub fn hold_journal(&mut self) {
-        if let Some(p) = self.persistence.as_mut() {
-            p.journal.hold();
-        }
-    }
-
-    /// Writes the held journal records (one `write`) and stops holding.
-    /// Called before a reply of the changes they record is sent.
-    pub fn commit_journal(&mut self) {
-        if let Some(p) = self.persistence.as_mut() {
-            if let Err(e) = p.journal.commit() {
-                error!(
-                    "journal write failed: {e}; the last changes will not survive a gmemd restart"
-                );
-            }
-            self.tell_keeper();
+        if p.journal.wants_compaction() {
+            self.compact();
         }
     }
 

@@ -259,42 +259,88 @@ fn a_lease_whose_connection_was_lost_ends_after_the_grace_and_its_vm_keeps_its_f
     );
 }
 
+/// A keeper that checks, each time it is told, what the journal on disk
+/// says: an fd is kept only once its file's record is written, and let go
+/// before the record of the file's end is.
+#[derive(Debug, Clone)]
+struct JournalCheckingKeeper {
+    journal: std::path::PathBuf,
+    kept: MemKeeper,
+    wrong: Arc<Mutex<Vec<String>>>,
+}
+
+impl JournalCheckingKeeper {
+    /// Whether the journal on disk has a record of file `name` (`f<id>`)
+    /// made, or gone.
+    fn written(&self, name: &str) -> (bool, bool) {
+        let fid: u64 = name[1..].parse().unwrap();
+        let bytes = std::fs::read(&self.journal).unwrap();
+        let records = crate::journal::codec::scan(&bytes).records;
+        let records = records
+            .into_iter()
+            .map(|r| crate::journal::Record::decode(&bytes[r]).unwrap());
+        records.fold((false, false), |(made, gone), r| match r {
+            crate::journal::Record::File(f) if f.fid == fid => (true, gone),
+            crate::journal::Record::FileGone { fid: g } if g == fid => (made, true),
+            _ => (made, gone),
+        })
+    }
+}
+
+impl FdKeeper for JournalCheckingKeeper {
+    fn keep(&mut self, name: &str, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+        if name.starts_with('f') && self.written(name) != (true, false) {
+            self.wrong
+                .lock()
+                .unwrap()
+                .push(format!("{name} kept before its record"));
+        }
+        self.kept.keep(name, fd)
+    }
+
+    fn release(&mut self, name: &str) -> std::io::Result<()> {
+        if name.starts_with('f') && self.written(name).1 {
+            self.wrong
+                .lock()
+                .unwrap()
+                .push(format!("{name} let go after its end's record"));
+        }
+        self.kept.release(name)
+    }
+}
+
 #[test]
 fn the_keeper_never_holds_memory_the_written_journal_does_not_describe() {
     let dir = tempfile::tempdir().unwrap();
-    let keeper = MemKeeper::default();
-    let mut svc = persisted(dir.path(), &keeper);
+    let keeper = JournalCheckingKeeper {
+        journal: dir.path().join("ledger.journal"),
+        kept: MemKeeper::default(),
+        wrong: Arc::default(),
+    };
+    let (journal, _) = Journal::open(dir.path()).unwrap();
+    let mut svc = Service::new(config());
+    svc.persist_with(Persistence::new(
+        journal,
+        Some(Box::new(keeper.clone())),
+        Meta::default(),
+    ));
     let mut a = vm_session(&mut svc, 1, "vm-a", ALICE);
-    let kept = |fid: u64| keeper.0.lock().unwrap().contains_key(&format!("f{fid}"));
-    // Held records (the event loop serving a wakeup): the new file's fd
-    // waits for its record to be written.
-    svc.hold_journal();
     call_fd(&mut svc, &mut a, create_named("ram", MIB));
     let fid = svc
         .memfiles
         .fid(&FileKey::vm(vm("vm-a").uuid, name("ram")))
         .unwrap();
-    assert!(!kept(fid), "kept before its record was written");
-    svc.commit_journal();
-    assert!(kept(fid), "kept once its record is written");
-    // A gone file's fd goes before its record is written.
-    svc.hold_journal();
-    call(&mut svc, &mut a, destroy("ram")).unwrap();
-    assert!(!kept(fid), "still kept after DESTROY");
-    svc.commit_journal();
-    // Made and gone while held: never kept.
-    svc.hold_journal();
-    call_fd(&mut svc, &mut a, create_named("scratch", MIB));
-    call(&mut svc, &mut a, destroy("scratch")).unwrap();
-    svc.commit_journal();
-    assert_eq!(
+    let kept = |fid: u64| {
         keeper
+            .kept
             .0
             .lock()
             .unwrap()
-            .keys()
-            .filter(|k| k.starts_with('f'))
-            .count(),
-        0
-    );
+            .contains_key(&format!("f{fid}"))
+    };
+    assert!(kept(fid));
+    call(&mut svc, &mut a, destroy("ram")).unwrap();
+    assert!(!kept(fid));
+    let wrong = keeper.wrong.lock().unwrap().clone();
+    assert!(wrong.is_empty(), "{wrong:?}");
 }
